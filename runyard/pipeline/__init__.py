@@ -1,0 +1,1 @@
+"""Pipeline files: parse (with positions) → lint (every problem at once) → model."""

@@ -1,0 +1,228 @@
+"""Every message on every subject (DESIGN.md §4), encoded with orjson.
+
+Each carries `v` (the protocol version) and a `type` tag, so one subject can carry
+several kinds and readers can reject what they do not understand. Unknown fields are
+ignored, so a newer sender does not break an older reader.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from schemas.status import Status
+
+PROTOCOL_VERSION = 1
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: int = PROTOCOL_VERSION
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", by_alias=True))
+
+
+# --- trigger events (ry.events.<kind>.<project>) ------------------------------------
+
+
+class PullRequestInfo(BaseModel):
+    number: int
+    action: str
+    base: str
+    head: str
+    head_sha: str | None = None
+
+
+class TriggerEvent(Message):
+    """One thing that may start runs: a button press, a cron tick, a git push, …"""
+
+    type: Literal["trigger"] = "trigger"
+    id: str = Field(description="idempotency key; also the Nats-Msg-Id")
+    kind: Literal[
+        "manual",
+        "cron",
+        "push",
+        "tag",
+        "pull_request",
+        "release",
+        "webhook",
+        "pipeline",
+        "annotator",
+    ]
+    project: str
+    pipeline: str | None = Field(None, description="set when the event targets one pipeline")
+    repository: str | None = Field(None, description="clone URL")
+    ref: str | None = None
+    branch: str | None = None
+    tag: str | None = None
+    sha: str | None = None
+    before: str | None = None
+    paths: list[str] = []
+    actor: str | None = None
+    pull_request: PullRequestInfo | None = None
+    inputs: dict[str, Any] = {}
+    payload: dict[str, Any] = Field({}, description="the raw payload, for ${{ event.* }}")
+    upstream_run: str | None = None
+    upstream_outputs: dict[str, Any] = {}
+    created_at: float
+
+
+# --- dispatcher → agent (ry.agent.<id>.inbox) ---------------------------------------
+
+
+class JobAssign(Message):
+    type: Literal["job.assign"] = "job.assign"
+    run: str
+    job: str
+    attempt: int = 1
+    project: str
+    pipeline: str
+    repository: str | None = None
+    sha: str | None = None
+    ref: str | None = None
+    env: dict[str, str] = {}
+    timeout: float | None = Field(None, description="seconds")
+    artifacts: list[dict[str, Any]] = []
+    test_results: list[str] = []
+
+
+class StepAssign(Message):
+    type: Literal["step.assign"] = "step.assign"
+    run: str
+    job: str
+    attempt: int = 1
+    index: int
+    step: str
+    name: str
+    run_script: str | None = None
+    shell: str = "bash"
+    action: dict[str, Any] | None = Field(None, description="ActionRef as a mapping")
+    inputs: dict[str, Any] = {}
+    env: dict[str, str] = {}
+    working_directory: str | None = None
+    timeout: float | None = Field(None, description="seconds")
+    cache: bool = False
+    mask: list[str] = Field([], description="values to mask in logs (secrets)")
+
+
+InboxMessage = Annotated[JobAssign | StepAssign, Field(discriminator="type")]
+
+# --- agent → dispatcher (ry.agent.<id>.events) --------------------------------------
+
+
+class JobClaimed(Message):
+    type: Literal["job.claimed"] = "job.claimed"
+    agent: str
+    run: str
+    job: str
+    attempt: int = 1
+    workspace: str
+    at: float
+
+
+class TestSummary(BaseModel):
+    total: int = 0
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    errors: int = 0
+    duration: float = 0.0
+    failures: list[dict[str, str]] = []
+
+
+class StepFinished(Message):
+    type: Literal["step.finished"] = "step.finished"
+    agent: str
+    run: str
+    job: str
+    attempt: int = 1
+    index: int
+    step: str
+    status: Status
+    exit_code: int | None = None
+    outputs: dict[str, Any] = {}
+    error: str | None = None
+    started_at: float
+    finished_at: float
+
+
+class JobFinished(Message):
+    type: Literal["job.finished"] = "job.finished"
+    agent: str
+    run: str
+    job: str
+    attempt: int = 1
+    status: Status
+    artifacts: list[dict[str, Any]] = []
+    tests: TestSummary | None = None
+    at: float
+
+
+AgentEvent = Annotated[JobClaimed | StepFinished | JobFinished, Field(discriminator="type")]
+
+# --- heartbeats and control (core NATS) ---------------------------------------------
+
+
+class Gpu(BaseModel):
+    name: str
+    memory_total: int
+    memory_used: int
+    utilization: float
+
+
+class Metrics(BaseModel):
+    os: str
+    python: str
+    cpu_count: int
+    cpu_percent: float
+    load: tuple[float, float, float]
+    memory_total: int
+    memory_used: int
+    disk_total: int
+    disk_free: int
+    gpus: list[Gpu] = []
+
+
+class Heartbeat(Message):
+    type: Literal["heartbeat"] = "heartbeat"
+    agent: str
+    slots: int
+    free_slots: int
+    jobs: list[str] = Field([], description="run/job/attempt keys running now")
+    metrics: Metrics
+    at: float
+
+
+class Cancel(Message):
+    """Stop a job (or one step of it) now: TERM the process group, KILL after grace."""
+
+    type: Literal["cancel"] = "cancel"
+    run: str
+    job: str
+    attempt: int = 1
+    step: str | None = None
+    reason: Literal["cancelled", "timed-out"] = "cancelled"
+    grace: float = 10.0
+
+
+class RunChanged(Message):
+    type: Literal["run.changed"] = "run.changed"
+    run: str
+    status: Status
+    at: float
+
+
+_inbox = TypeAdapter[InboxMessage](InboxMessage)
+_agent_events = TypeAdapter[AgentEvent](AgentEvent)
+
+
+def decode_inbox(data: bytes) -> JobAssign | StepAssign:
+    return _inbox.validate_json(data)
+
+
+def decode_agent_event(data: bytes) -> JobClaimed | StepFinished | JobFinished:
+    return _agent_events.validate_json(data)

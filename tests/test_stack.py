@@ -1,0 +1,101 @@
+"""The embedded stack: real servers up, used, and gone afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import redis.asyncio as aioredis
+
+from schemas import subjects
+from schemas.messages import TriggerEvent
+from services import bus
+from services.stack import Stack
+from tests.conftest import ROOT
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead too: it only waits for its parent to reap it
+    status = Path(f"/proc/{pid}/stat")
+    return not (status.exists() and status.read_text().split()[2] == "Z")
+
+
+def wait_dead(pids: list[int], timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+async def use_stack(stack: Stack) -> None:
+    nc = await bus.connect(stack.nats_url)
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+    await bus.ensure_streams(js)  # idempotent
+    event = TriggerEvent(id="e1", kind="manual", project="vision", created_at=1.0)
+    ack = await js.publish(
+        subjects.events("manual", "vision"), event.encode(), headers={"Nats-Msg-Id": event.id}
+    )
+    assert ack.stream == "RY_EVENTS"
+    again = await js.publish(
+        subjects.events("manual", "vision"), event.encode(), headers={"Nats-Msg-Id": event.id}
+    )
+    assert again.duplicate
+    sub = await js.pull_subscribe(subjects.EVENTS_ALL, durable="t")
+    [msg] = await sub.fetch(1, timeout=5)
+    assert TriggerEvent.model_validate(orjson.loads(msg.data)) == event
+    await msg.ack()
+    await nc.close()
+
+    client = aioredis.from_url(stack.redis_url)
+    await client.set(subjects.key("probe"), b"value")
+    assert await client.get(subjects.key("probe")) == b"value"
+    assert (await client.config_get("appendonly"))["appendonly"] == "yes"
+    await client.aclose()
+
+
+def test_stack_starts_serves_and_stops(tmp_path: Path) -> None:
+    stack = Stack(tmp_path).start()
+    pids = stack.pids
+    assert len(pids) == 2 and all(alive(p) for p in pids)
+    try:
+        asyncio.run(use_stack(stack))
+    finally:
+        stack.stop()
+    assert wait_dead(pids, 1) == []
+    assert (tmp_path / "nats").is_dir() and (tmp_path / "valkey").is_dir()
+
+
+SUPERVISOR = """
+import sys, time
+from pathlib import Path
+from services.stack import Stack
+from tests.conftest import ROOT
+stack = Stack(Path(sys.argv[1])).start()
+print(*stack.pids, flush=True)
+time.sleep(600)
+"""
+
+
+def test_no_orphan_servers_when_supervisor_is_killed(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    ) as proc:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+        proc.send_signal(signal.SIGKILL)
+    assert wait_dead(pids) == []

@@ -1,0 +1,75 @@
+"""`runyard up` and `just up`: print the URLs, stop cleanly with status 0 on Ctrl-C.
+
+Ctrl-C is typed for real: the command runs on a pseudo-terminal and the test writes
+the interrupt character, so the terminal sends SIGINT to its foreground process group.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _read_until(fd: int, marker: bytes | None, timeout: float) -> bytes:
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the terminal closed
+            break
+        if not chunk:
+            break
+        out += chunk
+        if marker and marker in out:
+            break
+    return out
+
+
+def ctrl_c_after_start(argv: list[str]) -> tuple[int, str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RUNYARD_NATS_URL", "RUNYARD_REDIS_URL")
+    }
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a fresh session with the pty as its terminal
+        os.chdir(ROOT)
+        os.execvpe(argv[0], argv, env)
+    try:
+        output = _read_until(fd, b"is up", 120)
+        assert b"is up" in output, output.decode(errors="replace")
+        os.write(fd, b"\x03")
+        output += _read_until(fd, None, 60)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def assert_clean_stop(status: int, output: str) -> None:
+    assert status == 0, output
+    assert "NATS   nats://127.0.0.1:" in output
+    assert "Valkey redis://127.0.0.1:" in output
+    assert "stopped" in output
+    assert "Traceback" not in output
+
+
+def test_runyard_up(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "runyard", "up", "--data-dir", str(tmp_path)]
+    assert_clean_stop(*ctrl_c_after_start(argv))
+
+
+@pytest.mark.skipif(shutil.which("just") is None, reason="just is not installed")
+def test_just_up(tmp_path: Path) -> None:
+    assert_clean_stop(*ctrl_c_after_start(["just", "up", "--data-dir", str(tmp_path)]))
