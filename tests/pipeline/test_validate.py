@@ -110,7 +110,8 @@ BROKEN: list[tuple[str, str, list[str]]] = [
         [
             "7:16: expression 'steps.x.outputs.y +' is malformed: unexpected 'end of template'",
             "8:20: '${{' is never closed with '}}'",
-            "9:13: expression 'success( ||' is malformed: unexpected end of template, expected ','.",
+            "9:13: expression 'success( ||' is malformed: "
+            "unexpected end of template, expected ','.",
         ],
     ),
     (
