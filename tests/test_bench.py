@@ -1,0 +1,39 @@
+"""The benches' smoke runs, so they cannot rot (figures are never asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from services.stack import Stack
+from tests.conftest import ROOT
+
+
+def run_bench(script: str, stack: Stack, out: Path, *args: str) -> list[dict[str, object]]:
+    env = {**os.environ, "RUNYARD_NATS_URL": stack.nats_url, "RUNYARD_REDIS_URL": stack.redis_url}
+    done = subprocess.run(
+        [sys.executable, f"bench/{script}", "--json", str(out), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "p50 ms" in done.stdout
+    rows: list[dict[str, object]] = json.loads(out.read_text())
+    return rows
+
+
+def test_floor_bench_smoke(stack: Stack, tmp_path: Path) -> None:
+    rows = run_bench("floor.py", stack, tmp_path / "floor.json", "--n", "20")
+    assert [r["name"] for r in rows] == [
+        "jetstream publish+fetch+ack",
+        "valkey pipeline (3 cmds)",
+        "spawn /bin/true",
+    ]
+    assert all(r["n"] == 20 for r in rows)
