@@ -1,0 +1,129 @@
+"""The expression contexts of DESIGN.md §2 for a job or a step, from the run's state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runyard.engine.expressions import render, to_text
+from runyard.engine.plan import JobPlan, Plan
+from runyard.engine.state import JobState, RunState
+from schemas.status import Status
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What is fixed for the whole run."""
+
+    run: dict[str, Any]  # id, name, runNumber, config
+    pipeline: dict[str, Any]  # id, name, projectId, creatorId, lastRunNumber
+    event: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
+
+
+FAILED = (Status.FAILURE, Status.TIMED_OUT, Status.AGENT_LOST)
+
+
+def _status_functions(ok: bool, failed: bool, cancelled: bool) -> dict[str, Callable[[], bool]]:
+    return {
+        "success": lambda: ok and not cancelled,
+        "failure": lambda: failed,
+        "always": lambda: True,
+        "cancelled": lambda: cancelled,
+    }
+
+
+def _base(info: RunInfo) -> dict[str, Any]:
+    return {
+        "run": info.run,
+        "pipeline": info.pipeline,
+        "event": info.event,
+        "input": info.inputs,
+        "inputs": info.inputs,
+        "secrets": info.secrets,
+    }
+
+
+def _needs(plan: Plan, state: RunState, job: JobPlan) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for need in job.needs:
+        jobs = [state.jobs[k] for k in plan.instances.get(need, [])]
+        outputs: dict[str, Any] = {}
+        for instance in jobs:
+            outputs.update(instance.outputs)
+        worst = next((j.status for j in jobs if j.status != Status.SUCCESS), Status.SUCCESS)
+        out[need] = {"outputs": outputs, "result": str(worst)}
+    return out
+
+
+def need_passed(plan: Plan, job: JobState) -> bool:
+    """A needed job counts as passed when it succeeded, or failed with continue-on-error."""
+    spec = plan.jobs[job.key].spec
+    return job.status == Status.SUCCESS or (job.status in FAILED and spec.continue_on_error)
+
+
+def _env(layers: list[dict[str, Any]], contexts: dict[str, Any]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            env[key] = to_text(render(value, {**contexts, "env": env}))
+    return env
+
+
+def job_contexts(plan: Plan, state: RunState, info: RunInfo, job: JobPlan) -> dict[str, Any]:
+    """For a job's `if:`: run-wide contexts, `needs`, `matrix`, `env`."""
+    needed = [state.jobs[k] for n in job.needs for k in plan.instances.get(n, [])]
+    ok = all(need_passed(plan, j) for j in needed)
+    failed = any(j.status in FAILED for j in needed)
+    contexts = {**_base(info), "needs": _needs(plan, state, job), "matrix": job.matrix}
+    contexts.update(_status_functions(ok, failed, state.cancelled))
+    contexts["env"] = _env([plan.pipeline.env, job.spec.env], contexts)
+    contexts["job"] = {"id": job.job_id, "key": job.key, "name": job.name}
+    return contexts
+
+
+def step_contexts(
+    plan: Plan, state: RunState, info: RunInfo, job: JobState, index: int
+) -> dict[str, Any]:
+    """For step `index` of `job` (or the job's outputs, with index = number of steps)."""
+    job_plan = plan.jobs[job.key]
+    specs = job_plan.spec.steps
+    before = job.steps[:index]
+    failed = any(s.failed and not specs[s.index].continue_on_error for s in before)
+    cancelled = state.cancelled or job.cancel_requested
+    variable: dict[str, Any] = {}
+    steps: dict[str, Any] = {}
+    for step in before:
+        variable.update(step.inputs)
+        variable.update(step.outputs)
+        steps[step.id] = {
+            "outputs": step.outputs,
+            "outcome": str(step.status),
+            "conclusion": str(step.status),
+        }
+    contexts = {
+        **_base(info),
+        **job.host,
+        "needs": _needs(plan, state, job_plan),
+        "matrix": job.matrix,
+        "steps": steps,
+        "variable": variable,
+        "job": {
+            "id": job.job_id,
+            "key": job.key,
+            "name": job.name,
+            "attempt": job.attempt,
+            "status": "failure" if failed else "success",
+        },
+        **_status_functions(not failed, failed, cancelled),
+    }
+    step_env = specs[index].env if index < len(specs) else {}
+    contexts["env"] = _env([plan.pipeline.env, job_plan.spec.env, step_env], contexts)
+    if index < len(specs):
+        spec = specs[index]
+        contexts["step"] = {"id": job.steps[index].id, "name": job.steps[index].name}
+        if spec.action:
+            contexts["action"] = spec.action.model_dump()
+    return contexts

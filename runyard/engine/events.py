@@ -1,0 +1,120 @@
+"""What drives the engine (events in) and what it asks for (commands out).
+
+Events are data the dispatcher can log and replay; an event for an old attempt, or for a
+step that already ended, changes nothing, so redelivered messages are harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from schemas.pipeline import ActionRef
+from schemas.status import Status
+
+# --- events -------------------------------------------------------------------------
+
+
+class JobStarted(BaseModel):
+    """The job is placed and its workspace is ready; `host` feeds agent/machine/python."""
+
+    kind: Literal["job.started"] = "job.started"
+    job: str
+    attempt: int
+    host: dict[str, Any] = {}
+    at: float
+
+
+class StepDone(BaseModel):
+    kind: Literal["step.done"] = "step.done"
+    job: str
+    attempt: int
+    index: int
+    status: Status
+    exit_code: int | None = None
+    outputs: dict[str, Any] = {}
+    error: str | None = None
+    started_at: float
+    finished_at: float
+
+
+class JobEnded(BaseModel):
+    """The job ended from outside its steps: agent lost, job timeout, forced cancel."""
+
+    kind: Literal["job.ended"] = "job.ended"
+    job: str
+    attempt: int
+    status: Literal[Status.AGENT_LOST, Status.TIMED_OUT, Status.CANCELLED]
+    error: str | None = None
+    at: float
+
+
+class RunCancelled(BaseModel):
+    kind: Literal["run.cancelled"] = "run.cancelled"
+    at: float
+
+
+Event = Annotated[JobStarted | StepDone | JobEnded | RunCancelled, Field(discriminator="kind")]
+
+# --- commands -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedStep:
+    """A step with every expression evaluated: what a runner executes."""
+
+    index: int
+    id: str
+    name: str
+    script: str | None
+    shell: str
+    action: ActionRef | None
+    inputs: dict[str, Any]
+    env: dict[str, str]
+    working_directory: str | None
+    timeout: float | None  # seconds
+    cache: bool
+    mask: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StartJob:
+    job: str
+    attempt: int
+    runs_on: list[str]
+    timeout: float | None  # seconds
+
+
+@dataclass(frozen=True)
+class RunStep:
+    job: str
+    attempt: int
+    step: ResolvedStep
+
+
+@dataclass(frozen=True)
+class StopJob:
+    """Stop the job's running step now (process group TERM, then KILL)."""
+
+    job: str
+    attempt: int
+    reason: Status
+
+
+@dataclass(frozen=True)
+class FinishJob:
+    """The job's steps are over: collect artifacts and test results, free the slot."""
+
+    job: str
+    attempt: int
+    status: Status
+
+
+@dataclass(frozen=True)
+class RunDone:
+    status: Status
+
+
+Command = StartJob | RunStep | StopJob | FinishJob | RunDone

@@ -1,0 +1,155 @@
+"""Evaluating `${{ … }}` in a sandboxed Jinja2 environment (DataTorch's engine).
+
+Unknown names raise (strict undefined) and attribute access to Python internals is
+blocked by the sandbox. The status functions `success() failure() always() cancelled()`
+are bound per evaluation by the caller, since they depend on where in the run it happens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, Undefined
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from runyard import expr_syntax
+
+
+class ExpressionError(ValueError):
+    """An expression that cannot be evaluated; the message names it."""
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def contains(haystack: Any, needle: Any) -> bool:
+    """Case-insensitive substring for strings; membership for lists and mappings."""
+    if isinstance(haystack, str):
+        return str(_lower(needle)) in haystack.lower()
+    if isinstance(haystack, list | tuple | dict):
+        return any(_lower(item) == _lower(needle) for item in haystack)
+    return False
+
+
+def starts_with(text: Any, prefix: Any) -> bool:
+    return str(text).lower().startswith(str(prefix).lower())
+
+
+def ends_with(text: Any, suffix: Any) -> bool:
+    return str(text).lower().endswith(str(suffix).lower())
+
+
+def format_(template: str, *args: Any) -> str:
+    """GitHub's `format('{0} and {1}', a, b)`; `{{` and `}}` are literal braces."""
+    out, i = [], 0
+    while i < len(template):
+        if template.startswith(("{{", "}}"), i):
+            out.append(template[i])
+            i += 2
+        elif template[i] == "{":
+            end = template.index("}", i)
+            out.append(to_text(args[int(template[i + 1 : end])]))
+            i = end + 1
+        else:
+            out.append(template[i])
+            i += 1
+    return "".join(out)
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+def from_json(text: str) -> Any:
+    return json.loads(text)
+
+
+def join(items: Any, separator: str = ",") -> str:
+    return separator.join(to_text(i) for i in items) if isinstance(items, list) else to_text(items)
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "contains": contains,
+    "startsWith": starts_with,
+    "endsWith": ends_with,
+    "format": format_,
+    "toJSON": to_json,
+    "fromJSON": from_json,
+    "join": join,
+}
+
+_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
+
+
+def to_text(value: Any) -> str:
+    """How a value reads when put into text: JSON for structures, `true`/`false`."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def evaluate(source: str, contexts: Mapping[str, Any]) -> Any:
+    """The value of one expression (without its `${{ }}`)."""
+    try:
+        compiled = _env.compile_expression(expr_syntax.to_jinja(source), undefined_to_none=False)
+        value = compiled(**FUNCTIONS, **contexts)
+    except (
+        TemplateError,
+        SecurityError,
+        ArithmeticError,
+        LookupError,
+        TypeError,
+        ValueError,
+    ) as exc:
+        raise ExpressionError(f"expression '{source}' failed: {exc}") from None
+    if isinstance(value, Undefined):  # a bare undefined name that was never touched
+        raise ExpressionError(f"expression '{source}' failed: it is undefined")
+    return value
+
+
+def render(value: Any, contexts: Mapping[str, Any]) -> Any:
+    """Expand every `${{ }}` inside `value` (strings, lists, mappings).
+
+    A string that is exactly one expression keeps the expression's type (`${{ 5 }}` is the
+    number 5); otherwise the values are put into the text."""
+    if isinstance(value, dict):
+        return {k: render(v, contexts) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, contexts) for v in value]
+    if not isinstance(value, str):
+        return value
+    try:
+        spans = expr_syntax.find(value)
+    except expr_syntax.ExpressionSyntaxError as exc:
+        raise ExpressionError(str(exc)) from None
+    if len(spans) == 1 and spans[0].start == 0 and spans[0].end == len(value):
+        return evaluate(spans[0].source, contexts)
+    out, pos = [], 0
+    for span in spans:
+        out.append(value[pos : span.start])
+        out.append(to_text(evaluate(span.source, contexts)))
+        pos = span.end
+    out.append(value[pos:])
+    return "".join(out)
+
+
+def condition(source: str | bool | None, contexts: Mapping[str, Any]) -> bool:
+    """An `if:`; `${{ }}` is optional around it and the default is `success()`."""
+    if source is None:
+        source = "success()"
+    if isinstance(source, bool):
+        return source
+    spans = expr_syntax.find(source)
+    if len(spans) == 1 and source.strip() == source[spans[0].start : spans[0].end]:
+        source = spans[0].source
+    elif spans:
+        return bool(render(source, contexts))
+    return bool(evaluate(source, contexts))

@@ -1,0 +1,327 @@
+"""The run state machine: events in, commands out, no I/O.
+
+`Engine.start()` and `Engine.apply(event)` mutate `engine.state` and return what must
+happen next. The dispatcher turns commands into NATS messages; local mode runs them in
+processes. Replaying the same events from the same start gives the same state.
+
+Lifecycle of a job: queued → (needs ended, `if` true) StartJob → JobStarted → RunStep per
+step, each answered by StepDone → FinishJob with the job's status → (retry?) queued again
+as the next attempt. A job whose `if` is false is skipped; one never started when the run
+is cancelled is cancelled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runyard.engine import contexts as ctx
+from runyard.engine.events import (
+    Command,
+    Event,
+    FinishJob,
+    JobEnded,
+    JobStarted,
+    ResolvedStep,
+    RunCancelled,
+    RunDone,
+    RunStep,
+    StartJob,
+    StepDone,
+    StopJob,
+)
+from runyard.engine.expressions import ExpressionError, condition, evaluate, render, to_text
+from runyard.engine.plan import Plan
+from runyard.engine.script import prepare
+from runyard.engine.state import JobState, RunState, StepState
+from schemas.status import Status
+
+MINUTE = 60.0
+
+
+def step_id(spec_id: str | None, index: int) -> str:
+    """Unnamed steps are numbered from 1 (ids people write must start with a letter)."""
+    return spec_id or str(index + 1)
+
+
+def initial_state(plan: Plan, run_id: str) -> RunState:
+    jobs = {}
+    for key, job in plan.jobs.items():
+        steps = [
+            StepState(index=i, id=step_id(s.id, i), name=s.name or _default_name(s.run, s.action))
+            for i, s in enumerate(job.spec.steps)
+        ]
+        jobs[key] = JobState(
+            key=key, job_id=job.job_id, name=job.name, matrix=job.matrix, steps=steps
+        )
+    return RunState(id=run_id, jobs=jobs)
+
+
+def _default_name(run: str | None, action: Any) -> str:
+    if action is not None:
+        return f"{action.name}@{action.tag}" if action.tag else str(action.name)
+    first = (run or "").strip().splitlines()
+    return f"Run {first[0][:60]}" if first else "Run"
+
+
+class Engine:
+    def __init__(self, plan: Plan, info: ctx.RunInfo, state: RunState | None = None) -> None:
+        self.plan = plan
+        self.info = info
+        self.state = state or initial_state(plan, str(info.run.get("id", "run")))
+
+    # --- entry points ---------------------------------------------------------------
+
+    def start(self, at: float) -> list[Command]:
+        if self.state.status != Status.QUEUED:
+            return []
+        self.state.status = Status.RUNNING
+        self.state.started_at = at
+        return self._advance(at)
+
+    def apply(self, event: Event) -> list[Command]:
+        if self.state.status.final:
+            return []
+        if isinstance(event, RunCancelled):
+            return self._cancel(event.at)
+        job = self.state.jobs.get(event.job)
+        if job is None or job.attempt != event.attempt or job.status.final:
+            return []
+        if isinstance(event, JobStarted):
+            return self._job_started(job, event)
+        if isinstance(event, StepDone):
+            return self._step_done(job, event)
+        return self._job_ended(job, event)
+
+    # --- jobs -----------------------------------------------------------------------
+
+    def _advance(self, at: float) -> list[Command]:
+        """Start every job that can start; end the run when every job has ended."""
+        commands: list[Command] = []
+        for key, plan in self.plan.jobs.items():
+            job = self.state.jobs[key]
+            if job.status != Status.QUEUED or job.ready:
+                continue
+            needed = [self.state.jobs[k] for n in plan.needs for k in self.plan.instances[n]]
+            if not all(j.status.final for j in needed):
+                continue
+            if self.state.cancelled:
+                self._end_job(job, Status.CANCELLED, at)
+                continue
+            contexts = ctx.job_contexts(self.plan, self.state, self.info, plan)
+            try:
+                run_it = condition(plan.spec.if_, contexts)
+            except ExpressionError as exc:
+                job.error = f"job '{plan.name}': {exc}"
+                self._end_job(job, Status.FAILURE, at)
+                continue
+            if not run_it:
+                self._end_job(job, Status.SKIPPED, at)
+                continue
+            if self._at_parallel_limit(plan.job_id):
+                continue
+            job.ready = True
+            timeout = plan.spec.timeout * MINUTE if plan.spec.timeout else None
+            commands.append(StartJob(key, job.attempt, list(plan.spec.runs_on), timeout))
+        if commands or any(not j.status.final for j in self.state.jobs.values()):
+            return commands
+        return [self._finish_run(at)]
+
+    def _at_parallel_limit(self, job_id: str) -> bool:
+        strategy = self.plan.pipeline.jobs[job_id].strategy
+        if not strategy or not strategy.max_parallel:
+            return False
+        active = [
+            k
+            for k in self.plan.instances[job_id]
+            if self.state.jobs[k].ready and not self.state.jobs[k].status.final
+        ]
+        return len(active) >= strategy.max_parallel
+
+    def _job_started(self, job: JobState, event: JobStarted) -> list[Command]:
+        if job.status == Status.RUNNING:
+            return []
+        job.status = Status.RUNNING
+        job.host = event.host
+        job.started_at = job.started_at or event.at
+        return self._next_step(job, event.at)
+
+    def _job_ended(self, job: JobState, event: JobEnded) -> list[Command]:
+        for step in job.steps:
+            if step.status == Status.RUNNING:
+                step.status = event.status
+                step.finished_at = event.at
+            elif step.status == Status.QUEUED:
+                step.status = Status.SKIPPED
+        job.error = event.error or job.error
+        return self._job_over(job, event.status, event.at)
+
+    def _job_over(self, job: JobState, status: Status, at: float) -> list[Command]:
+        """The attempt ended with `status`: retry it, or end the job for good."""
+        commands: list[Command] = [FinishJob(job.key, job.attempt, status)]
+        retry = self.plan.jobs[job.key].spec.retry
+        if (
+            str(status) in retry.when
+            and job.attempt <= retry.max
+            and not self.state.cancelled
+            and not job.cancel_requested
+        ):
+            self._reset_for_retry(job)
+        else:
+            self._end_job(job, status, at)
+            commands += self._fail_fast(job, at)
+        return commands + self._advance(at)
+
+    def _reset_for_retry(self, job: JobState) -> None:
+        job.attempt += 1
+        job.status = Status.QUEUED
+        job.ready = False
+        job.outputs = {}
+        job.steps = [StepState(index=s.index, id=s.id, name=s.name) for s in job.steps]
+
+    def _end_job(self, job: JobState, status: Status, at: float) -> None:
+        job.status = status
+        job.finished_at = at
+        for step in job.steps:
+            if step.status == Status.QUEUED:
+                step.status = Status.SKIPPED
+
+    def _fail_fast(self, job: JobState, at: float) -> list[Command]:
+        plan = self.plan.jobs[job.key]
+        strategy = plan.spec.strategy
+        if not strategy or not strategy.fail_fast or job.status not in ctx.FAILED:
+            return []
+        if plan.spec.continue_on_error:
+            return []
+        commands: list[Command] = []
+        for key in self.plan.instances[plan.job_id]:
+            other = self.state.jobs[key]
+            if other.status.final:
+                continue
+            commands += self._cancel_job(other, at)
+        return commands
+
+    # --- steps ----------------------------------------------------------------------
+
+    def _next_step(self, job: JobState, at: float) -> list[Command]:
+        """Resolve the next step that runs, skipping or failing those that cannot."""
+        specs = self.plan.jobs[job.key].spec.steps
+        for step in job.steps:
+            if step.status != Status.QUEUED:
+                continue
+            spec = specs[step.index]
+            contexts = ctx.step_contexts(self.plan, self.state, self.info, job, step.index)
+            try:
+                if not condition(spec.if_, contexts):
+                    step.status = Status.SKIPPED
+                    continue
+                resolved = self._resolve(job, step, contexts)
+            except ExpressionError as exc:
+                step.status = Status.FAILURE
+                step.error = f"step '{step.name}': {exc}"
+                step.started_at = step.finished_at = at
+                continue
+            step.status = Status.RUNNING
+            step.inputs = resolved.inputs
+            return [RunStep(job.key, job.attempt, resolved)]
+        return self._steps_over(job, at)
+
+    def _resolve(self, job: JobState, step: StepState, contexts: dict[str, Any]) -> ResolvedStep:
+        spec = self.plan.jobs[job.key].spec.steps[step.index]
+        job_spec = self.plan.jobs[job.key].spec
+        env = dict(contexts["env"])
+        env.update(self._standard_env(job, step))
+        script = None
+        if spec.run is not None:
+            prepared = prepare(spec.run, spec.shell, lambda source: evaluate(source, contexts))
+            script = prepared.script
+            env.update(prepared.env)
+        inputs = render(dict(spec.inputs), contexts)
+        workdir = spec.working_directory or job_spec.working_directory
+        return ResolvedStep(
+            index=step.index,
+            id=step.id,
+            name=step.name,
+            script=script,
+            shell=spec.shell,
+            action=spec.action,
+            inputs=inputs,
+            env=env,
+            working_directory=to_text(render(workdir, contexts)) if workdir else None,
+            timeout=spec.timeout * MINUTE if spec.timeout else None,
+            cache=spec.cache,
+            mask=[v for v in self.info.secrets.values() if v],
+        )
+
+    def _standard_env(self, job: JobState, step: StepState) -> dict[str, str]:
+        return {
+            "CI": "true",
+            "RUNYARD": "true",
+            "RUNYARD_RUN_ID": str(self.info.run.get("id", "")),
+            "RUNYARD_PIPELINE": str(self.info.pipeline.get("name", "")),
+            "RUNYARD_JOB": job.key,
+            "RUNYARD_JOB_ATTEMPT": str(job.attempt),
+            "RUNYARD_STEP": step.id,
+        }
+
+    def _step_done(self, job: JobState, event: StepDone) -> list[Command]:
+        step = job.steps[event.index] if event.index < len(job.steps) else None
+        if step is None or step.status != Status.RUNNING:
+            return []
+        step.status = event.status
+        step.exit_code = event.exit_code
+        step.outputs = event.outputs
+        step.error = event.error
+        step.started_at = event.started_at
+        step.finished_at = event.finished_at
+        return self._next_step(job, event.finished_at)
+
+    def _steps_over(self, job: JobState, at: float) -> list[Command]:
+        specs = self.plan.jobs[job.key].spec.steps
+        counted = [s for s in job.steps if not specs[s.index].continue_on_error]
+        if job.cancel_requested or self.state.cancelled:
+            status = Status.CANCELLED
+        elif any(s.status == Status.TIMED_OUT for s in counted):
+            status = Status.TIMED_OUT
+        elif any(s.failed for s in counted):
+            status = Status.FAILURE
+        else:
+            status = Status.SUCCESS
+        contexts = ctx.step_contexts(self.plan, self.state, self.info, job, len(job.steps))
+        try:
+            job.outputs = render(dict(self.plan.jobs[job.key].spec.outputs), contexts)
+        except ExpressionError as exc:
+            job.error = f"job '{job.name}' outputs: {exc}"
+            status = Status.FAILURE if status == Status.SUCCESS else status
+        return self._job_over(job, status, at)
+
+    # --- cancel and the end ---------------------------------------------------------
+
+    def _cancel(self, at: float) -> list[Command]:
+        self.state.cancelled = True
+        commands: list[Command] = []
+        for job in self.state.jobs.values():
+            if not job.status.final:
+                commands += self._cancel_job(job, at)
+        return commands + self._advance(at)
+
+    def _cancel_job(self, job: JobState, at: float) -> list[Command]:
+        job.cancel_requested = True
+        if job.status == Status.RUNNING:  # its running step reports back as cancelled
+            return [StopJob(job.key, job.attempt, Status.CANCELLED)]
+        stop: list[Command] = [StopJob(job.key, job.attempt, Status.CANCELLED)] if job.ready else []
+        self._end_job(job, Status.CANCELLED, at)
+        return stop
+
+    def _finish_run(self, at: float) -> RunDone:
+        counted = [
+            j for j in self.state.jobs.values() if not self.plan.jobs[j.key].spec.continue_on_error
+        ]
+        if self.state.cancelled:
+            status = Status.CANCELLED
+        elif any(j.status in (*ctx.FAILED, Status.CANCELLED) for j in counted):
+            status = Status.FAILURE
+        else:
+            status = Status.SUCCESS
+        self.state.status = status
+        self.state.finished_at = at
+        return RunDone(status)

@@ -1,0 +1,53 @@
+"""What has happened in a run: plain data that serialises to JSON and back, so the
+dispatcher can store it and a restarted process can continue from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas.status import Status
+
+
+class StepState(BaseModel):
+    index: int
+    id: str
+    name: str
+    status: Status = Status.QUEUED
+    exit_code: int | None = None
+    inputs: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status in (Status.FAILURE, Status.TIMED_OUT, Status.AGENT_LOST)
+
+
+class JobState(BaseModel):
+    key: str
+    job_id: str
+    name: str
+    matrix: dict[str, Any] = {}
+    status: Status = Status.QUEUED
+    attempt: int = 1
+    ready: bool = False  # StartJob was issued for this attempt
+    cancel_requested: bool = False
+    steps: list[StepState] = []
+    outputs: dict[str, Any] = {}
+    error: str | None = None
+    host: dict[str, Any] = {}  # agent / machine / python contexts of where it runs
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class RunState(BaseModel):
+    id: str
+    status: Status = Status.QUEUED
+    cancelled: bool = False
+    jobs: dict[str, JobState] = {}
+    started_at: float | None = None
+    finished_at: float | None = None
