@@ -1,0 +1,109 @@
+"""Finding actions: `org/name@tag`, `{name, tag, git}` or `./folder`, cloned once per
+agent into a cache keyed by the resolved commit.
+
+The cache is safe for concurrent steps (and processes): a commit is cloned into a private
+temporary folder under a file lock and renamed into place only when complete, so a reader
+sees a whole action or none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from agent import git
+from schemas.action import ACTION_FILES, Action
+from schemas.pipeline import ActionRef
+
+DEFAULT_BASE = "https://github.com/"
+# DataTorch publishes its own actions under this organisation.
+ORG_ALIASES = {"datatorch": "datatorch-actions"}
+
+
+class ActionError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LoadedAction:
+    action: Action
+    path: Path  # the folder holding the action file
+    commit: str | None  # None for a folder of the pipeline's repository
+
+
+def action_url(ref: ActionRef, base: str | None = None) -> str:
+    if ref.git:
+        return ref.git
+    base = base or os.environ.get("RUNYARD_ACTIONS_BASE") or DEFAULT_BASE
+    org, _, name = ref.name.partition("/")
+    return f"{base.rstrip('/')}/{ORG_ALIASES.get(org, org)}/{name}"
+
+
+def load_action_file(folder: Path) -> Action:
+    for name in ACTION_FILES:
+        path = folder / name
+        if path.is_file():
+            break
+    else:
+        raise ActionError(f"no {ACTION_FILES[0]} in {folder}")
+    try:
+        return Action.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (yaml.YAMLError, ValidationError) as exc:
+        first = str(exc).splitlines()
+        raise ActionError(
+            f"{path.name} is not a valid action file: {' '.join(first[:3])}"
+        ) from None
+
+
+class ActionCache:
+    def __init__(self, root: Path, base: str | None = None) -> None:
+        self.root = root
+        self.base = base
+        self._local = asyncio.Lock()  # one clone at a time per process; flock across processes
+
+    def commit_dir(self, commit: str) -> Path:
+        return self.root / "commits" / commit
+
+    async def load(self, ref: ActionRef, workspace: Path) -> LoadedAction:
+        if ref.is_local:
+            folder = (workspace / ref.name).resolve()
+            if not folder.is_relative_to(workspace.resolve()):
+                raise ActionError(f"action '{ref.name}' is outside the job workspace")
+            return LoadedAction(load_action_file(folder), folder, None)
+        url = action_url(ref, self.base)
+        try:
+            fetch_ref, commit = await git.resolve(url, ref.tag)
+            folder = await self._ensure(url, fetch_ref, commit)
+        except git.GitError as exc:
+            raise ActionError(f"action '{ref.name}': {exc}") from None
+        return LoadedAction(load_action_file(folder), folder, commit)
+
+    async def _ensure(self, url: str, fetch_ref: str, commit: str) -> Path:
+        final = self.commit_dir(commit)
+        if final.exists():
+            return final
+        async with self._local:
+            (self.root / "locks").mkdir(parents=True, exist_ok=True)
+            with (self.root / "locks" / f"{commit}.lock").open("w") as lock:
+                await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+                if final.exists():  # another process cloned it while we waited
+                    return final
+                (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(dir=self.root / "tmp"))
+                try:
+                    got = await git.fetch_checkout(url, fetch_ref, tmp)
+                    if got != commit:
+                        raise git.GitError(f"fetched {got[:12]}, expected {commit[:12]}")
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    tmp.rename(final)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+        return final
