@@ -34,6 +34,7 @@ from runyard.engine.events import (
 from runyard.engine.machine import Engine
 from runyard.engine.plan import Plan, compile_plan
 from runyard.engine.state import RunState
+from schemas.messages import TriggerEvent
 from schemas.pipeline import Pipeline
 from schemas.status import Status
 
@@ -62,6 +63,13 @@ def only_job(plan: Plan, job_id: str) -> Plan:
     keys = plan.instances[job_id]
     jobs = {k: plan.jobs[k].__class__(**{**plan.jobs[k].__dict__, "needs": ()}) for k in keys}
     return Plan(plan.pipeline, jobs, {job_id: keys})
+
+
+def local_event(given: dict[str, Any]) -> dict[str, Any]:
+    """A manual trigger event (every field present, so `${{ event.sha }}` reads as empty)
+    with the `--event` file's fields on top."""
+    base = TriggerEvent(id="local", kind="manual", project="local", created_at=time.time())
+    return {**base.model_dump(mode="json"), **given}
 
 
 def form_inputs(pipeline: Pipeline, given: dict[str, Any]) -> dict[str, Any]:
@@ -95,7 +103,7 @@ class LocalRun:
                 "config": pipeline.model_dump(by_alias=True),
             },
             pipeline={"id": "local", "name": pipeline.name},
-            event=event,
+            event=local_event(event),
             inputs=form_inputs(pipeline, inputs),
         )
         self.engine = Engine(self.plan, info)

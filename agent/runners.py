@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,9 @@ class StepRunner:
 
         meta = workspace / ".runyard"
         meta.mkdir(parents=True, exist_ok=True)
-        output_file = meta / f"output-{step.id}"
+        # unique per call: matrix instances and parallel jobs may share one workspace
+        unique = f"{step.id}-{uuid.uuid4().hex[:8]}"
+        output_file = meta / f"output-{unique}"
         output_file.write_text("")
         env = {
             **base_env(),
@@ -120,7 +123,7 @@ class StepRunner:
             return StepResult(Status.FAILURE, error=f"working directory '{cwd}' does not exist")
         cache_file = None
         if step.script is not None:
-            script = meta / f"step-{step.id}{SCRIPT_SUFFIX.get(step.shell, '.sh')}"
+            script = meta / f"step-{unique}{SCRIPT_SUFFIX.get(step.shell, '.sh')}"
             script.write_text(step.script)
             argv = script_argv(step.shell, script)
         else:
