@@ -226,7 +226,8 @@ def test_timeout_kills_the_process_tree(tmp_path: Path) -> None:
 
 def test_cancel_stops_the_run(tmp_path: Path) -> None:
     result = validate_text(TREE.replace("timeout: 0.02", "timeout: 5"), "p.yaml")
-    assert result.pipeline is not None
+    pipeline = result.pipeline
+    assert pipeline is not None
 
     async def go() -> RunState:
         ready = asyncio.Event()
@@ -236,7 +237,7 @@ def test_cancel_stops_the_run(tmp_path: Path) -> None:
                 ready.set()
 
         local = LocalRun(
-            result.pipeline,
+            pipeline,
             workdir=tmp_path,
             inputs={},
             event={},

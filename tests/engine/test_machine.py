@@ -1,0 +1,187 @@
+"""The run state machine, driven by hand: no processes, no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runyard.engine.contexts import RunInfo
+from runyard.engine.events import (
+    Command,
+    Event,
+    FinishJob,
+    JobEnded,
+    JobStarted,
+    RunDone,
+    RunStep,
+    StartJob,
+    StepDone,
+    StopJob,
+)
+from runyard.engine.machine import Engine
+from runyard.engine.plan import compile_plan, expand_matrix
+from runyard.engine.state import RunState
+from runyard.pipeline.validate import validate_text
+from schemas.status import Status
+
+INFO = RunInfo(run={"id": "r1"}, pipeline={"name": "p"}, inputs={"n": 2})
+
+
+def engine(text: str) -> Engine:
+    result = validate_text(text, "p.yaml")
+    assert result.pipeline is not None, result.problems
+    return Engine(compile_plan(result.pipeline), INFO)
+
+
+def started(job: str, attempt: int = 1) -> JobStarted:
+    return JobStarted(job=job, attempt=attempt, at=1.0)
+
+
+def done(
+    job: str, index: int, status: Status = Status.SUCCESS, attempt: int = 1, **outputs: Any
+) -> StepDone:
+    return StepDone(
+        job=job,
+        attempt=attempt,
+        index=index,
+        status=status,
+        outputs=outputs,
+        started_at=1.0,
+        finished_at=2.0,
+    )
+
+
+def kinds(commands: list[Command]) -> list[str]:
+    return [type(c).__name__ for c in commands]
+
+
+TWO_JOBS = """name: p
+jobs:
+  a:
+    outputs: {x: "${{ steps.s.outputs.v }}"}
+    steps: [{id: s, run: "echo ${{ input.n }}"}]
+  b:
+    needs: a
+    steps: [{run: "echo ${{ needs.a.outputs.x }}"}]
+"""
+
+
+def test_jobs_run_in_needs_order_and_outputs_flow() -> None:
+    e = engine(TWO_JOBS)
+    assert e.start(0.0) == [StartJob("a", 1, [], None)]
+    [cmd] = e.apply(started("a"))
+    assert isinstance(cmd, RunStep) and cmd.step.env["RY_EXPR_1"] == "2"
+    assert kinds(e.apply(done("a", 0, v=7))) == ["FinishJob", "StartJob"]
+    [cmd] = e.apply(started("b"))
+    assert isinstance(cmd, RunStep) and cmd.step.env["RY_EXPR_1"] == "7"
+    assert e.apply(done("b", 0)) == [FinishJob("b", 1, Status.SUCCESS), RunDone(Status.SUCCESS)]
+
+
+def test_replaying_the_same_events_gives_the_same_state() -> None:
+    events: list[Event] = [started("a"), done("a", 0, v=1), started("b"), done("b", 0)]
+    first = engine(TWO_JOBS)
+    first.start(0.0)
+    for event in events:
+        first.apply(event)
+    again = engine(TWO_JOBS)
+    again.start(0.0)
+    for event in events + events:  # duplicates change nothing
+        again.apply(event)
+    assert again.state == first.state
+    restored = RunState.model_validate_json(first.state.model_dump_json())
+    assert restored == first.state
+
+
+def test_failed_need_skips_dependents() -> None:
+    e = engine(TWO_JOBS)
+    e.start(0.0)
+    e.apply(started("a"))
+    commands = e.apply(done("a", 0, Status.FAILURE))
+    assert commands[-1] == RunDone(Status.FAILURE)
+    assert e.state.jobs["b"].status == Status.SKIPPED
+
+
+def test_agent_lost_is_retried_as_a_new_attempt() -> None:
+    e = engine("name: p\njobs:\n  a:\n    steps: [{run: x}]\n")
+    e.start(0.0)
+    e.apply(started("a"))
+    commands = e.apply(JobEnded(job="a", attempt=1, status=Status.AGENT_LOST, at=2.0))
+    assert commands == [FinishJob("a", 1, Status.AGENT_LOST), StartJob("a", 2, [], None)]
+    assert e.apply(done("a", 0)) == []  # a late result of attempt 1 is ignored
+    e.apply(started("a", 2))
+    assert e.apply(done("a", 0, attempt=2))[-1] == RunDone(Status.SUCCESS)
+
+
+def test_retries_run_out() -> None:
+    e = engine("name: p\njobs:\n  a:\n    retry: 1\n    steps: [{run: x}]\n")
+    e.start(0.0)
+    for attempt in (1, 2):
+        e.apply(started("a", attempt))
+        commands = e.apply(JobEnded(job="a", attempt=attempt, status=Status.AGENT_LOST, at=1.0))
+    assert commands[-1] == RunDone(Status.FAILURE)
+    assert e.state.jobs["a"].status == Status.AGENT_LOST
+
+
+def test_job_timeout_and_timeout_seconds() -> None:
+    e = engine("name: p\njobs:\n  a:\n    timeout: 2\n    steps: [{run: x, timeout: 0.5}]\n")
+    assert e.start(0.0) == [StartJob("a", 1, [], 120.0)]
+    [cmd] = e.apply(started("a"))
+    assert isinstance(cmd, RunStep) and cmd.step.timeout == 30.0
+    commands = e.apply(JobEnded(job="a", attempt=1, status=Status.TIMED_OUT, at=3.0))
+    assert commands[-1] == RunDone(Status.FAILURE)
+    assert e.state.jobs["a"].steps[0].status == Status.TIMED_OUT
+
+
+def test_matrix_fail_fast_cancels_siblings() -> None:
+    e = engine("name: p\njobs:\n  m:\n    strategy: {matrix: {x: [1, 2]}}\n    steps: [{run: x}]\n")
+    assert kinds(e.start(0.0)) == ["StartJob", "StartJob"]
+    e.apply(started("m~1"))
+    e.apply(started("m~2"))
+    commands = e.apply(done("m~1", 0, Status.FAILURE))
+    assert StopJob("m~2", 1, Status.CANCELLED) in commands
+    final = e.apply(done("m~2", 0, Status.CANCELLED))
+    assert final[-1] == RunDone(Status.FAILURE)
+    assert e.state.jobs["m~2"].status == Status.CANCELLED
+
+
+def test_max_parallel_limits_instances() -> None:
+    e = engine(
+        "name: p\njobs:\n  m:\n    strategy: {matrix: {x: [1, 2, 3]}, max-parallel: 1}\n"
+        "    steps: [{run: x}]\n"
+    )
+    assert e.start(0.0) == [StartJob("m~1", 1, [], None)]
+    e.apply(started("m~1"))
+    assert e.apply(done("m~1", 0))[-1] == StartJob("m~2", 1, [], None)
+
+
+def test_cancel_before_start_and_always_steps() -> None:
+    from runyard.engine.events import RunCancelled
+
+    e = engine(
+        "name: p\njobs:\n  a:\n    steps: [{run: x}, {run: y, if: always()}]\n"
+        "  b:\n    needs: a\n    steps: [{run: z}]\n"
+    )
+    e.start(0.0)
+    e.apply(started("a"))
+    assert e.apply(RunCancelled(at=1.0)) == [StopJob("a", 1, Status.CANCELLED)]
+    [cmd] = e.apply(done("a", 0, Status.CANCELLED))
+    assert isinstance(cmd, RunStep) and cmd.step.index == 1  # always() still runs
+    final = e.apply(done("a", 1))
+    assert final[-1] == RunDone(Status.CANCELLED)
+    assert e.state.jobs["b"].status == Status.CANCELLED
+
+
+def test_expand_matrix_include_exclude() -> None:
+    combos = expand_matrix(
+        {
+            "os": ["linux", "mac"],
+            "py": [3.11, 3.12],
+            "exclude": [{"os": "mac", "py": 3.11}],
+            "include": [{"os": "linux", "gpu": True}, {"os": "win", "py": 3.12}],
+        }
+    )
+    assert combos == [
+        {"os": "linux", "py": 3.11, "gpu": True},
+        {"os": "linux", "py": 3.12, "gpu": True},
+        {"os": "mac", "py": 3.12},
+        {"os": "win", "py": 3.12},
+    ]
