@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -18,23 +16,7 @@ from schemas.messages import TriggerEvent
 from services import bus
 from services.stack import Stack
 from tests.conftest import ROOT
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead too: it only waits for its parent to reap it
-    status = Path(f"/proc/{pid}/stat")
-    return not (status.exists() and status.read_text().split()[2] == "Z")
-
-
-def wait_dead(pids: list[int], timeout: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(alive(p) for p in pids):
-        time.sleep(0.05)
-    return [p for p in pids if alive(p)]
+from tests.processes import alive, wait_dead
 
 
 async def use_stack(stack: Stack) -> None:
@@ -81,6 +63,7 @@ import sys, time
 from pathlib import Path
 from services.stack import Stack
 from tests.conftest import ROOT
+from tests.processes import alive, wait_dead
 stack = Stack(Path(sys.argv[1])).start()
 print(*stack.pids, flush=True)
 time.sleep(600)

@@ -18,6 +18,7 @@ from runyard.pipeline.validate import validate_text
 from schemas.status import Status
 from tests.agent.actions_repos import datatorch_actions
 from tests.conftest import ROOT
+from tests.processes import wait_dead
 
 
 @pytest.fixture(scope="module")
@@ -184,15 +185,6 @@ def test_bad_input_type(tmp_path: Path) -> None:
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
-
-
 TREE = """name: t
 jobs:
   a:
@@ -216,12 +208,8 @@ def test_timeout_kills_the_process_tree(tmp_path: Path) -> None:
     assert step(state, "a", 0).status == Status.TIMED_OUT
     assert step(state, "a", 1).status == Status.SKIPPED
     assert state.jobs["a"].status == Status.TIMED_OUT
-    for name in ("child.pid", "grandchild.pid"):
-        pid = int((tmp_path / name).read_text())
-        deadline = time.monotonic() + 5
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(pid), name
+    pids = [int((tmp_path / n).read_text()) for n in ("child.pid", "grandchild.pid")]
+    assert wait_dead(pids, 5) == []
 
 
 def test_cancel_stops_the_run(tmp_path: Path) -> None:
@@ -252,7 +240,7 @@ def test_cancel_stops_the_run(tmp_path: Path) -> None:
     state = asyncio.run(go())
     assert state.status == Status.CANCELLED
     assert step(state, "a", 0).status == Status.CANCELLED
-    assert not _alive(int((tmp_path / "grandchild.pid").read_text()))
+    assert wait_dead([int((tmp_path / "grandchild.pid").read_text())], 5) == []
 
 
 def test_retry_on_failure(tmp_path: Path) -> None:

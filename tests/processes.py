@@ -1,0 +1,25 @@
+"""Checking on processes from tests."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (dead, waiting to be reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+def wait_dead(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """The pids still alive after waiting up to `timeout` seconds for all to end."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
