@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -384,3 +385,59 @@ def test_examples_run_locally(name: str, tmp_path: Path, actions_base: str) -> N
     assert done.returncode == 0, done.stdout + done.stderr
     assert "run: success" in done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_node_and_docker_actions(tmp_path: Path) -> None:
+    for name, files in {
+        "node": {
+            "action-datatorch.yaml": "name: Node Twice\ninputs: {n: {type: integer}}\n"
+            "runs: {using: node, main: index.js}\n",
+            "index.js": "const i = JSON.parse(process.argv[process.argv.length - 1]);\n"
+            "console.log(`::twice::${i.n * 2}`);\n",
+        },
+        "docker": {
+            "action-datatorch.yaml": "name: In Docker\nruns: {using: docker, image: alpine}\n"
+        },
+    }.items():
+        folder = tmp_path / "actions" / name
+        folder.mkdir(parents=True)
+        for path, text in files.items():
+            (folder / path).write_text(text)
+    text = """name: n
+jobs:
+  a:
+    steps:
+      - {id: node, action: ./actions/node, inputs: {n: 21}}
+      - {id: docker, action: ./actions/docker, continue-on-error: true}
+"""
+    state = run(text, tmp_path)
+    if shutil.which("node"):
+        assert step(state, "a", 0).outputs == {"twice": 42}
+    docker_answers = (
+        shutil.which("docker") is not None
+        and subprocess.run(
+            ["docker", "info"], capture_output=True, check=False, timeout=30
+        ).returncode
+        == 0
+    )
+    if not docker_answers:
+        assert step(state, "a", 1).error == "docker is not available on this agent"
+
+
+def test_only_one_job(tmp_path: Path) -> None:
+    text = (
+        "name: p\njobs:\n  a: {steps: [{run: exit 1}]}\n  b: {needs: a, steps: [{run: 'true'}]}\n"
+    )
+    result = validate_text(text, "p.yaml")
+    assert result.pipeline is not None
+    local = LocalRun(
+        result.pipeline,
+        workdir=tmp_path,
+        inputs={},
+        event={},
+        job="b",
+        cache_dir=tmp_path / ".c",
+        printer=lambda _: None,
+    )
+    state = asyncio.run(local.run())
+    assert list(state.jobs) == ["b"] and state.status == Status.SUCCESS
