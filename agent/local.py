@@ -156,6 +156,9 @@ class LocalRun:
                 )
             self._spawn(self._start_job(command))
         elif isinstance(command, RunStep):
+            # a fresh event per step: an `if: always()` step after a cancel still runs,
+            # and a second cancel stops it
+            self.cancels[command.job] = asyncio.Event()
             self._spawn(self._run_step(command))
         elif isinstance(command, StopJob):
             if event := self.cancels.get(command.job):

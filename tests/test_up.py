@@ -38,7 +38,7 @@ def _read_until(fd: int, marker: bytes | None, timeout: float) -> bytes:
     return out
 
 
-def ctrl_c_after_start(argv: list[str]) -> tuple[int, str]:
+def ctrl_c_after_start(argv: list[str], marker: bytes = b"is up") -> tuple[int, str]:
     env = {
         k: v for k, v in os.environ.items() if k not in ("RUNYARD_NATS_URL", "RUNYARD_REDIS_URL")
     }
@@ -47,8 +47,8 @@ def ctrl_c_after_start(argv: list[str]) -> tuple[int, str]:
         os.chdir(ROOT)
         os.execvpe(argv[0], argv, env)
     try:
-        output = _read_until(fd, b"is up", 120)
-        assert b"is up" in output, output.decode(errors="replace")
+        output = _read_until(fd, marker, 120)
+        assert marker in output, output.decode(errors="replace")
         os.write(fd, b"\x03")
         output += _read_until(fd, None, 60)
         _, status = os.waitpid(pid, 0)

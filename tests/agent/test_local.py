@@ -441,3 +441,29 @@ def test_only_one_job(tmp_path: Path) -> None:
     )
     state = asyncio.run(local.run())
     assert list(state.jobs) == ["b"] and state.status == Status.SUCCESS
+
+
+def test_ctrl_c_cancels_a_local_run(tmp_path: Path) -> None:
+    from tests.test_up import ctrl_c_after_start
+
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        "name: p\njobs:\n  a:\n    steps:\n"
+        "      - run: echo started; sleep 300\n"
+        "      - {run: echo cleaned up, if: always()}\n"
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "runyard",
+        "pipeline",
+        "run",
+        str(pipeline),
+        "--workdir",
+        str(tmp_path),
+    ]
+    status, output = ctrl_c_after_start(argv, b"[a/1] started")
+    assert status == 1, output
+    assert "[a/2] cleaned up" in output
+    assert "run: cancelled" in output
+    assert "Traceback" not in output
