@@ -138,3 +138,21 @@ def test_action_file_ignores_unknown_keys() -> None:
         }
     )
     assert action.inputs["a"].required and action.runs.main == "add.py"
+
+
+def test_json_schema_command() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from runyard.cli import cli
+
+    for kind in ("pipeline", "action"):
+        result = CliRunner().invoke(cli, ["schema", kind])
+        assert result.exit_code == 0
+        schema = json.loads(result.stdout)
+        assert schema["$schema"].startswith("https://json-schema.org/")
+    pipeline = json.loads(CliRunner().invoke(cli, ["schema", "pipeline"]).stdout)
+    job = pipeline["$defs"]["Job"]["properties"]
+    assert "runs-on" in job and "runs_on" not in job
+    assert {"type": "string"} in pipeline["$defs"]["Step"]["properties"]["action"]["anyOf"]
