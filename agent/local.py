@@ -5,6 +5,7 @@ the pipeline's `repository` when it names one."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import platform
 import signal
 import tempfile
@@ -61,7 +62,7 @@ def only_job(plan: Plan, job_id: str) -> Plan:
     if job_id not in plan.instances:
         raise KeyError(job_id)
     keys = plan.instances[job_id]
-    jobs = {k: plan.jobs[k].__class__(**{**plan.jobs[k].__dict__, "needs": ()}) for k in keys}
+    jobs = {k: dataclasses.replace(plan.jobs[k], needs=()) for k in keys}
     return Plan(plan.pipeline, jobs, {job_id: keys})
 
 

@@ -8,6 +8,7 @@ steps), secrets are masked before a line leaves the runner, and outputs are read
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import importlib.util
 import json
@@ -16,6 +17,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,12 @@ class StepResult:
     finished_at: float = 0.0
 
 
-def masker(values: list[str]) -> Any:
+@functools.cache
+def _datatorch_installed() -> bool:
+    return importlib.util.find_spec("datatorch") is not None
+
+
+def masker(values: list[str]) -> Callable[[str], str]:
     secrets = sorted((v for v in values if v), key=len, reverse=True)
 
     def mask(line: str) -> str:
@@ -166,7 +173,7 @@ class StepRunner:
         main = str(loaded.path / runs.main) if runs.main else ""
         payload = json.dumps(inputs)
         if runs.using == "python":
-            if importlib.util.find_spec("datatorch") is None:
+            if not _datatorch_installed():
                 env["PYTHONPATH"] = os.pathsep.join(
                     filter(None, [str(COMPAT), env.get("PYTHONPATH")])
                 )

@@ -58,6 +58,11 @@ def _needs(plan: Plan, state: RunState, job: JobPlan) -> dict[str, Any]:
     return out
 
 
+def needed_jobs(plan: Plan, state: RunState, job: JobPlan) -> list[JobState]:
+    """Every instance of every job that `job` needs."""
+    return [state.jobs[k] for n in job.needs for k in plan.instances.get(n, [])]
+
+
 def need_passed(plan: Plan, job: JobState) -> bool:
     """A needed job counts as passed when it succeeded, or failed with continue-on-error."""
     spec = plan.jobs[job.key].spec
@@ -74,7 +79,7 @@ def _env(layers: list[dict[str, Any]], contexts: dict[str, Any]) -> dict[str, st
 
 def job_contexts(plan: Plan, state: RunState, info: RunInfo, job: JobPlan) -> dict[str, Any]:
     """For a job's `if:`: run-wide contexts, `needs`, `matrix`, `env`."""
-    needed = [state.jobs[k] for n in job.needs for k in plan.instances.get(n, [])]
+    needed = needed_jobs(plan, state, job)
     ok = all(need_passed(plan, j) for j in needed)
     failed = any(j.status in FAILED for j in needed)
     contexts = {**_base(info), "needs": _needs(plan, state, job), "matrix": job.matrix}

@@ -7,6 +7,7 @@ are bound per evaluation by the caller, since they depend on where in the run it
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -96,11 +97,16 @@ def to_text(value: Any) -> str:
     return str(value)
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled(source: str) -> Any:
+    """Compiling is most of an evaluation's cost; runs repeat the same expressions."""
+    return _env.compile_expression(expr_syntax.to_jinja(source), undefined_to_none=False)
+
+
 def evaluate(source: str, contexts: Mapping[str, Any]) -> Any:
     """The value of one expression (without its `${{ }}`)."""
     try:
-        compiled = _env.compile_expression(expr_syntax.to_jinja(source), undefined_to_none=False)
-        value = compiled(**FUNCTIONS, **contexts)
+        value = _compiled(source)(**FUNCTIONS, **contexts)
     except (
         TemplateError,
         SecurityError,

@@ -33,6 +33,7 @@ from runyard.engine.expressions import ExpressionError, condition, evaluate, ren
 from runyard.engine.plan import Plan
 from runyard.engine.script import prepare
 from runyard.engine.state import JobState, RunState, StepState
+from schemas.pipeline import ActionRef
 from schemas.status import Status
 
 MINUTE = 60.0
@@ -56,7 +57,7 @@ def initial_state(plan: Plan, run_id: str) -> RunState:
     return RunState(id=run_id, jobs=jobs)
 
 
-def _default_name(run: str | None, action: Any) -> str:
+def _default_name(run: str | None, action: ActionRef | None) -> str:
     if action is not None:
         return f"{action.name}@{action.tag}" if action.tag else str(action.name)
     first = (run or "").strip().splitlines()
@@ -101,8 +102,7 @@ class Engine:
             job = self.state.jobs[key]
             if job.status != Status.QUEUED or job.ready:
                 continue
-            needed = [self.state.jobs[k] for n in plan.needs for k in self.plan.instances[n]]
-            if not all(j.status.final for j in needed):
+            if not all(j.status.final for j in ctx.needed_jobs(self.plan, self.state, plan)):
                 continue
             if self.state.cancelled:
                 self._end_job(job, Status.CANCELLED, at)
