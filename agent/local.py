@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import platform
 import signal
 import tempfile
 import time
@@ -17,8 +16,9 @@ from typing import Any
 
 from agent import git
 from agent.actions import ActionCache
+from agent.metrics import host_context
 from agent.runners import StepRunner
-from runyard.engine.contexts import RunInfo
+from runyard.engine.contexts import RunInfo, form_inputs
 from runyard.engine.events import (
     Command,
     Event,
@@ -42,21 +42,6 @@ from schemas.status import Status
 Printer = Callable[[str], None]
 
 
-def host_context() -> dict[str, Any]:
-    return {
-        "agent": {"id": "local", "name": "local"},
-        "machine": {
-            "name": platform.node(),
-            "os": platform.system(),
-            "version": platform.version(),
-        },
-        "python": {
-            "version": platform.python_version(),
-            "implementation": platform.python_implementation(),
-        },
-    }
-
-
 def only_job(plan: Plan, job_id: str) -> Plan:
     """The plan with just `job_id`'s instances, its needs dropped (`--job`)."""
     if job_id not in plan.instances:
@@ -71,14 +56,6 @@ def local_event(given: dict[str, Any]) -> dict[str, Any]:
     with the `--event` file's fields on top."""
     base = TriggerEvent(id="local", kind="manual", project="local", created_at=time.time())
     return {**base.model_dump(mode="json"), **given}
-
-
-def form_inputs(pipeline: Pipeline, given: dict[str, Any]) -> dict[str, Any]:
-    """Run inputs with the manual form's defaults applied."""
-    form = (pipeline.triggers.manual.form if pipeline.triggers.manual else None) or {}
-    props = form.get("properties", {}) if isinstance(form, dict) else {}
-    values = {k: p["default"] for k, p in props.items() if isinstance(p, dict) and "default" in p}
-    return {**values, **given}
 
 
 class LocalRun:
@@ -203,7 +180,10 @@ class LocalRun:
         self.workspaces[command.job] = workspace
         self.events.put_nowait(
             JobStarted(
-                job=command.job, attempt=command.attempt, host=host_context(), at=time.time()
+                job=command.job,
+                attempt=command.attempt,
+                host=host_context("local", "local"),
+                at=time.time(),
             )
         )
 

@@ -109,7 +109,17 @@ class StepAssign(Message):
     mask: list[str] = Field([], description="values to mask in logs (secrets)")
 
 
-InboxMessage = Annotated[JobAssign | StepAssign, Field(discriminator="type")]
+class JobFinish(Message):
+    """The job's steps are over: collect artifacts, clean up, free the slot."""
+
+    type: Literal["job.finish"] = "job.finish"
+    run: str
+    job: str
+    attempt: int = 1
+    status: Status
+
+
+InboxMessage = Annotated[JobAssign | StepAssign | JobFinish, Field(discriminator="type")]
 
 # --- agent → dispatcher (ry.agent.<id>.events) --------------------------------------
 
@@ -121,6 +131,7 @@ class JobClaimed(Message):
     job: str
     attempt: int = 1
     workspace: str
+    host: dict[str, Any] = Field({}, description="agent, machine and python contexts")
     at: float
 
 
@@ -209,6 +220,34 @@ class Cancel(Message):
     grace: float = 10.0
 
 
+class RunCancel(Message):
+    """Cancel a run (API → dispatcher, through RY_EVENTS so it survives a restart)."""
+
+    type: Literal["run.cancel"] = "run.cancel"
+    run: str
+    by: str | None = None
+    at: float
+
+
+class LogLine(BaseModel):
+    seq: int
+    at: float
+    stream: Literal["out", "err"]
+    text: str
+
+
+class LogBatch(Message):
+    """Lines of one step, in order (ry.agent.<id>.logs.<run>.<job>.<step>)."""
+
+    type: Literal["log.batch"] = "log.batch"
+    agent: str
+    run: str
+    job: str
+    attempt: int = 1
+    step: str
+    lines: list[LogLine]
+
+
 class RunChanged(Message):
     type: Literal["run.changed"] = "run.changed"
     run: str
@@ -216,12 +255,19 @@ class RunChanged(Message):
     at: float
 
 
+EventsMessage = Annotated[TriggerEvent | RunCancel, Field(discriminator="type")]
+
 _inbox = TypeAdapter[InboxMessage](InboxMessage)
 _agent_events = TypeAdapter[AgentEvent](AgentEvent)
+_events = TypeAdapter[EventsMessage](EventsMessage)
 
 
-def decode_inbox(data: bytes) -> JobAssign | StepAssign:
+def decode_inbox(data: bytes) -> JobAssign | StepAssign | JobFinish:
     return _inbox.validate_json(data)
+
+
+def decode_event(data: bytes) -> TriggerEvent | RunCancel:
+    return _events.validate_json(data)
 
 
 def decode_agent_event(data: bytes) -> JobClaimed | StepFinished | JobFinished:

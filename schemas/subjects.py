@@ -18,6 +18,11 @@ def events(kind: str, project: str) -> str:
     return f"{PREFIX}.events.{kind}.{project}"
 
 
+def run_control(project: str) -> str:
+    """Cancels from the API, in RY_EVENTS so none is lost while no dispatcher runs."""
+    return events("control", project)
+
+
 def agent_inbox(agent: str) -> str:
     return f"{PREFIX}.agent.{agent}.inbox"
 
@@ -48,6 +53,8 @@ INBOX_ALL = f"{PREFIX}.agent.*.inbox"
 AGENT_EVENTS_ALL = f"{PREFIX}.agent.*.events"
 LOGS_ALL = f"{PREFIX}.agent.*.logs.>"
 HEARTBEATS_ALL = f"{PREFIX}.agent.*.hb"
+# Pipelines created, changed or deleted (the scheduler keeps its cron jobs in step).
+PIPELINES_CHANGED = f"{PREFIX}.pipelines.changed"
 RUNS_CHANGED_ALL = f"{PREFIX}.runs.*.changed"
 
 # --- streams ------------------------------------------------------------------------
@@ -80,6 +87,8 @@ STREAMS: tuple[StreamSpec, ...] = (EVENTS_STREAM, INBOX_STREAM, AGENT_STREAM, LO
 
 DISPATCHER_EVENTS_CONSUMER = "dispatcher-events"
 DISPATCHER_AGENT_CONSUMER = "dispatcher-agent"
+# Heartbeats are core NATS: the dispatcher replicas share them through a queue group.
+DISPATCHER_QUEUE = "dispatchers"
 LOG_COLLECTOR_CONSUMER = "log-collector"
 
 

@@ -7,29 +7,104 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 
-from services import bus
-from services.stack import Stack, StackError
+from runyard.cli import config
+from runyard.cli.client import Api
+from runyard.cli.run import follow
+from schemas.status import Status
+from services.bootstrap import EXAMPLES_PROJECT, bootstrap
+from services.stack import Server, Stack, StackError
+
+SERVICE_START = 20.0  # seconds for the API to answer and the agent to come online
 
 
-async def _serve(stack: Stack) -> None:
-    nc = await bus.connect(stack.nats_url, name="runyard-up")
+def _service(data_dir: Path, name: str, *args: str) -> Server:
+    argv = [sys.executable, "-m", "runyard", *args]
+    return Server(name, argv, 0, data_dir / "logs" / f"{name}.log")
+
+
+def _wait_for(what: str, check: Callable[[], bool], servers: list[Server]) -> None:
+    deadline = time.monotonic() + SERVICE_START
+    while time.monotonic() < deadline:
+        for server in servers:
+            if server.process is not None and server.process.poll() is not None:
+                raise StackError(f"{server.name} exited:\n{server.tail()}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.1)
+    raise StackError(f"{what} did not come up within {SERVICE_START:.0f} s")
+
+
+def _start_services(stack: Stack, data_dir: Path, port: int, examples: Path | None) -> str:
+    """Start dispatcher, web and the local agent; returns the web URL."""
+    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    os.environ["RUNYARD_NATS_URL"] = stack.nats_url
+    os.environ["RUNYARD_REDIS_URL"] = stack.redis_url
+    saved = config.load()
+    url = f"http://127.0.0.1:{port}"
+    agent_dir = data_dir / "agent"
+    setup = asyncio.run(
+        bootstrap(
+            stack.redis_url,
+            stack.nats_url,
+            saved.get("api_key") if saved.get("host") == url else None,
+            examples,
+            agent_dir,
+        )
+    )
+    for problem in setup.problems:
+        click.echo(f"example skipped: {problem}", err=True)
+    config.save({"host": url, "api_key": setup.api_key, "project": EXAMPLES_PROJECT})
+    services = [
+        _service(data_dir, "dispatcher", "serve", "dispatcher"),
+        _service(data_dir, "web", "serve", "web", "--port", str(port)),
+        _service(data_dir, "agent", "agent", "start", "--slots", "2", "--dir", str(agent_dir)),
+    ]
+    for server in services:
+        stack.servers.append(server)
+        server.start()
+    api = Api()
+    _wait_for("the web API", lambda: bool(api.call("GET", "/api/health")["ok"]), services)
+    _wait_for(
+        "the local agent",
+        lambda: bool(api.call("GET", f"/api/agents/{setup.agent.id}")["online"]),
+        services,
+    )
+    click.echo(f"loaded {len(setup.loaded)} example pipeline(s) into project '{EXAMPLES_PROJECT}'")
+    return url
+
+
+def _run_example(name: str) -> None:
+    api = Api()
+    path = f"/api/projects/{EXAMPLES_PROJECT}/pipelines/{quote(name)}/runs"
     try:
-        await bus.ensure_streams(nc.jetstream())
-    finally:
-        await nc.close()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+        started = api.call("POST", path, json={"inputs": {}})
+    except click.ClickException as exc:
+        click.echo(f"example '{name}' not started: {exc.message}", err=True)
+        return
+    click.echo(f"running the example '{name}' …")
+    final = follow(api, started["run"], click.echo)
+    if final["status"] != Status.SUCCESS:
+        click.echo("the example did not succeed; see the lines above", err=True)
+
+
+def _until_signal(ready: str) -> None:
+    """Print `ready`, then wait for Ctrl-C or SIGTERM (handlers are set first, so a
+    Ctrl-C typed the moment the line appears is not lost)."""
+    stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    click.echo(f"NATS   {stack.nats_url}")
-    click.echo(f"Valkey {stack.redis_url}")
-    click.echo("Runyard is up; press Ctrl-C to stop.")
-    await stop.wait()
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(ready)
+    while not stop.wait(1.0):
+        pass
     # A second Ctrl-C while stopping must not leave servers half stopped.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
@@ -70,18 +145,41 @@ def _terminal_foreground() -> Iterator[None]:
     show_default=True,
     help="where the servers keep their data",
 )
-def up(data_dir: Path) -> None:
-    """Start Runyard on this machine: NATS (JetStream) and Valkey, with the streams.
+@click.option("--port", default=8400, show_default=True, type=int, help="web and API port")
+@click.option(
+    "--examples",
+    type=click.Path(path_type=Path),
+    default=Path("examples"),
+    show_default=True,
+    help="pipelines to load into the 'examples' project",
+)
+@click.option(
+    "--example",
+    "example",
+    default="Adding Numbers",
+    show_default=True,
+    help="the example pipeline to run once everything is up ('' for none)",
+)
+def up(data_dir: Path, port: int, examples: Path, example: str) -> None:
+    """Start Runyard on this machine: NATS and Valkey, the dispatcher, the web API and
+    one local agent (2 slots); load the examples, run one, and stay up until Ctrl-C.
 
-    Stops cleanly on Ctrl-C.
+    The CLI is logged in to this server afterwards.
 
     \b
     Example:
-      runyard up --data-dir /var/lib/runyard
+      runyard up --data-dir /var/lib/runyard --port 8400
     """
     try:
         with _terminal_foreground(), Stack(data_dir.resolve()) as stack:
-            asyncio.run(_serve(stack))
+            click.echo(f"NATS   {stack.nats_url}")
+            click.echo(f"Valkey {stack.redis_url}")
+            url = _start_services(stack, data_dir.resolve(), port, examples)
+            if example:
+                _run_example(example)
+            _until_signal(
+                f"Runyard is up at {url} (API key in {config.path()}); press Ctrl-C to stop."
+            )
     except StackError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("stopped")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from services.stack import free_port
+from tests.agent.actions_repos import datatorch_actions
 from tests.conftest import ROOT
 
 
@@ -38,10 +40,13 @@ def _read_until(fd: int, marker: bytes | None, timeout: float) -> bytes:
     return out
 
 
-def ctrl_c_after_start(argv: list[str], marker: bytes = b"is up") -> tuple[int, str]:
+def ctrl_c_after_start(
+    argv: list[str], marker: bytes = b"is up", extra_env: dict[str, str] | None = None
+) -> tuple[int, str]:
     env = {
         k: v for k, v in os.environ.items() if k not in ("RUNYARD_NATS_URL", "RUNYARD_REDIS_URL")
     }
+    env.update(extra_env or {})
     pid, fd = pty.fork()
     if pid == 0:  # the child: a fresh session with the pty as its terminal
         os.chdir(ROOT)
@@ -65,11 +70,31 @@ def assert_clean_stop(status: int, output: str) -> None:
     assert "Traceback" not in output
 
 
+def up_env(tmp_path: Path) -> dict[str, str]:
+    """The CLI's login goes to a temporary file; actions come from local repositories."""
+    return {
+        "RUNYARD_CONFIG": str(tmp_path / "config.json"),
+        "RUNYARD_ACTIONS_BASE": datatorch_actions(tmp_path / "actions"),
+    }
+
+
+def assert_example_ran(output: str, port: int) -> None:
+    assert "add / Add Numbers: success  sum = 30" in output, output
+    assert f"Runyard is up at http://127.0.0.1:{port}" in output, output
+
+
 def test_runyard_up(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "runyard", "up", "--data-dir", str(tmp_path)]
-    assert_clean_stop(*ctrl_c_after_start(argv))
+    port = free_port()
+    argv = [sys.executable, "-m", "runyard", "up", "--data-dir", str(tmp_path / "data")]
+    status, output = ctrl_c_after_start([*argv, "--port", str(port)], extra_env=up_env(tmp_path))
+    assert_clean_stop(status, output)
+    assert_example_ran(output, port)
 
 
 @pytest.mark.skipif(shutil.which("just") is None, reason="just is not installed")
 def test_just_up(tmp_path: Path) -> None:
-    assert_clean_stop(*ctrl_c_after_start(["just", "up", "--data-dir", str(tmp_path)]))
+    port = free_port()
+    argv = ["just", "up", "--data-dir", str(tmp_path / "data"), "--port", str(port)]
+    status, output = ctrl_c_after_start(argv, extra_env=up_env(tmp_path))
+    assert_clean_stop(status, output)
+    assert_example_ran(output, port)

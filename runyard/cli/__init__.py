@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import click
 
+from runyard.cli.agent import agent
 from runyard.cli.pipeline import pipeline
+from runyard.cli.run import run
 from runyard.cli.schema import schema
+from services.serve import serve
 from services.up import up
 
 
@@ -20,9 +23,8 @@ def cli() -> None:
     """
 
 
-cli.add_command(pipeline)
-cli.add_command(schema)
-cli.add_command(up)
+for command in (agent, pipeline, run, schema, serve, up):
+    cli.add_command(command)
 
 
 def main() -> None:

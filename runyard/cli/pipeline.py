@@ -40,7 +40,7 @@ def validate(files: tuple[Path, ...]) -> None:
     click.echo(f"{len(files)} file(s) valid", err=True)
 
 
-def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
+def parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -105,7 +105,7 @@ def run_command(
     state = run_file(
         result.pipeline,
         workdir=workdir.resolve(),
-        inputs=_parse_inputs(inputs),
+        inputs=parse_inputs(inputs),
         event=event,
         job=job,
     )

@@ -9,6 +9,7 @@ from typing import Any
 from runyard.engine.expressions import render, to_text
 from runyard.engine.plan import JobPlan, Plan
 from runyard.engine.state import JobState, RunState
+from schemas.pipeline import Pipeline
 from schemas.status import Status
 
 
@@ -21,6 +22,14 @@ class RunInfo:
     event: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, Any] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
+
+
+def form_inputs(pipeline: Pipeline, given: dict[str, Any]) -> dict[str, Any]:
+    """Run inputs with the manual form's defaults applied."""
+    form = (pipeline.triggers.manual.form if pipeline.triggers.manual else None) or {}
+    props = form.get("properties", {}) if isinstance(form, dict) else {}
+    values = {k: p["default"] for k, p in props.items() if isinstance(p, dict) and "default" in p}
+    return {**values, **given}
 
 
 FAILED = (Status.FAILURE, Status.TIMED_OUT, Status.AGENT_LOST)

@@ -1,0 +1,375 @@
+"""The agent process (`runyard agent start`): takes work from its inbox on NATS, runs
+it with the local-mode runners, and reports back (DESIGN.md §4, §6).
+
+Acks: a `job.assign` is acked once the claim is stored in RY_AGENT, a `step.assign` once
+its `step.finished` is, so work is never lost with the connection; a journal of
+finished steps on disk turns a redelivered message into a re-sent result, not a second
+run. Running steps never wait on NATS: their lines and results go through the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig
+from nats.js.errors import NotFoundError
+
+from agent import git, metrics
+from agent.actions import ActionCache
+from agent.config import AgentConfig
+from agent.logship import StepLog
+from agent.runners import StepResult, StepRunner
+from agent.spool import Spool
+from runyard.engine.events import ResolvedStep
+from schemas import subjects
+from schemas.messages import (
+    Cancel,
+    Heartbeat,
+    JobAssign,
+    JobClaimed,
+    JobFinish,
+    JobFinished,
+    StepAssign,
+    StepFinished,
+    decode_inbox,
+)
+from schemas.pipeline import ActionRef
+from schemas.status import Status
+
+log = logging.getLogger("runyard.agent")
+
+HEARTBEAT = 5.0
+IN_PROGRESS = 20.0  # well inside the inbox consumer's ack wait
+ACK_WAIT = 60.0
+JOURNAL_KEEP = 10_000
+
+
+async def connect(config: AgentConfig, url: str) -> Client:
+    """`nats://`, `tls://` or `ws://`; reconnects on its own for as long as it runs.
+    The agent's id and token are its NATS user and password where the server checks
+    them."""
+    return await nats.connect(
+        url,
+        name=f"runyard-agent-{config.id}",
+        user=config.id,
+        password=config.token,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        allow_reconnect=True,
+    )
+
+
+def job_key(run: str, job: str, attempt: int) -> str:
+    return f"{run}|{job}|{attempt}"
+
+
+class Journal:
+    """Keys of finished steps and jobs, on disk, so redelivered work is not run again."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = path.read_text().splitlines() if path.exists() else []
+        self.done = set(lines[-JOURNAL_KEEP:])
+        path.write_text("".join(f"{k}\n" for k in lines[-JOURNAL_KEEP:]))
+        self.path = path
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.done
+
+    def add(self, key: str) -> None:
+        self.done.add(key)
+        with self.path.open("a") as out:
+            out.write(key + "\n")
+
+
+@dataclass
+class Job:
+    assign: JobAssign
+    workspace: Path
+    setup_error: str | None = None
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    step: asyncio.Task[None] | None = None
+    step_index: int | None = None
+    step_msg: Msg | None = None
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, nc: Client, directory: Path, slots: int) -> None:
+        self.config = config
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.dir = directory
+        self.slots = slots
+        self.spool = Spool(nc, directory / "spool")
+        self.journal = Journal(directory / "state" / "done")
+        cache = directory / "cache"
+        self.runner = StepRunner(ActionCache(cache / "actions"), cache)
+        self.jobs: dict[str, Job] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.host = metrics.host_context(config.id, config.name)
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.spool.start()
+        await self.nc.subscribe(subjects.agent_control(self.config.id), cb=self._on_control)
+        fetcher = asyncio.ensure_future(self._fetch())
+        beater = asyncio.ensure_future(self._heartbeats())
+        keeper = asyncio.ensure_future(self._keep_in_progress())
+        log.info(
+            "agent %s (%s) started with %d slots", self.config.name, self.config.id, self.slots
+        )
+        await stop.wait()
+        fetcher.cancel()
+        keeper.cancel()
+        await self._shutdown()
+        beater.cancel()
+        await asyncio.gather(fetcher, beater, keeper, return_exceptions=True)
+
+    async def _shutdown(self) -> None:
+        """Ctrl-C: cancel running steps, report them, send what is queued."""
+        for job in self.jobs.values():
+            job.cancel.set()
+        running = [j.step for j in self.jobs.values() if j.step is not None]
+        await asyncio.gather(*running, return_exceptions=True)
+        if not await self.spool.drained(10):
+            log.warning("NATS did not take everything in time; it stays in the spool")
+        await self.spool.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _ensure_consumer(self) -> None:
+        name = subjects.agent_inbox_consumer(self.config.id)
+        try:
+            await self.js.consumer_info(subjects.INBOX_STREAM.name, name)
+        except NotFoundError:
+            config = ConsumerConfig(
+                durable_name=name,
+                filter_subject=subjects.agent_inbox(self.config.id),
+                ack_wait=ACK_WAIT,
+                max_ack_pending=1000,
+            )
+            await self.js.add_consumer(subjects.INBOX_STREAM.name, config)
+
+    async def _fetch(self) -> None:
+        while True:
+            try:
+                await self._ensure_consumer()
+                sub = await self.js.pull_subscribe_bind(
+                    subjects.agent_inbox_consumer(self.config.id), subjects.INBOX_STREAM.name
+                )
+                break
+            except Exception as exc:
+                log.warning("waiting for NATS: %s", exc)
+                await asyncio.sleep(1)
+        while True:
+            try:
+                msgs = await sub.fetch(1, timeout=5)
+            except TimeoutError:
+                continue
+            except Exception as exc:
+                log.debug("fetch: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                self._dispatch(msg)
+
+    def _dispatch(self, msg: Msg) -> None:
+        try:
+            work = decode_inbox(msg.data)
+        except ValueError as exc:
+            log.error("dropping an unreadable inbox message: %s", exc)
+            self._spawn(msg.term())
+            return
+        if isinstance(work, JobAssign):
+            self._spawn(self._job_assigned(work, msg))
+        elif isinstance(work, StepAssign):
+            self._step_assigned(work, msg)
+        else:
+            self._spawn(self._job_finish(work, msg))
+
+    # --- jobs -----------------------------------------------------------------------
+
+    async def _job_assigned(self, assign: JobAssign, msg: Msg) -> None:
+        key = job_key(assign.run, assign.job, assign.attempt)
+        if key in self.jobs or f"job:{key}" in self.journal:
+            await msg.ack()
+            return
+        workspace = self.dir / "work" / assign.run / assign.job
+        job = Job(assign, workspace)
+        self.jobs[key] = job
+        await asyncio.to_thread(shutil.rmtree, workspace, True)
+        workspace.mkdir(parents=True, exist_ok=True)
+        if assign.repository:
+            try:
+                ref, _ = await git.resolve(assign.repository, assign.sha or assign.ref or "HEAD")
+                await git.fetch_checkout(assign.repository, ref, workspace)
+            except git.GitError as exc:
+                job.setup_error = f"checkout of {assign.repository} failed: {exc}"
+        claimed = JobClaimed(
+            agent=self.config.id,
+            run=assign.run,
+            job=assign.job,
+            attempt=assign.attempt,
+            workspace=str(workspace),
+            host=self.host,
+            at=time.time(),
+        )
+        self.spool.put(
+            subjects.agent_events(self.config.id), claimed.encode(), "claim:" + key, msg.ack
+        )
+
+    async def _job_finish(self, finish: JobFinish, msg: Msg) -> None:
+        key = job_key(finish.run, finish.job, finish.attempt)
+        job = self.jobs.pop(key, None)
+        if job is not None:
+            job.cancel.set()
+            if job.step is not None:
+                await asyncio.gather(job.step, return_exceptions=True)
+            await asyncio.to_thread(shutil.rmtree, job.workspace, True)
+        if job is None and f"job:{key}" in self.journal:
+            await msg.ack()
+            return
+        self.journal.add(f"job:{key}")
+        done = JobFinished(
+            agent=self.config.id,
+            run=finish.run,
+            job=finish.job,
+            attempt=finish.attempt,
+            status=finish.status,
+            at=time.time(),
+        )
+        self.spool.put(subjects.agent_events(self.config.id), done.encode(), "done:" + key, msg.ack)
+
+    def _on_cancel(self, cancel: Cancel) -> None:
+        job = self.jobs.get(job_key(cancel.run, cancel.job, cancel.attempt))
+        if job is not None:
+            job.cancel.set()
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            self._on_cancel(Cancel.model_validate_json(msg.data))
+        except ValueError as exc:
+            log.error("unreadable control message: %s", exc)
+
+    # --- steps ----------------------------------------------------------------------
+
+    def _step_assigned(self, assign: StepAssign, msg: Msg) -> None:
+        key = job_key(assign.run, assign.job, assign.attempt)
+        step_key = f"step:{key}|{assign.index}"
+        if step_key in self.journal:  # its result is sent or in the spool
+            self._spawn(msg.ack())
+            return
+        job = self.jobs.get(key)
+        if job is None:  # this process did not see the claim (it restarted): carry on
+            workspace = self.dir / "work" / assign.run / assign.job
+            workspace.mkdir(parents=True, exist_ok=True)
+            placeholder = JobAssign(
+                run=assign.run, job=assign.job, attempt=assign.attempt, project="", pipeline=""
+            )
+            job = self.jobs[key] = Job(placeholder, workspace)
+        if job.step_index == assign.index and job.step is not None:
+            job.step_msg = msg  # a redelivery of the running step: ack the newest one
+            return
+        job.cancel = asyncio.Event()  # a fresh one per step, as in local mode
+        job.step_index, job.step_msg = assign.index, msg
+        job.step = self._spawn(self._run_step(job, assign, step_key))
+
+    async def _run_step(self, job: Job, assign: StepAssign, step_key: str) -> None:
+        sink = StepLog(
+            self.spool, self.config.id, assign.run, assign.job, assign.attempt, assign.step
+        )
+        if job.setup_error:
+            sink("err", job.setup_error)
+            now = time.time()
+            result = StepResult(
+                Status.FAILURE, error=job.setup_error, started_at=now, finished_at=now
+            )
+        else:
+            result = await self.runner.run(resolved(assign), job.workspace, sink, job.cancel)
+        sink.flush()
+        self.journal.add(step_key)
+        finished = StepFinished(
+            agent=self.config.id,
+            run=assign.run,
+            job=assign.job,
+            attempt=assign.attempt,
+            index=assign.index,
+            step=assign.step,
+            status=result.status,
+            exit_code=result.exit_code,
+            outputs=result.outputs,
+            error=result.error,
+            started_at=result.started_at,
+            finished_at=result.finished_at,
+        )
+
+        async def ack() -> None:
+            if job.step_msg is not None:
+                await job.step_msg.ack()
+
+        self.spool.put(
+            subjects.agent_events(self.config.id), finished.encode(), "sf:" + step_key[5:], ack
+        )
+        job.step_index = None
+
+    async def _keep_in_progress(self) -> None:
+        """Long steps: tell JetStream the step message is still being worked on."""
+        while True:
+            await asyncio.sleep(IN_PROGRESS)
+            for job in list(self.jobs.values()):
+                if job.step_msg is not None and job.step_index is not None:
+                    with contextlib.suppress(Exception):
+                        await job.step_msg.in_progress()
+
+    # --- heartbeats -----------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        while True:
+            try:
+                hb = Heartbeat(
+                    agent=self.config.id,
+                    slots=self.slots,
+                    free_slots=max(self.slots - len(self.jobs), 0),
+                    jobs=list(self.jobs),
+                    metrics=await asyncio.to_thread(metrics.collect, self.dir),
+                    at=time.time(),
+                )
+                if self.nc.is_connected:
+                    await self.nc.publish(subjects.agent_heartbeat(self.config.id), hb.encode())
+            except Exception as exc:
+                log.debug("heartbeat: %s", exc)
+            await asyncio.sleep(HEARTBEAT)
+
+
+def resolved(assign: StepAssign) -> ResolvedStep:
+    """The wire message → what a runner executes."""
+    return ResolvedStep(
+        index=assign.index,
+        id=assign.step,
+        name=assign.name,
+        script=assign.run_script,
+        shell=assign.shell,
+        action=ActionRef.model_validate(assign.action) if assign.action else None,
+        inputs=assign.inputs,
+        env=assign.env,
+        working_directory=assign.working_directory,
+        timeout=assign.timeout,
+        cache=assign.cache,
+        mask=assign.mask,
+    )

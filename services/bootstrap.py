@@ -1,0 +1,76 @@
+"""What `runyard up` sets up in the store before anything runs: the admin API key (kept
+in the CLI's config, so the CLI is logged in), the `examples` project with the example
+pipelines, and the local agent's registration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config import AgentConfig, ConfigError
+from services.store import records
+from services.store.connection import Redis, connect
+
+EXAMPLES_PROJECT = "examples"
+
+
+@dataclass
+class Setup:
+    api_key: str
+    loaded: list[str]
+    problems: list[str]
+    agent: AgentConfig
+
+
+async def bootstrap(
+    redis_url: str, nats_url: str, api_key: str | None, examples: Path | None, agent_dir: Path
+) -> Setup:
+    r = connect(redis_url)
+    try:
+        if api_key is None or await records.check_api_key(r, api_key) is None:
+            api_key = await records.create_api_key(r, "admin")
+        await records.create_project(r, EXAMPLES_PROJECT)
+        loaded, problems = await _load_examples(r, examples)
+        agent = await _local_agent(r, nats_url, agent_dir)
+    finally:
+        await r.aclose()
+    return Setup(api_key, loaded, problems, agent)
+
+
+async def _load_examples(r: Redis, folder: Path | None) -> tuple[list[str], list[str]]:
+    loaded: list[str] = []
+    problems: list[str] = []
+    if folder is None or not folder.is_dir():
+        return loaded, problems
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml"), *folder.glob("*.json")]):
+        source = path.read_text()
+        fmt = "json" if path.suffix == ".json" else "yaml"
+        result = records.validate_source(source, fmt)
+        if not result.ok or result.pipeline is None:
+            problems += [f"{path}:{p.line}:{p.column}: {p.message}" for p in result.problems]
+            continue
+        name = result.pipeline.name
+        try:
+            same = (await records.get_pipeline(r, EXAMPLES_PROJECT, name)).source == source
+        except records.NotFound:
+            same = False
+        if not same:
+            await records.save_pipeline(r, EXAMPLES_PROJECT, name, source, fmt)
+        loaded.append(name)
+    return loaded, problems
+
+
+async def _local_agent(r: Redis, nats_url: str, directory: Path) -> AgentConfig:
+    """The agent registered by an earlier `up` in this data directory, or a new one."""
+    try:
+        known = AgentConfig.load(directory)
+        if await records.agent_token_ok(r, known.id, known.token):
+            config = AgentConfig(known.id, known.name, known.token, nats_url)
+            config.save(directory)
+            return config
+    except ConfigError:
+        pass
+    agent_id, token = await records.create_agent(r, "local", [], [EXAMPLES_PROJECT])
+    config = AgentConfig(agent_id, "local", token, nats_url)
+    config.save(directory)
+    return config

@@ -1,0 +1,213 @@
+"""Engine commands → what the dispatcher must do, as data (no I/O).
+
+Everything here is written in one compare-and-set commit together with the run's new
+state, so a dispatcher that dies right after the commit leaves nothing half done: the
+outbox is re-sent (each message has a `Nats-Msg-Id`, so a re-send is dropped), queue
+entries and timers are already in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from runyard.engine.events import (
+    Command,
+    FinishJob,
+    ResolvedStep,
+    RunDone,
+    RunStep,
+    StartJob,
+    StopJob,
+)
+from runyard.engine.state import JobState, RunState
+from schemas import subjects
+from schemas.messages import Cancel, JobAssign, JobFinish, StepAssign
+from schemas.status import Status
+
+# An agent enforces step timeouts itself; the dispatcher gives up on a silent one later.
+SILENT_AGENT_SLACK = 60.0
+CANCEL_GRACE = 10.0  # TERM → KILL on the agent
+CANCEL_SLACK = 15.0  # then the dispatcher ends the job itself
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the dispatcher knows of a run beyond the engine's state."""
+
+    id: str
+    project: str
+    pipeline: str
+    repository: str | None
+    sha: str | None
+    ref: str | None
+
+
+@dataclass
+class Effects:
+    outbox: list[tuple[str, str, bytes]] = field(default_factory=list)  # id, subject, data
+    control: list[tuple[str, bytes]] = field(default_factory=list)  # core NATS: subject, data
+    enqueue: list[tuple[str, float, str]] = field(default_factory=list)  # member, score, info
+    dequeue: list[str] = field(default_factory=list)
+    timers: list[tuple[str, float]] = field(default_factory=list)  # member, deadline
+    untimers: list[str] = field(default_factory=list)
+    done: Status | None = None
+
+    def to_json(self) -> str:
+        """The part the commit script applies (the outbox entries carry their subject)."""
+        return orjson.dumps(
+            {
+                "outbox": [[i, pack(s, d)] for i, s, d in self.outbox],
+                "enqueue": [list(e) for e in self.enqueue],
+                "dequeue": self.dequeue,
+                "timers": [list(t) for t in self.timers],
+                "untimers": self.untimers,
+            }
+        ).decode()
+
+
+def pack(subject: str, data: bytes) -> str:
+    return orjson.dumps({"s": subject, "d": data.decode()}).decode()
+
+
+def unpack(entry: str) -> tuple[str, bytes]:
+    value = orjson.loads(entry)
+    return value["s"], value["d"].encode()
+
+
+def member(run: str, job: str, attempt: int, *more: object) -> str:
+    """Queue, placement and timer member: `run|job|attempt[|…]`."""
+    return "|".join([run, job, str(attempt), *map(str, more)])
+
+
+def parse_member(value: str) -> tuple[str, str, int, list[str]]:
+    run, job, attempt, *more = value.split("|")
+    return run, job, int(attempt), more
+
+
+def timer(kind: str, run: str, job: str, attempt: int, *more: object) -> str:
+    return f"{kind}|{member(run, job, attempt, *more)}"
+
+
+def agent_of(job: JobState) -> str | None:
+    agent = job.host.get("agent")
+    return str(agent["id"]) if isinstance(agent, dict) and agent.get("id") else None
+
+
+def step_assign(run: str, job: str, attempt: int, step: ResolvedStep) -> StepAssign:
+    return StepAssign(
+        run=run,
+        job=job,
+        attempt=attempt,
+        index=step.index,
+        step=step.id,
+        name=step.name,
+        run_script=step.script,
+        shell=step.shell,
+        action=step.action.model_dump(by_alias=True) if step.action else None,
+        inputs=step.inputs,
+        env=step.env,
+        working_directory=step.working_directory,
+        timeout=step.timeout,
+        cache=step.cache,
+        mask=step.mask,
+    )
+
+
+def queue_info(facts: RunFacts, command: StartJob) -> str:
+    assign = JobAssign(
+        run=facts.id,
+        job=command.job,
+        attempt=command.attempt,
+        project=facts.project,
+        pipeline=facts.pipeline,
+        repository=facts.repository,
+        sha=facts.sha,
+        ref=facts.ref,
+        timeout=command.timeout,
+    )
+    return orjson.dumps(
+        {"project": facts.project, "runs_on": command.runs_on, "assign": assign.encode().decode()}
+    ).decode()
+
+
+def translate(commands: list[Command], state: RunState, facts: RunFacts, now: float) -> Effects:
+    fx = Effects()
+    for command in commands:
+        if isinstance(command, StartJob):
+            m = member(facts.id, command.job, command.attempt)
+            fx.enqueue.append((m, now, queue_info(facts, command)))
+        elif isinstance(command, RunStep):
+            _run_step(fx, command, state, facts, now)
+        elif isinstance(command, StopJob):
+            _stop_job(fx, command, state, facts, now)
+        elif isinstance(command, FinishJob):
+            _finish_job(fx, command, state, facts)
+        elif isinstance(command, RunDone):
+            fx.done = command.status
+    return fx
+
+
+def job_started(
+    fx: Effects, facts: RunFacts, job: str, attempt: int, timeout: float | None, now: float
+) -> None:
+    """The agent claimed the job: its own timeout starts now."""
+    if timeout:
+        fx.timers.append((timer("job", facts.id, job, attempt), now + timeout))
+
+
+def _run_step(fx: Effects, command: RunStep, state: RunState, facts: RunFacts, now: float) -> None:
+    agent = agent_of(state.jobs[command.job])
+    if agent is None:  # cannot happen: steps run only after the agent's claim
+        return
+    step = command.step
+    msg = step_assign(facts.id, command.job, command.attempt, step)
+    msg_id = "step:" + member(facts.id, command.job, command.attempt, step.index)
+    fx.outbox.append((msg_id, subjects.agent_inbox(agent), msg.encode()))
+    if step.timeout:
+        deadline = now + step.timeout + CANCEL_GRACE + SILENT_AGENT_SLACK
+        fx.timers.append(
+            (timer("step", facts.id, command.job, command.attempt, step.index), deadline)
+        )
+
+
+def _stop_job(fx: Effects, command: StopJob, state: RunState, facts: RunFacts, now: float) -> None:
+    job = state.jobs[command.job]
+    agent = agent_of(job)
+    fx.dequeue.append(member(facts.id, command.job, command.attempt))
+    if agent is None or job.status.final:
+        return
+    reason = "timed-out" if command.reason == Status.TIMED_OUT else "cancelled"
+    cancel = Cancel(
+        run=facts.id, job=command.job, attempt=command.attempt, reason=reason, grace=CANCEL_GRACE
+    )
+    fx.control.append((subjects.agent_control(agent), cancel.encode()))
+    fx.timers.append(
+        (timer("stop", facts.id, command.job, command.attempt), now + CANCEL_GRACE + CANCEL_SLACK)
+    )
+
+
+def _finish_job(fx: Effects, command: FinishJob, state: RunState, facts: RunFacts) -> None:
+    job = state.jobs[command.job]
+    # the next attempt (a retry) has been reset already; the finished one had these steps
+    fx.dequeue.append(member(facts.id, command.job, command.attempt))
+    fx.untimers.append(timer("job", facts.id, command.job, command.attempt))
+    fx.untimers.append(timer("stop", facts.id, command.job, command.attempt))
+    fx.untimers += [
+        timer("step", facts.id, command.job, command.attempt, s.index) for s in job.steps
+    ]
+    # a retry's reset keeps `host` until the next claim, so this is the attempt's agent
+    agent = agent_of(job)
+    if agent is not None:
+        finish = JobFinish(
+            run=facts.id, job=command.job, attempt=command.attempt, status=command.status
+        )
+        msg_id = "finish:" + member(facts.id, command.job, command.attempt)
+        fx.outbox.append((msg_id, subjects.agent_inbox(agent), finish.encode()))
+
+
+def decode_info(info: str) -> dict[str, Any]:
+    value: dict[str, Any] = orjson.loads(info)
+    return value

@@ -1,0 +1,94 @@
+"""Loading a stored run into an engine (no NATS): the run's plan is compiled from the
+pipeline source saved with it, so editing a pipeline never changes a run under way."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from runyard.engine.contexts import RunInfo
+from runyard.engine.machine import Engine
+from runyard.engine.plan import Plan, compile_plan
+from runyard.engine.state import RunState
+from schemas.pipeline import Pipeline
+from services.dispatcher.effects import RunFacts
+from services.store.records import validate_source
+from services.store.runs import StoredRun
+
+
+class BadPipeline(ValueError):
+    pass
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(source: str, fmt: str, digest: str) -> tuple[Pipeline, Plan]:
+    result = validate_source(source, fmt)
+    if result.pipeline is None or not result.ok:
+        raise BadPipeline("; ".join(str(p) for p in result.problems))
+    return result.pipeline, compile_plan(result.pipeline)
+
+
+def plan_for(source: str, fmt: str) -> tuple[Pipeline, Plan]:
+    return _plan(source, fmt, hashlib.sha256(source.encode()).hexdigest())
+
+
+def run_info(run_id: str, number: int, pipeline: Pipeline, fields: dict[str, Any]) -> RunInfo:
+    event: dict[str, Any] = fields["event"]
+    return RunInfo(
+        run={
+            "id": run_id,
+            "name": pipeline.name,
+            "runNumber": number,
+            "config": pipeline.model_dump(by_alias=True),
+        },
+        pipeline={
+            "id": f"{fields['project']}/{pipeline.name}",
+            "name": pipeline.name,
+            "projectId": fields["project"],
+            "version": fields["version"],
+        },
+        event=event,
+        inputs=fields["inputs"],
+    )
+
+
+def facts_for(run_id: str, pipeline: Pipeline, project: str, event: dict[str, Any]) -> RunFacts:
+    repo = pipeline.repository
+    return RunFacts(
+        id=run_id,
+        project=project,
+        pipeline=pipeline.name,
+        repository=repo.url if repo else None,
+        sha=event.get("sha"),
+        ref=(event.get("ref") or (repo.ref if repo else None)),
+    )
+
+
+@dataclass
+class LiveRun:
+    facts: RunFacts
+    engine: Engine
+    version: int
+    state_json: str
+
+
+def live_run(stored: StoredRun) -> LiveRun:
+    f = stored.fields
+    pipeline, plan = plan_for(f["source"], f["format"])
+    event = stored.json("event")
+    info = run_info(
+        stored.id,
+        stored.number,
+        pipeline,
+        {
+            "event": event,
+            "inputs": stored.json("inputs"),
+            "project": f["project"],
+            "version": int(f["version"]),
+        },
+    )
+    state = RunState.model_validate_json(f["state"])
+    facts = facts_for(stored.id, pipeline, f["project"], event)
+    return LiveRun(facts, Engine(plan, info, state), stored.version, f["state"])

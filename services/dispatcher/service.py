@@ -1,0 +1,576 @@
+"""The dispatcher's async shell: NATS consumers, the heartbeat listener and a ticker
+around the pure parts (engine, effects, placement).
+
+Every change to a run is `change()`: load (or reuse) the run, apply one engine entry
+point, commit the new state and its effects in one compare-and-set script, then send
+what the commit recorded. A replica that loses the race reloads and tries again, so
+several dispatchers may share the durable consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
+from nats.js.errors import NotFoundError
+
+from runyard.engine.contexts import form_inputs
+from runyard.engine.events import Command, JobEnded, JobStarted, RunCancelled, StepDone
+from runyard.engine.expressions import ExpressionError, render, to_text
+from runyard.engine.machine import Engine, initial_state
+from schemas import subjects
+from schemas.messages import (
+    Heartbeat,
+    JobClaimed,
+    JobFinish,
+    JobFinished,
+    RunCancel,
+    RunChanged,
+    StepFinished,
+    TriggerEvent,
+    decode_agent_event,
+    decode_event,
+)
+from schemas.pipeline import Pipeline
+from schemas.status import Status
+from services import bus
+from services.dispatcher import effects, placement
+from services.dispatcher.runs import BadPipeline, LiveRun, live_run, plan_for
+from services.store import records
+from services.store import runs as store
+from services.store.connection import Redis, strs
+from services.store.connection import connect as redis_connect
+from services.store.scripts import Scripts
+
+log = logging.getLogger("runyard.dispatcher")
+
+WORKERS = 4  # pull subscribers per consumer in one process
+TICK = 0.25  # seconds between timer checks
+SWEEP = 2.0  # seconds between outbox / group / queue sweeps
+CACHE_SIZE = 2000  # runs kept loaded
+
+Apply = Callable[[Engine, float], list[Command]]
+
+
+class Dispatcher:
+    def __init__(self, nc: Client, r: Redis) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.r = r
+        self.scripts = Scripts(r)
+        self.cache: OrderedDict[str, LiveRun] = OrderedDict()
+        self.kick = asyncio.Event()
+        self.placing = asyncio.Lock()
+        self.seen_outbox: set[str] = set()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await bus.ensure_streams(self.js)
+        await self._consumer(subjects.EVENTS_STREAM, subjects.DISPATCHER_EVENTS_CONSUMER)
+        await self._consumer(subjects.AGENT_STREAM, subjects.DISPATCHER_AGENT_CONSUMER)
+        for _ in range(WORKERS):
+            self._spawn(
+                self._consume(
+                    subjects.EVENTS_STREAM, subjects.DISPATCHER_EVENTS_CONSUMER, self.on_event
+                )
+            )
+            self._spawn(
+                self._consume(
+                    subjects.AGENT_STREAM, subjects.DISPATCHER_AGENT_CONSUMER, self.on_agent_event
+                )
+            )
+        await self.nc.subscribe(
+            subjects.HEARTBEATS_ALL, queue=subjects.DISPATCHER_QUEUE, cb=self.on_heartbeat
+        )
+        self._spawn(self._ticker())
+        self._spawn(self._placer())
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        self.tasks.append(asyncio.ensure_future(coro))
+
+    async def _consumer(self, stream: subjects.StreamSpec, durable: str) -> None:
+        try:
+            await self.js.consumer_info(stream.name, durable)
+        except NotFoundError:
+            config = ConsumerConfig(durable_name=durable, ack_wait=30, max_ack_pending=10_000)
+            await self.js.add_consumer(stream.name, config)
+
+    async def _consume(
+        self, stream: subjects.StreamSpec, durable: str, handle: Callable[[Msg], Awaitable[None]]
+    ) -> None:
+        sub = await self.js.pull_subscribe_bind(durable, stream.name)
+        while True:
+            try:
+                msgs = await sub.fetch(1, timeout=5)
+            except TimeoutError:
+                continue
+            except Exception as exc:  # disconnected: nats-py reconnects on its own
+                log.debug("fetch from %s: %s", durable, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                try:
+                    await handle(msg)
+                except Exception:
+                    log.exception(
+                        "handling a message on %s; it will be delivered again", msg.subject
+                    )
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=1)
+                    continue
+                with contextlib.suppress(Exception):
+                    await msg.ack()
+
+    # --- changing a run -------------------------------------------------------------
+
+    async def _load(self, run_id: str) -> LiveRun | None:
+        live = self.cache.get(run_id)
+        if live is not None:
+            self.cache.move_to_end(run_id)
+            return live
+        stored = await store.load_run(self.r, run_id)
+        if stored is None:
+            return None
+        live = live_run(stored)
+        self.cache[run_id] = live
+        while len(self.cache) > CACHE_SIZE:
+            self.cache.popitem(last=False)
+        return live
+
+    async def change(
+        self,
+        run_id: str,
+        apply: Apply,
+        extra: Callable[[LiveRun, effects.Effects, float], None] | None = None,
+    ) -> LiveRun | None:
+        """Apply one engine entry point to a run and commit it; None if no such run."""
+        for _ in range(20):
+            live = await self._load(run_id)
+            if live is None:
+                return None
+            now = time.time()
+            commands = apply(live.engine, now)
+            fx = effects.translate(commands, live.engine.state, live.facts, now)
+            if extra:
+                extra(live, fx, now)
+            state_json = live.engine.state.model_dump_json()
+            if state_json == live.state_json and not fx.outbox and not fx.enqueue:
+                return live
+            state = live.engine.state
+            summary = {
+                "status": str(state.status),
+                "started_at": str(state.started_at or ""),
+                "finished_at": str(state.finished_at or ""),
+            }
+            ok = await self.scripts.commit(
+                keys=[
+                    store.run_key(run_id),
+                    store.OUTBOX,
+                    store.QUEUE,
+                    store.QUEUE_INFO,
+                    store.TIMERS,
+                ],
+                args=[str(live.version), state_json, store.dumps(summary), fx.to_json()],
+            )
+            if ok:
+                live.version += 1
+                live.state_json = state_json
+                await self._perform(live, fx, now)
+                return live
+            self.cache.pop(run_id, None)  # another replica changed it: reload and retry
+        raise RuntimeError(f"run {run_id}: could not commit a change after 20 tries")
+
+    async def _perform(self, live: LiveRun, fx: effects.Effects, now: float) -> None:
+        await self._send_outbox([(i, s, d) for i, s, d in fx.outbox])
+        for subject, data in fx.control:
+            await self.nc.publish(subject, data)
+        status = live.engine.state.status
+        await self.nc.publish(
+            subjects.run_changed(live.facts.id),
+            RunChanged(run=live.facts.id, status=status, at=now).encode(),
+        )
+        if fx.enqueue:
+            self.kick.set()
+        if fx.done is not None:
+            await self._group_advance_for(live.facts.id)
+
+    async def _send_outbox(self, entries: list[tuple[str, str, bytes]]) -> None:
+        sent = []
+        for msg_id, subject, data in entries:
+            try:
+                await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+            except Exception as exc:  # left in the outbox; the sweep sends it again
+                log.warning("publish %s: %s", subject, exc)
+                continue
+            sent.append(msg_id)
+        if sent:
+            await self.r.hdel(store.OUTBOX, *sent)
+
+    # --- trigger events and cancels -------------------------------------------------
+
+    async def on_event(self, msg: Msg) -> None:
+        try:
+            event = decode_event(msg.data)
+        except ValueError as exc:
+            log.error("dropping an unreadable event on %s: %s", msg.subject, exc)
+            return
+        if isinstance(event, RunCancel):
+            await self.change(event.run, lambda e, now: e.apply(RunCancelled(at=now)))
+            return
+        for name in await self._pipelines_for(event):
+            await self._create_run(event, name)
+
+    async def _pipelines_for(self, event: TriggerEvent) -> list[str]:
+        if event.pipeline is not None:
+            return [event.pipeline]
+        return []  # events for every matching pipeline arrive with the triggers issue
+
+    async def _create_run(self, event: TriggerEvent, name: str) -> None:
+        try:
+            record = await records.get_pipeline(self.r, event.project, name)
+            pipeline, plan = plan_for(record.source, record.format)
+        except (records.NotFound, BadPipeline) as exc:
+            log.error("event %s: %s", event.id, exc)
+            return
+        run_id = store.run_id_for(event.id, event.project, name)
+        event_dict = event.model_dump(mode="json")
+        inputs = form_inputs(pipeline, event.inputs)
+        group, cancel_running = _group(pipeline, event_dict, inputs)
+        fields = {
+            "project": event.project,
+            "pipeline": name,
+            "version": str(record.version),
+            "source": record.source,
+            "format": record.format,
+            "event": store.dumps(event_dict),
+            "inputs": store.dumps(inputs),
+            "trigger": event.kind,
+            "actor": event.actor or "",
+            "created_at": str(time.time()),
+            "status": str(Status.QUEUED),
+            "group": group or "",
+        }
+        state = initial_state(plan, run_id).model_dump_json()
+        number = await store.create_run(self.r, self.scripts, run_id, fields, state)
+        if number:
+            log.info("run %s: %s #%d", run_id, name, number)
+        if group is None:
+            await self.change(run_id, lambda e, now: e.start(now))
+            return
+        gkey = store.group_key(event.project, group)
+        await self.r.zadd(gkey, {run_id: float(fields["created_at"])}, nx=True)
+        await self.r.sadd(store.GROUPS, gkey)
+        if cancel_running:
+            for other in strs(await self.r.zrange(gkey, 0, -1)):
+                if other != run_id:
+                    await self.change(other, lambda e, now: e.apply(RunCancelled(at=now)))
+        await self._group_advance(gkey)
+
+    async def _group_advance_for(self, run_id: str) -> None:
+        project, group = await self.r.hmget(store.run_key(run_id), ["project", "group"])
+        if project and group:
+            await self._group_advance(store.group_key(str(project), str(group)))
+
+    async def _group_advance(self, gkey: str) -> None:
+        """Start the oldest run of a concurrency group once every older one has ended."""
+        for run_id in strs(await self.r.zrange(gkey, 0, -1)):
+            status = await self.r.hget(store.run_key(run_id), "status")
+            if status is None or Status(str(status)).final:
+                await self.r.zrem(gkey, run_id)
+                continue
+            if status == Status.QUEUED:
+                await self.change(run_id, lambda e, now: e.start(now))
+            return
+        await self.r.srem(store.GROUPS, gkey)
+
+    # --- agent events ---------------------------------------------------------------
+
+    async def on_agent_event(self, msg: Msg) -> None:
+        try:
+            event = decode_agent_event(msg.data)
+        except ValueError as exc:
+            log.error("dropping an unreadable agent event on %s: %s", msg.subject, exc)
+            return
+        if isinstance(event, JobClaimed):
+            await self._claimed(event)
+        elif isinstance(event, StepFinished):
+            await self.change(event.run, lambda e, now: e.apply(_step_done(event)))
+        else:
+            await self._job_finished(event)
+
+    async def _claimed(self, event: JobClaimed) -> None:
+        stale = True
+
+        def apply(engine: Engine, now: float) -> list[Command]:
+            nonlocal stale
+            job = engine.state.jobs.get(event.job)
+            stale = job is None or job.attempt != event.attempt or job.status.final
+            started = JobStarted(job=event.job, attempt=event.attempt, host=event.host, at=event.at)
+            return engine.apply(started)
+
+        def timer(live: LiveRun, fx: effects.Effects, now: float) -> None:
+            plan = live.engine.plan.jobs.get(event.job)
+            if not stale and plan is not None and plan.spec.timeout:
+                effects.job_started(
+                    fx, live.facts, event.job, event.attempt, plan.spec.timeout * 60, now
+                )
+
+        live = await self.change(event.run, apply, timer)
+        if live is None or stale:
+            # a claim for an attempt that is over (cancelled while placed): let it go
+            finish = JobFinish(
+                run=event.run, job=event.job, attempt=event.attempt, status=Status.CANCELLED
+            )
+            msg_id = "finish:" + effects.member(event.run, event.job, event.attempt)
+            await self._send_outbox([(msg_id, subjects.agent_inbox(event.agent), finish.encode())])
+
+    async def _job_finished(self, event: JobFinished) -> None:
+        m = effects.member(event.run, event.job, event.attempt)
+        await self._release(event.agent, m)
+        self.kick.set()
+
+    async def _release(self, agent: str, m: str) -> bool:
+        released = await self.scripts.release(
+            keys=[store.PLACEMENTS, records.agent_key(agent), records.agent_key(agent, "jobs")],
+            args=[m, agent],
+        )
+        return bool(released)
+
+    # --- heartbeats, placement ------------------------------------------------------
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        try:
+            hb = Heartbeat.model_validate_json(msg.data)
+            fields = {
+                "last_seen": str(time.time()),
+                "slots": str(hb.slots),
+                "metrics": hb.metrics.model_dump_json(),
+                "running": store.dumps(hb.jobs),
+            }
+            history = store.dumps(
+                {
+                    "at": hb.at,
+                    "cpu": hb.metrics.cpu_percent,
+                    "mem": hb.metrics.memory_used / max(hb.metrics.memory_total, 1) * 100,
+                }
+            )
+            came = await self.scripts.heartbeat(
+                keys=[
+                    records.agent_key(hb.agent),
+                    store.ONLINE,
+                    records.agent_key(hb.agent, "metrics"),
+                ],
+                args=[
+                    store.dumps(fields),
+                    time.time(),
+                    records.AGENT_TTL,
+                    history,
+                    records.METRIC_HISTORY,
+                    hb.agent,
+                ],
+            )
+        except Exception as exc:
+            log.warning("heartbeat on %s: %s", msg.subject, exc)
+            return
+        if came == 1 or (came == 0 and hb.free_slots > 0):
+            self.kick.set()
+
+    async def _placer(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.kick.wait(), SWEEP)
+            self.kick.clear()
+            try:
+                await self.place_queued()
+            except Exception:
+                log.exception("placing queued jobs")
+
+    async def _candidates(self) -> list[placement.Candidate]:
+        ids = strs(
+            await self.r.zrangebyscore(store.ONLINE, time.time() - records.ONLINE_AFTER, "+inf")
+        )
+        async with self.r.pipeline(transaction=False) as p:
+            for agent in ids:
+                p.hmget(records.agent_key(agent), ["slots", "used", "labels"])
+                p.smembers(records.agent_key(agent, "projects"))
+            rows = await p.execute()
+        found = []
+        for i, agent in enumerate(ids):
+            (slots, used, labels), projects = rows[2 * i], rows[2 * i + 1]
+            if slots is None:
+                continue
+            found.append(
+                placement.Candidate(
+                    agent,
+                    frozenset(orjson.loads(labels or "[]")),
+                    frozenset(projects),
+                    int(slots),
+                    int(used or 0),
+                )
+            )
+        return found
+
+    async def place_queued(self) -> None:
+        async with self.placing:
+            queued = strs(await self.r.zrange(store.QUEUE, 0, 499))
+            if not queued:
+                return
+            infos = await self.r.hmget(store.QUEUE_INFO, queued)
+            agents = await self._candidates()
+            for m, info in zip(queued, infos, strict=True):
+                if info is None:
+                    continue
+                wanted = effects.decode_info(str(info))
+                chosen = placement.choose(agents, wanted["project"], wanted["runs_on"])
+                if chosen is None:
+                    continue
+                await self._place(m, chosen, wanted["assign"].encode())
+
+    async def _place(self, m: str, agent: placement.Candidate, assign: bytes) -> None:
+        msg_id = "assign:" + m
+        subject = subjects.agent_inbox(agent.id)
+        result = await self.scripts.place(
+            keys=[
+                store.QUEUE,
+                store.QUEUE_INFO,
+                store.PLACEMENTS,
+                records.agent_key(agent.id),
+                records.agent_key(agent.id, "jobs"),
+                store.OUTBOX,
+            ],
+            args=[m, agent.id, msg_id, effects.pack(subject, assign)],
+        )
+        if result == 1:
+            agent.used += 1
+            await self._send_outbox([(msg_id, subject, assign)])
+        elif result == -1:
+            agent.used = agent.slots
+
+    # --- time: timers, lost agents, sweeps ------------------------------------------
+
+    async def _ticker(self) -> None:
+        last_sweep = 0.0
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                await self._fire_timers()
+                await self._lost_agents()
+                if time.monotonic() - last_sweep >= SWEEP:
+                    last_sweep = time.monotonic()
+                    await self._sweep_outbox()
+                    for gkey in strs(await self.r.smembers(store.GROUPS)):
+                        await self._group_advance(gkey)
+            except Exception:
+                log.exception("ticker")
+
+    async def _fire_timers(self) -> None:
+        due = strs(await self.scripts.take_due(keys=[store.TIMERS], args=[time.time(), 200]))
+        for entry in due:
+            kind, rest = entry.split("|", 1)
+            run, job, attempt, _ = effects.parse_member(rest)
+            status, error = {
+                "job": (Status.TIMED_OUT, "the job timed out"),
+                "step": (Status.TIMED_OUT, "the agent sent no result after the step's timeout"),
+                "stop": (Status.CANCELLED, "the agent did not confirm the cancel in time"),
+            }[kind]
+            ended = JobEnded(job=job, attempt=attempt, status=status, error=error, at=time.time())
+            await self.change(run, _applying(ended))
+
+    async def _lost_agents(self) -> None:
+        cutoff = time.time() - records.ONLINE_AFTER
+        lost = strs(await self.scripts.take_due(keys=[store.ONLINE], args=[cutoff, 100]))
+        for agent in lost:
+            log.warning("agent %s lost: no heartbeat for %.0f s", agent, records.ONLINE_AFTER)
+            # work waiting for it would run stale steps if it came back
+            with contextlib.suppress(Exception):
+                await self.js.purge_stream(
+                    subjects.INBOX_STREAM.name, subject=subjects.agent_inbox(agent)
+                )
+            for m in strs(await self.r.smembers(records.agent_key(agent, "jobs"))):
+                await self._release(agent, m)
+                run, job, attempt, _ = effects.parse_member(m)
+                ended = JobEnded(
+                    job=job,
+                    attempt=attempt,
+                    status=Status.AGENT_LOST,
+                    error=f"agent {agent} stopped sending heartbeats",
+                    at=time.time(),
+                )
+                await self.change(run, _applying(ended))
+
+    async def _sweep_outbox(self) -> None:
+        """Send what a commit recorded but nobody sent (the sender died); an entry must
+        be seen on two sweeps, so messages in flight right now are left alone."""
+        entries = {str(i): str(e) for i, e in (await self.r.hgetall(store.OUTBOX)).items()}
+        stale = {i: e for i, e in entries.items() if i in self.seen_outbox}
+        self.seen_outbox = set(entries) - set(stale)
+        await self._send_outbox([(i, *effects.unpack(e)) for i, e in stale.items()])
+
+
+def _applying(event: JobEnded) -> Apply:
+    return lambda engine, now: engine.apply(event)
+
+
+def _step_done(event: StepFinished) -> StepDone:
+    """The wire message → the engine's event (the one place the two meet)."""
+    return StepDone(
+        job=event.job,
+        attempt=event.attempt,
+        index=event.index,
+        status=event.status,
+        exit_code=event.exit_code,
+        outputs=event.outputs,
+        error=event.error,
+        started_at=event.started_at,
+        finished_at=event.finished_at,
+    )
+
+
+def _group(
+    pipeline: Pipeline, event: dict[str, Any], inputs: dict[str, Any]
+) -> tuple[str | None, bool]:
+    if pipeline.concurrency is None:
+        return None, False
+    contexts = {
+        "event": event,
+        "input": inputs,
+        "inputs": inputs,
+        "pipeline": {"name": pipeline.name},
+    }
+    try:
+        group = to_text(render(pipeline.concurrency.group, contexts))
+    except ExpressionError as exc:
+        log.warning("concurrency group of '%s': %s; using it as written", pipeline.name, exc)
+        group = pipeline.concurrency.group
+    return group, pipeline.concurrency.cancel_in_progress
+
+
+async def serve(nats_url: str, redis_url: str, stop: asyncio.Event) -> None:
+    nc = await bus.connect(nats_url, name="runyard-dispatcher")
+    r = redis_connect(redis_url)
+    dispatcher = Dispatcher(nc, r)
+    await dispatcher.start()
+    log.info("dispatcher ready")
+    try:
+        await stop.wait()
+    finally:
+        await dispatcher.stop()
+        await nc.drain()
+        await r.aclose()

@@ -1,0 +1,74 @@
+"""`runyard serve SERVICE`: one service in the foreground, for `runyard up` and for
+production layouts (one process per service, as many replicas as wanted)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import click
+import uvicorn
+
+from services.dispatcher import service as dispatcher
+from services.web.app import create_app
+
+NATS = click.option(
+    "--nats-url", envvar="RUNYARD_NATS_URL", default="nats://127.0.0.1:4222", show_default=True
+)
+REDIS = click.option(
+    "--redis-url", envvar="RUNYARD_REDIS_URL", default="redis://127.0.0.1:6379/0", show_default=True
+)
+
+
+def _logging() -> None:
+    level = os.environ.get("RUNYARD_LOG", "INFO").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+async def _until_signal(main: object) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await main(stop)  # type: ignore[operator]
+
+
+@click.group()
+def serve() -> None:
+    """Run one Runyard service in the foreground.
+
+    \b
+    Example:
+      RUNYARD_NATS_URL=nats://nats:4222 runyard serve dispatcher
+    """
+
+
+@serve.command("dispatcher")
+@NATS
+@REDIS
+def serve_dispatcher(nats_url: str, redis_url: str) -> None:
+    """Turn trigger events into runs and drive them on agents."""
+    _logging()
+    asyncio.run(_until_signal(lambda stop: dispatcher.serve(nats_url, redis_url, stop)))
+
+
+@serve.command("web")
+@NATS
+@REDIS
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8400, show_default=True, type=int)
+@click.option(
+    "--public-nats-url",
+    envvar="RUNYARD_PUBLIC_NATS_URL",
+    default=None,
+    help="the NATS URL new agents are given (default: --nats-url)",
+)
+def serve_web(
+    nats_url: str, redis_url: str, host: str, port: int, public_nats_url: str | None
+) -> None:
+    """The REST API (and web UI) over HTTP."""
+    _logging()
+    app = create_app(nats_url, redis_url, public_nats_url)
+    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")

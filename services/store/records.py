@@ -1,0 +1,264 @@
+"""Projects, pipelines, API keys and agents: plain records in Redis hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from runyard.pipeline.validate import Result, validate_text
+from schemas.subjects import key
+from services.store.connection import Redis, strdict, strs
+
+AGENT_TTL = 30 * 24 * 3600  # an agent that has not connected for 30 days disappears
+ONLINE_AFTER = 30.0  # seconds without a heartbeat before an agent counts as lost
+METRIC_HISTORY = 720  # heartbeats kept per agent (an hour at one every 5 s)
+ROLES = ("viewer", "maintainer", "owner", "admin")
+
+
+class NotFound(LookupError):
+    pass
+
+
+def hash_secret(value: str) -> str:
+    """API keys and agent tokens are long random strings, so one SHA-256 is enough."""
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def new_secret(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+# --- projects -------------------------------------------------------------------------
+
+
+async def create_project(r: Redis, name: str) -> bool:
+    """False when it exists already."""
+    created = await r.hsetnx(key("project", name), "created_at", str(time.time()))
+    if created:
+        await r.sadd(key("projects"), name)
+    return bool(created)
+
+
+async def project_exists(r: Redis, name: str) -> bool:
+    return bool(await r.exists(key("project", name)))
+
+
+async def list_projects(r: Redis) -> list[str]:
+    return sorted(strs(await r.smembers(key("projects"))))
+
+
+# --- pipelines ------------------------------------------------------------------------
+
+
+@dataclass
+class PipelineRecord:
+    project: str
+    name: str
+    source: str
+    format: str  # "yaml" or "json"
+    version: int
+    updated_at: float
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "name": self.name,
+            "format": self.format,
+            "version": self.version,
+            "updated_at": self.updated_at,
+            "source": self.source,
+        }
+
+
+def validate_source(text: str, fmt: str) -> Result:
+    return validate_text(text, "pipeline.json" if fmt == "json" else "pipeline.yaml")
+
+
+def source_format(text: str, given: str | None) -> str:
+    if given in ("yaml", "json"):
+        return given
+    return "json" if text.lstrip().startswith("{") else "yaml"
+
+
+async def save_pipeline(r: Redis, project: str, name: str, source: str, fmt: str) -> int:
+    """Store a validated pipeline as its next version; returns the version."""
+    k = key("pipeline", project, name)
+    version = int(await r.hincrby(k, "version", 1))
+    now = time.time()
+    async with r.pipeline(transaction=True) as p:
+        p.hset(k, mapping={"source": source, "format": fmt, "updated_at": str(now)})
+        p.hset(key("pipeline", project, name, "versions"), str(version), source)
+        p.sadd(key("pipelines", project), name)
+        await p.execute()
+    return version
+
+
+async def get_pipeline(r: Redis, project: str, name: str) -> PipelineRecord:
+    data = strdict(await r.hgetall(key("pipeline", project, name)))
+    if not data or "source" not in data:
+        raise NotFound(f"no pipeline '{name}' in project '{project}'")
+    return PipelineRecord(
+        project,
+        name,
+        data["source"],
+        data["format"],
+        int(data["version"]),
+        float(data["updated_at"]),
+    )
+
+
+async def list_pipelines(r: Redis, project: str) -> list[PipelineRecord]:
+    names = sorted(strs(await r.smembers(key("pipelines", project))))
+    return [await get_pipeline(r, project, n) for n in names]
+
+
+async def delete_pipeline(r: Redis, project: str, name: str) -> None:
+    await r.delete(key("pipeline", project, name), key("pipeline", project, name, "versions"))
+    await r.srem(key("pipelines", project), name)
+
+
+# --- API keys -------------------------------------------------------------------------
+
+
+async def create_api_key(r: Redis, name: str, role: str = "admin") -> str:
+    token = new_secret("ryk")
+    await r.hset(
+        key("apikey", hash_secret(token)),
+        mapping={"name": name, "role": role, "created_at": str(time.time())},
+    )
+    return token
+
+
+async def check_api_key(r: Redis, token: str) -> dict[str, str] | None:
+    data = strdict(await r.hgetall(key("apikey", hash_secret(token))))
+    return data or None
+
+
+# --- agents ---------------------------------------------------------------------------
+
+
+def agent_key(agent_id: str, *more: str) -> str:
+    return key("agent", agent_id, *more)
+
+
+@dataclass
+class AgentRecord:
+    id: str
+    name: str
+    labels: list[str]
+    projects: list[str]
+    slots: int
+    used: int
+    last_seen: float | None
+    metrics: dict[str, Any] | None
+    jobs: list[str]
+    created_at: float
+
+    @property
+    def online(self) -> bool:
+        return self.last_seen is not None and time.time() - self.last_seen < ONLINE_AFTER
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "labels": self.labels,
+            "projects": self.projects,
+            "online": self.online,
+            "slots": self.slots,
+            "slots_used": self.used,
+            "jobs": self.jobs,
+            "last_seen": self.last_seen,
+            "metrics": self.metrics,
+            "created_at": self.created_at,
+        }
+
+
+async def create_agent(
+    r: Redis, name: str, labels: list[str], projects: list[str]
+) -> tuple[str, str]:
+    """A new agent's id and token (the token is shown once and stored hashed)."""
+    agent_id = "a" + secrets.token_hex(6)
+    token = new_secret("rya")
+    k = agent_key(agent_id)
+    async with r.pipeline(transaction=True) as p:
+        p.hset(
+            k,
+            mapping={
+                "name": name,
+                "labels": orjson.dumps(labels).decode(),
+                "token": hash_secret(token),
+                "created_at": str(time.time()),
+                "slots": "0",
+                "used": "0",
+            },
+        )
+        p.expire(k, AGENT_TTL)
+        p.sadd(key("agents"), agent_id)
+        await p.execute()
+    for project in projects:
+        await assign_agent(r, agent_id, project)
+    return agent_id, token
+
+
+async def assign_agent(r: Redis, agent_id: str, project: str, on: bool = True) -> None:
+    if not await r.exists(agent_key(agent_id)):
+        raise NotFound(f"no agent '{agent_id}'")
+    if on:
+        await r.sadd(agent_key(agent_id, "projects"), project)
+    else:
+        await r.srem(agent_key(agent_id, "projects"), project)
+
+
+async def get_agent(r: Redis, agent_id: str) -> AgentRecord:
+    async with r.pipeline(transaction=False) as p:
+        p.hgetall(agent_key(agent_id))
+        p.smembers(agent_key(agent_id, "projects"))
+        p.smembers(agent_key(agent_id, "jobs"))
+        data, projects, jobs = await p.execute()
+    if not data:
+        raise NotFound(f"no agent '{agent_id}'")
+    return AgentRecord(
+        id=agent_id,
+        name=data["name"],
+        labels=orjson.loads(data.get("labels", "[]")),
+        projects=sorted(projects),
+        slots=int(data.get("slots", 0)),
+        used=int(data.get("used", 0)),
+        last_seen=float(data["last_seen"]) if "last_seen" in data else None,
+        metrics=orjson.loads(data["metrics"]) if "metrics" in data else None,
+        jobs=sorted(jobs),
+        created_at=float(data.get("created_at", 0)),
+    )
+
+
+async def list_agents(r: Redis) -> list[AgentRecord]:
+    found = []
+    for agent_id in sorted(strs(await r.smembers(key("agents")))):
+        try:
+            found.append(await get_agent(r, agent_id))
+        except NotFound:  # expired after 30 days offline
+            await r.srem(key("agents"), agent_id)
+    return found
+
+
+async def agent_token_ok(r: Redis, agent_id: str, token: str) -> bool:
+    stored = await r.hget(agent_key(agent_id), "token")
+    return stored is not None and secrets.compare_digest(str(stored), hash_secret(token))
+
+
+async def delete_agent(r: Redis, agent_id: str) -> None:
+    if not await r.exists(agent_key(agent_id)):
+        raise NotFound(f"no agent '{agent_id}'")
+    await r.delete(
+        agent_key(agent_id),
+        agent_key(agent_id, "projects"),
+        agent_key(agent_id, "metrics"),
+    )
+    await r.srem(key("agents"), agent_id)
+    await r.zrem(key("online"), agent_id)

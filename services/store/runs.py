@@ -1,0 +1,118 @@
+"""Run records: one hash per run (immutable facts, a summary for listings, the engine's
+state and its version for compare-and-set) and per-pipeline history with run numbers."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from schemas.subjects import key
+from services.store.connection import Redis, strdict, strs
+from services.store.scripts import Scripts
+
+OUTBOX = key("outbox")
+QUEUE = key("queue")
+QUEUE_INFO = key("queue", "info")
+TIMERS = key("timers")
+PLACEMENTS = key("placements")
+ONLINE = key("online")
+GROUPS = key("groups")
+
+
+def run_key(run_id: str) -> str:
+    return key("run", run_id)
+
+
+def history_key(project: str, pipeline: str) -> str:
+    return key("runs", project, pipeline)
+
+
+def group_key(project: str, group: str) -> str:
+    return key("group", project, group)
+
+
+def run_id_for(event_id: str, project: str, pipeline: str) -> str:
+    """Deterministic, so an event delivered twice names the same run and makes one."""
+    digest = hashlib.sha256(f"{event_id}\0{project}\0{pipeline}".encode()).hexdigest()
+    return digest[:20]
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+@dataclass
+class StoredRun:
+    id: str
+    fields: dict[str, str]
+
+    @property
+    def number(self) -> int:
+        return int(self.fields.get("number", 0))
+
+    @property
+    def version(self) -> int:
+        return int(self.fields["ver"])
+
+    def json(self, name: str) -> Any:
+        return orjson.loads(self.fields[name]) if name in self.fields else None
+
+    def summary(self) -> dict[str, Any]:
+        f = self.fields
+
+        def num(name: str) -> float | None:
+            return float(f[name]) if f.get(name) else None
+
+        return {
+            "id": self.id,
+            "number": self.number,
+            "project": f.get("project"),
+            "pipeline": f.get("pipeline"),
+            "pipeline_version": int(f.get("version", 0)),
+            "status": f.get("status"),
+            "trigger": f.get("trigger"),
+            "actor": f.get("actor") or None,
+            "created_at": num("created_at"),
+            "started_at": num("started_at"),
+            "finished_at": num("finished_at"),
+        }
+
+
+async def create_run(
+    r: Redis, scripts: Scripts, run_id: str, fields: dict[str, str], state: str
+) -> int:
+    """The new run's number, or 0 when a run with this id exists already."""
+    project, pipeline = fields["project"], fields["pipeline"]
+    result = await scripts.create_run(
+        keys=[run_key(run_id), history_key(project, pipeline), key("runnum", project, pipeline)],
+        args=[dumps(fields), state, run_id],
+    )
+    return int(result)
+
+
+async def load_run(r: Redis, run_id: str) -> StoredRun | None:
+    fields = strdict(await r.hgetall(run_key(run_id)))
+    return StoredRun(run_id, fields) if fields else None
+
+
+async def list_runs(
+    r: Redis, project: str, pipeline: str, limit: int = 50, before: int | None = None
+) -> list[dict[str, Any]]:
+    """Newest first."""
+    top = f"({before}" if before else "+inf"
+    ids = strs(await r.zrevrangebyscore(history_key(project, pipeline), top, "-inf", 0, limit))
+    fields = ["project", "pipeline", "version", "status", "trigger", "actor", "number"]
+    fields += ["created_at", "started_at", "finished_at"]
+    async with r.pipeline(transaction=False) as p:
+        for run_id in ids:
+            p.hmget(run_key(run_id), fields)
+        rows = await p.execute()
+    return [
+        StoredRun(
+            run_id, {k: v for k, v in zip(fields, row, strict=True) if v is not None}
+        ).summary()
+        for run_id, row in zip(ids, rows, strict=True)
+    ]

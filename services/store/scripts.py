@@ -1,0 +1,110 @@
+"""The Lua scripts: every change to run, queue, placement and timer state is one of
+these, so it is atomic and compare-and-set, and dispatcher replicas never both win.
+
+Keys not in KEYS are built inside from the prefixes passed in; Runyard uses one Redis
+(or a primary with replicas), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from services.store.connection import Redis
+
+# KEYS: run, outbox, queue, queue info, timers
+# ARGV: expected version, state JSON, summary fields JSON, effects JSON
+COMMIT = """
+local ver = redis.call('HGET', KEYS[1], 'ver')
+if ver ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'ver', tostring(tonumber(ver) + 1))
+for field, value in pairs(cjson.decode(ARGV[3])) do
+  redis.call('HSET', KEYS[1], field, value)
+end
+local fx = cjson.decode(ARGV[4])
+for _, o in ipairs(fx.outbox) do redis.call('HSET', KEYS[2], o[1], o[2]) end
+for _, q in ipairs(fx.enqueue) do
+  if redis.call('ZADD', KEYS[3], 'NX', q[2], q[1]) == 1 then
+    redis.call('HSET', KEYS[4], q[1], q[3])
+  end
+end
+for _, m in ipairs(fx.dequeue) do
+  redis.call('ZREM', KEYS[3], m)
+  redis.call('HDEL', KEYS[4], m)
+end
+for _, t in ipairs(fx.timers) do redis.call('ZADD', KEYS[5], t[2], t[1]) end
+for _, m in ipairs(fx.untimers) do redis.call('ZREM', KEYS[5], m) end
+return 1
+"""
+
+# KEYS: run, history, counter.  ARGV: fields JSON, state JSON.  → run number, or 0
+CREATE_RUN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local number = redis.call('INCR', KEYS[3])
+for field, value in pairs(cjson.decode(ARGV[1])) do
+  redis.call('HSET', KEYS[1], field, value)
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'ver', '0', 'number', tostring(number))
+redis.call('ZADD', KEYS[2], number, ARGV[3])
+return number
+"""
+
+# KEYS: queue, queue info, placements, agent, agent jobs, outbox
+# ARGV: member, agent id, outbox id, outbox entry
+# → 1 placed, 0 no longer queued, -1 agent full
+PLACE = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local slots = tonumber(redis.call('HGET', KEYS[4], 'slots') or '0')
+local used = tonumber(redis.call('HGET', KEYS[4], 'used') or '0')
+if used >= slots then return -1 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'used', 1)
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[5], ARGV[1])
+redis.call('HSET', KEYS[6], ARGV[3], ARGV[4])
+return 1
+"""
+
+# KEYS: placements, agent, agent jobs.  ARGV: member, agent id → 1 released, 0 not placed
+RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local used = tonumber(redis.call('HGET', KEYS[2], 'used') or '0')
+  redis.call('HSET', KEYS[2], 'used', tostring(math.max(used - 1, 0)))
+end
+return 1
+"""
+
+# KEYS: sorted set.  ARGV: max score, limit → members taken (by exactly one caller)
+TAKE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, m in ipairs(due) do redis.call('ZREM', KEYS[1], m) end
+return due
+"""
+
+# KEYS: agent, online, metric history.
+# ARGV: fields JSON, now, ttl, history entry, entries kept, agent id
+# → 1 when the agent came online with this heartbeat, 0 when it was online, -1 unknown
+HEARTBEAT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+for field, value in pairs(cjson.decode(ARGV[1])) do
+  redis.call('HSET', KEYS[1], field, value)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('LPUSH', KEYS[3], ARGV[4])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return redis.call('ZADD', KEYS[2], ARGV[2], ARGV[6])
+"""
+
+
+class Scripts:
+    """The scripts registered on one connection (EVALSHA, loaded on first use)."""
+
+    def __init__(self, r: Redis) -> None:
+        self.commit = r.register_script(COMMIT)
+        self.create_run = r.register_script(CREATE_RUN)
+        self.place = r.register_script(PLACE)
+        self.release = r.register_script(RELEASE)
+        self.take_due = r.register_script(TAKE_DUE)
+        self.heartbeat = r.register_script(HEARTBEAT)

@@ -1,0 +1,1 @@
+"""The web service: the REST API (and, later, the server-rendered UI)."""

@@ -1,0 +1,314 @@
+"""The REST API (JSON): projects, pipelines, agents and runs. The CLI uses it; every
+page of the UI will have its twin here."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from nats.aio.client import Client
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from runyard.engine.state import RunState
+from schemas import subjects
+from schemas.messages import RunCancel, TriggerEvent
+from services.store import records
+from services.store import runs as store
+from services.store.connection import Redis
+from services.web.errors import ApiError, field, json_body
+
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def _redis(request: Request) -> Redis:
+    r: Redis = request.app.state.redis
+    return r
+
+
+def _nats(request: Request) -> Client:
+    nc: Client = request.app.state.nats
+    return nc
+
+
+def _project_name(name: str) -> str:
+    if not name or len(name) > 64 or not set(name) <= NAME_CHARS:
+        raise ApiError(422, "a project name is 1-64 letters, digits, '-' or '_'")
+    return name
+
+
+async def _project(request: Request) -> str:
+    name = request.path_params["project"]
+    if not await records.project_exists(_redis(request), name):
+        raise ApiError(404, f"no project '{name}'")
+    return str(name)
+
+
+async def _pipeline(request: Request) -> records.PipelineRecord:
+    project = await _project(request)
+    try:
+        return await records.get_pipeline(_redis(request), project, request.path_params["name"])
+    except records.NotFound as exc:
+        raise ApiError(404, str(exc)) from None
+
+
+# --- projects -------------------------------------------------------------------------
+
+
+async def list_projects(request: Request) -> JSONResponse:
+    return JSONResponse([{"name": n} for n in await records.list_projects(_redis(request))])
+
+
+async def create_project(request: Request) -> JSONResponse:
+    name = _project_name(field(await json_body(request), "name", str))
+    if not await records.create_project(_redis(request), name):
+        raise ApiError(409, f"project '{name}' exists already")
+    return JSONResponse({"name": name}, status_code=201)
+
+
+# --- pipelines ------------------------------------------------------------------------
+
+
+async def _validated(request: Request) -> tuple[str, str, str]:
+    """(name, source, format) of a pipeline body, or 422 with every problem."""
+    body = await json_body(request)
+    source = field(body, "source", str)
+    fmt = records.source_format(
+        source, field(body, "format", str, None) if "format" in body else None
+    )
+    result = records.validate_source(source, fmt)
+    if not result.ok or result.pipeline is None:
+        problems = [
+            {"line": p.line, "column": p.column, "message": p.message} for p in result.problems
+        ]
+        raise ApiError(422, f"the pipeline has {len(problems)} problem(s)", problems=problems)
+    return result.pipeline.name, source, fmt
+
+
+async def list_pipelines(request: Request) -> JSONResponse:
+    project = await _project(request)
+    found = await records.list_pipelines(_redis(request), project)
+    return JSONResponse([{k: v for k, v in p.public().items() if k != "source"} for p in found])
+
+
+async def create_pipeline(request: Request) -> JSONResponse:
+    project = await _project(request)
+    name, source, fmt = await _validated(request)
+    r = _redis(request)
+    try:
+        await records.get_pipeline(r, project, name)
+        raise ApiError(409, f"pipeline '{name}' exists already in '{project}'; update it instead")
+    except records.NotFound:
+        pass
+    version = await records.save_pipeline(r, project, name, source, fmt)
+    await _pipelines_changed(request, project, name)
+    return JSONResponse({"project": project, "name": name, "version": version}, status_code=201)
+
+
+async def update_pipeline(request: Request) -> JSONResponse:
+    current = await _pipeline(request)
+    name, source, fmt = await _validated(request)
+    if name != current.name:
+        raise ApiError(
+            422,
+            f"the source names '{name}', not '{current.name}'; create a new pipeline to rename one",
+        )
+    version = await records.save_pipeline(_redis(request), current.project, name, source, fmt)
+    await _pipelines_changed(request, current.project, name)
+    return JSONResponse({"project": current.project, "name": name, "version": version})
+
+
+async def get_pipeline(request: Request) -> JSONResponse:
+    return JSONResponse((await _pipeline(request)).public())
+
+
+async def delete_pipeline(request: Request) -> JSONResponse:
+    current = await _pipeline(request)
+    await records.delete_pipeline(_redis(request), current.project, current.name)
+    await _pipelines_changed(request, current.project, current.name)
+    return JSONResponse({"deleted": current.name})
+
+
+async def _pipelines_changed(request: Request, project: str, name: str) -> None:
+    await _nats(request).publish(subjects.PIPELINES_CHANGED, f"{project}/{name}".encode())
+
+
+# --- runs -----------------------------------------------------------------------------
+
+
+async def _publish_trigger(request: Request, event: TriggerEvent) -> None:
+    js = _nats(request).jetstream()
+    await js.publish(
+        subjects.events(event.kind, event.project),
+        event.encode(),
+        headers={"Nats-Msg-Id": event.id},
+    )
+
+
+async def start_run(request: Request) -> JSONResponse:
+    pipeline = await _pipeline(request)
+    body = await json_body(request)
+    inputs = field(body, "inputs", dict, {})
+    ref = field(body, "ref", str, None) if body.get("ref") is not None else None
+    event = TriggerEvent(
+        id=uuid.uuid4().hex,
+        kind="manual",
+        project=pipeline.project,
+        pipeline=pipeline.name,
+        ref=ref,
+        inputs=inputs,
+        actor=request.state.actor,
+        created_at=time.time(),
+    )
+    await _publish_trigger(request, event)
+    run_id = store.run_id_for(event.id, pipeline.project, pipeline.name)
+    return JSONResponse({"run": run_id, "event": event.id}, status_code=202)
+
+
+async def list_runs(request: Request) -> JSONResponse:
+    pipeline = await _pipeline(request)
+    limit = int(request.query_params.get("limit", "50"))
+    before = request.query_params.get("before")
+    found = await store.list_runs(
+        _redis(request),
+        pipeline.project,
+        pipeline.name,
+        min(limit, 500),
+        int(before) if before else None,
+    )
+    return JSONResponse(found)
+
+
+async def _stored(request: Request) -> store.StoredRun:
+    run_id = request.path_params["run"]
+    stored = await store.load_run(_redis(request), run_id)
+    if stored is None:
+        raise ApiError(404, f"no run '{run_id}' (a run just started appears within moments)")
+    return stored
+
+
+def run_view(stored: store.StoredRun) -> dict[str, Any]:
+    state = RunState.model_validate_json(stored.fields["state"])
+    jobs = []
+    for job in state.jobs.values():
+        data = job.model_dump(mode="json", exclude={"host", "ready"})
+        data["agent"] = job.host.get("agent")
+        jobs.append(data)
+    return {
+        **stored.summary(),
+        "inputs": stored.json("inputs"),
+        "event": stored.json("event"),
+        "cancelled": state.cancelled,
+        "jobs": jobs,
+    }
+
+
+async def get_run(request: Request) -> JSONResponse:
+    return JSONResponse(run_view(await _stored(request)))
+
+
+async def cancel_run(request: Request) -> JSONResponse:
+    stored = await _stored(request)
+    project = stored.fields["project"]
+    cancel = RunCancel(run=stored.id, by=request.state.actor, at=time.time())
+    js = _nats(request).jetstream()
+    await js.publish(
+        subjects.run_control(project),
+        cancel.encode(),
+        headers={"Nats-Msg-Id": f"cancel:{stored.id}"},
+    )
+    return JSONResponse({"run": stored.id, "cancel": "requested"}, status_code=202)
+
+
+async def rerun(request: Request) -> JSONResponse:
+    stored = await _stored(request)
+    before = TriggerEvent.model_validate(stored.json("event"))
+    event = before.model_copy(
+        update={
+            "id": uuid.uuid4().hex,
+            "pipeline": stored.fields["pipeline"],
+            "actor": request.state.actor,
+            "created_at": time.time(),
+        }
+    )
+    await _publish_trigger(request, event)
+    run_id = store.run_id_for(event.id, event.project, stored.fields["pipeline"])
+    return JSONResponse({"run": run_id, "event": event.id, "rerun_of": stored.id}, status_code=202)
+
+
+# --- agents ---------------------------------------------------------------------------
+
+
+async def list_agents(request: Request) -> JSONResponse:
+    found = await records.list_agents(_redis(request))
+    return JSONResponse([a.public() for a in found])
+
+
+async def create_agent(request: Request) -> JSONResponse:
+    body = await json_body(request)
+    name = field(body, "name", str)
+    labels = field(body, "labels", list, [])
+    projects = field(body, "projects", list, [])
+    if not all(isinstance(x, str) and x for x in labels + projects):
+        raise ApiError(422, "'labels' and 'projects' are lists of names")
+    r = _redis(request)
+    for project in projects:
+        if not await records.project_exists(r, project):
+            raise ApiError(404, f"no project '{project}'")
+    agent_id, token = await records.create_agent(r, name, labels, projects)
+    return JSONResponse(
+        {
+            "id": agent_id,
+            "name": name,
+            "token": token,
+            "nats_url": request.app.state.public_nats_url,
+        },
+        status_code=201,
+    )
+
+
+async def _agent(request: Request) -> records.AgentRecord:
+    try:
+        return await records.get_agent(_redis(request), request.path_params["agent"])
+    except records.NotFound as exc:
+        raise ApiError(404, str(exc)) from None
+
+
+async def get_agent(request: Request) -> JSONResponse:
+    return JSONResponse((await _agent(request)).public())
+
+
+async def delete_agent(request: Request) -> JSONResponse:
+    agent = await _agent(request)
+    await records.delete_agent(_redis(request), agent.id)
+    return JSONResponse({"deleted": agent.id})
+
+
+async def assign_agent(request: Request) -> JSONResponse:
+    agent = await _agent(request)
+    project = await _project(request)
+    await records.assign_agent(_redis(request), agent.id, project, request.method == "PUT")
+    return JSONResponse((await _agent(request)).public())
+
+
+routes = [
+    Route("/api/projects", list_projects),
+    Route("/api/projects", create_project, methods=["POST"]),
+    Route("/api/projects/{project}/pipelines", list_pipelines),
+    Route("/api/projects/{project}/pipelines", create_pipeline, methods=["POST"]),
+    Route("/api/projects/{project}/pipelines/{name}", get_pipeline),
+    Route("/api/projects/{project}/pipelines/{name}", update_pipeline, methods=["PUT"]),
+    Route("/api/projects/{project}/pipelines/{name}", delete_pipeline, methods=["DELETE"]),
+    Route("/api/projects/{project}/pipelines/{name}/runs", list_runs),
+    Route("/api/projects/{project}/pipelines/{name}/runs", start_run, methods=["POST"]),
+    Route("/api/runs/{run}", get_run),
+    Route("/api/runs/{run}/cancel", cancel_run, methods=["POST"]),
+    Route("/api/runs/{run}/rerun", rerun, methods=["POST"]),
+    Route("/api/agents", list_agents),
+    Route("/api/agents", create_agent, methods=["POST"]),
+    Route("/api/agents/{agent}", get_agent),
+    Route("/api/agents/{agent}", delete_agent, methods=["DELETE"]),
+    Route("/api/agents/{agent}/projects/{project}", assign_agent, methods=["PUT", "DELETE"]),
+]
