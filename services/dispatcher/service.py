@@ -69,6 +69,7 @@ class Dispatcher:
         self.r = r
         self.scripts = Scripts(r)
         self.cache: OrderedDict[str, LiveRun] = OrderedDict()
+        self.locks: dict[str, tuple[asyncio.Lock, int]] = {}  # lock, coroutines using it
         self.kick = asyncio.Event()
         self.placing = asyncio.Lock()
         self.seen_outbox: set[str] = set()
@@ -160,7 +161,31 @@ class Dispatcher:
         apply: Apply,
         extra: Callable[[LiveRun, effects.Effects, float], None] | None = None,
     ) -> LiveRun | None:
-        """Apply one engine entry point to a run and commit it; None if no such run."""
+        """Apply one engine entry point to a run and commit it; None if no such run.
+
+        Changes to one run are serialised in this process (they share the cached
+        engine); replicas are kept apart by the version compare-and-set."""
+        lock, users = self.locks.get(run_id, (asyncio.Lock(), 0))
+        self.locks[run_id] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._change(run_id, apply, extra)
+        except BaseException:
+            self.cache.pop(run_id, None)  # possibly changed half way: load it afresh
+            raise
+        finally:
+            lock, users = self.locks[run_id]
+            if users == 1:
+                del self.locks[run_id]
+            else:
+                self.locks[run_id] = (lock, users - 1)
+
+    async def _change(
+        self,
+        run_id: str,
+        apply: Apply,
+        extra: Callable[[LiveRun, effects.Effects, float], None] | None,
+    ) -> LiveRun | None:
         for _ in range(20):
             live = await self._load(run_id)
             if live is None:

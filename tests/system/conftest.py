@@ -1,0 +1,42 @@
+"""`system`: dispatcher, web API and helpers on fresh streams and an empty Valkey."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from nats.aio.client import Client
+
+from services.stack import Stack
+from tests.agent.actions_repos import datatorch_actions
+from tests.system.harness import System
+
+
+@pytest.fixture(scope="session")
+def actions_base(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return datatorch_actions(tmp_path_factory.mktemp("actions"))
+
+
+@pytest.fixture
+async def system(
+    stack: Stack, nc: Client, redis: aioredis.Redis, tmp_path: Path, actions_base: str
+) -> AsyncIterator[System]:
+    env = {
+        **os.environ,
+        "RUNYARD_NATS_URL": stack.nats_url,
+        "RUNYARD_REDIS_URL": stack.redis_url,
+        "RUNYARD_ACTIONS_BASE": actions_base,
+        "RUNYARD_CONFIG": str(tmp_path / "cli.json"),
+    }
+    found = System(stack, tmp_path, env)
+    found.dispatcher()
+    await found.web()
+    try:
+        yield found
+    finally:
+        found.stop()
+        if found.http is not None:
+            await found.http.aclose()

@@ -1,0 +1,206 @@
+"""The whole system for a test: dispatcher(s), web API and agents as real processes
+(`python -m runyard serve …`, `runyard agent start`) on the session's NATS and Valkey."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agent.config import AgentConfig
+from services.stack import Stack, free_port
+from services.store import records
+from services.store.connection import connect
+from tests.processes import wait_dead
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+            self.popen.wait(30)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class AgentProc:
+    id: str
+    dir: Path
+    proc: Proc | None = None
+
+
+@dataclass
+class System:
+    stack: Stack
+    tmp: Path
+    env: dict[str, str]
+    procs: list[Proc] = field(default_factory=list)
+    url: str = ""
+    key: str = ""
+    http: httpx.AsyncClient | None = None
+
+    # --- processes ------------------------------------------------------------------
+
+    def spawn(self, name: str, *args: str) -> Proc:
+        log = self.tmp / f"{name}-{len(self.procs)}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "runyard", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def dispatcher(self) -> Proc:
+        return self.spawn("dispatcher", "serve", "dispatcher")
+
+    async def web(self) -> None:
+        port = free_port()
+        self.spawn("web", "serve", "web", "--port", str(port))
+        self.url = f"http://127.0.0.1:{port}"
+        r = connect(self.stack.redis_url)
+        self.key = await records.create_api_key(r, "tests")
+        await r.aclose()
+        self.http = httpx.AsyncClient(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if (await self.http.get("/api/health")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.05)
+        raise RuntimeError("the web service did not start:\n" + self.procs[-1].output())
+
+    async def agent(
+        self,
+        name: str,
+        labels: list[str] | None = None,
+        projects: list[str] | None = None,
+        slots: int = 1,
+        start: bool = True,
+    ) -> AgentProc:
+        made = await self.call(
+            "POST",
+            "/api/agents",
+            json={
+                "name": name,
+                "labels": labels or [],
+                "projects": projects or [],
+            },
+        )
+        directory = self.tmp / f"agent-{name}"
+        AgentConfig(made["id"], name, made["token"], made["nats_url"]).save(directory)
+        agent = AgentProc(made["id"], directory)
+        if start:
+            await self.start_agent(agent, slots)
+        return agent
+
+    async def start_agent(self, agent: AgentProc, slots: int = 1, wait: bool = True) -> None:
+        agent.proc = self.spawn(
+            f"agent-{agent.id}", "agent", "start", "--slots", str(slots), "--dir", str(agent.dir)
+        )
+        if wait:
+            await self.wait_for(lambda: self.agent_online(agent.id), 20, f"agent {agent.id}")
+
+    async def agent_online(self, agent_id: str) -> bool:
+        return bool((await self.call("GET", f"/api/agents/{agent_id}"))["online"])
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.kill(signal.SIGTERM if proc.name.startswith("agent") else signal.SIGKILL)
+        wait_dead([p.popen.pid for p in self.procs], 10)
+
+    # --- API ------------------------------------------------------------------------
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        assert self.http is not None
+        response = await self.http.request(method, path, **kwargs)
+        assert response.status_code < 400, f"{method} {path}: {response.text}"
+        return response.json()
+
+    async def project(self, name: str) -> None:
+        await self.call("POST", "/api/projects", json={"name": name})
+
+    async def pipeline(self, project: str, source: str) -> str:
+        made = await self.call(
+            "POST", f"/api/projects/{project}/pipelines", json={"source": source}
+        )
+        return str(made["name"])
+
+    async def start_run(self, project: str, pipeline: str, **inputs: Any) -> str:
+        made = await self.call(
+            "POST", f"/api/projects/{project}/pipelines/{pipeline}/runs", json={"inputs": inputs}
+        )
+        return str(made["run"])
+
+    async def run(self, run_id: str) -> dict[str, Any] | None:
+        assert self.http is not None
+        response = await self.http.get(f"/api/runs/{run_id}")
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 200, response.text
+        found: dict[str, Any] = response.json()
+        return found
+
+    async def wait_run(
+        self, run_id: str, timeout: float = 60, status: str | None = None
+    ) -> dict[str, Any]:
+        """Until the run is final (or has `status`)."""
+        deadline = time.monotonic() + timeout
+        current = None
+        while time.monotonic() < deadline:
+            current = await self.run(run_id)
+            if current and (
+                current["status"] == status
+                if status
+                else current["status"] not in ("queued", "running")
+            ):
+                return current
+            await asyncio.sleep(0.1)
+        raise AssertionError(
+            f"run {run_id} still {current and current['status']}: {current}" + self.logs()
+        )
+
+    async def wait_for(self, check: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await check():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{what}: not within {timeout} s" + self.logs())
+
+    def logs(self) -> str:
+        return "".join(f"\n--- {p.name}\n{p.output()[-3000:]}" for p in self.procs)
+
+
+def step_of(run: dict[str, Any], job: str, index: int = 0) -> dict[str, Any]:
+    found = next(j for j in run["jobs"] if j["key"] == job)
+    step: dict[str, Any] = found["steps"][index]
+    return step
+
+
+def job_of(run: dict[str, Any], job: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(j for j in run["jobs"] if j["key"] == job)
+    return found
