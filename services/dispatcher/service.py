@@ -197,7 +197,12 @@ class Dispatcher:
                 extra(live, fx, now)
             state_json = live.engine.state.model_dump_json()
             if state_json == live.state_json and not fx.outbox and not fx.enqueue:
-                return live
+                # nothing to do, unless another replica moved the run on since it was cached
+                stored = await self.r.hget(store.run_key(run_id), "ver")
+                if stored is not None and int(stored) == live.version:
+                    return live
+                self.cache.pop(run_id, None)
+                continue
             state = live.engine.state
             summary = {
                 "status": str(state.status),
