@@ -54,7 +54,7 @@ from services.store.scripts import Scripts
 
 log = logging.getLogger("runyard.dispatcher")
 
-WORKERS = 4  # pull subscribers per consumer in one process
+WORKERS = 4  # pull subscribers of agent events in one process
 TICK = 0.25  # seconds between timer checks
 SWEEP = 2.0  # seconds between outbox / group / queue sweeps
 CACHE_SIZE = 2000  # runs kept loaded
@@ -81,12 +81,13 @@ class Dispatcher:
         await bus.ensure_streams(self.js)
         await self._consumer(subjects.EVENTS_STREAM, subjects.DISPATCHER_EVENTS_CONSUMER)
         await self._consumer(subjects.AGENT_STREAM, subjects.DISPATCHER_AGENT_CONSUMER)
-        for _ in range(WORKERS):
-            self._spawn(
-                self._consume(
-                    subjects.EVENTS_STREAM, subjects.DISPATCHER_EVENTS_CONSUMER, self.on_event
-                )
+        # one worker takes trigger events, so runs are numbered and queued in their order
+        self._spawn(
+            self._consume(
+                subjects.EVENTS_STREAM, subjects.DISPATCHER_EVENTS_CONSUMER, self.on_event
             )
+        )
+        for _ in range(WORKERS):
             self._spawn(
                 self._consume(
                     subjects.AGENT_STREAM, subjects.DISPATCHER_AGENT_CONSUMER, self.on_agent_event
@@ -305,7 +306,7 @@ class Dispatcher:
             await self.change(run_id, lambda e, now: e.start(now))
             return
         gkey = store.group_key(event.project, group)
-        await self.r.zadd(gkey, {run_id: float(fields["created_at"])}, nx=True)
+        await self.r.zadd(gkey, {run_id: event.created_at}, nx=True)
         await self.r.sadd(store.GROUPS, gkey)
         if cancel_running:
             for other in strs(await self.r.zrange(gkey, 0, -1)):
