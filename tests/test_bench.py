@@ -37,3 +37,25 @@ def test_floor_bench_smoke(stack: Stack, tmp_path: Path) -> None:
         "spawn /bin/true",
     ]
     assert all(r["n"] == 20 for r in rows)
+
+
+def test_dispatch_bench_smoke(stack: Stack, tmp_path: Path) -> None:
+    rows = run_bench(
+        "dispatch.py",
+        stack,
+        tmp_path / "dispatch.json",
+        "--runs",
+        "5",
+        "--steps",
+        "10",
+        "--throughput-runs",
+        "2",
+    )
+    assert [r["name"] for r in rows] == [
+        "API call → first step running",
+        "10 steps in one job",
+        "10 commands in one bash",
+        "per-step overhead",
+        "throughput, 4 agents",
+    ]
+    assert rows[0]["n"] == 5

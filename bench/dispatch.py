@@ -1,0 +1,133 @@
+"""Dispatch speed through the whole system, on the embedded stack (DESIGN.md §9).
+
+    python bench/dispatch.py [--runs 200] [--steps 200] [--json bench/results/dispatch.json]
+
+Measures, with real dispatcher, web API and agent processes:
+- latency: API call → the first step's process running (its first line reads
+  `$EPOCHREALTIME`), one run at a time on an idle system;
+- per-step overhead: one job of N `true` steps, against the same N commands in one
+  bash process (the baseline, side by side);
+- throughput: trivial steps per second with 4 agents of one slot each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import report, running_stack, summary
+from bench.system import BenchSystem, bench_system
+
+PROJECT = "bench"
+
+
+def _pipeline(system: BenchSystem, name: str, steps: list[str], jobs: int = 1) -> None:
+    body = [f"name: {name}", "jobs:"]
+    for j in range(jobs):
+        body += [f"  j{j}:", "    steps:"]
+        body += [f"      - run: {json.dumps(step)}" for step in steps]
+    system.call("POST", f"/api/projects/{PROJECT}/pipelines", json={"source": "\n".join(body)})
+
+
+def latency(system: BenchSystem, runs: int, tmp: Path) -> list[float]:
+    marker = tmp / "started"
+    _pipeline(system, "latency", [f'echo "$EPOCHREALTIME" >> {marker}'])
+    seconds = []
+    for i in range(runs):
+        before = time.time()
+        run_id = system.start_run(PROJECT, "latency")
+        system.wait_run(run_id)
+        started = float(marker.read_text().splitlines()[i])
+        seconds.append(started - before)
+    return seconds
+
+
+def step_overhead(system: BenchSystem, steps: int) -> tuple[float, float]:
+    """(seconds for the job's steps in Runyard, seconds for the same in one bash)."""
+    _pipeline(system, "overhead", ["true"] * steps)
+    run = system.wait_run(system.start_run(PROJECT, "overhead"))
+    job = run["jobs"][0]
+    runyard = job["steps"][-1]["finished_at"] - job["steps"][0]["started_at"]
+    script = "\n".join(["true"] * steps)
+    began = time.perf_counter()
+    subprocess.run(["bash", "--noprofile", "--norc", "-c", script], check=True)
+    return runyard, time.perf_counter() - began
+
+
+def throughput(system: BenchSystem, runs: int, steps: int) -> tuple[int, float]:
+    _pipeline(system, "throughput", ["true"] * steps)
+    began = time.perf_counter()
+    ids = [system.start_run(PROJECT, "throughput") for _ in range(runs)]
+    for run_id in ids:
+        assert system.wait_run(run_id)["status"] == "success"
+    return runs * steps, time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200, help="runs for the latency")
+    parser.add_argument("--steps", type=int, default=200, help="steps for the overhead")
+    parser.add_argument("--throughput-runs", type=int, default=40)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    with (
+        tempfile.TemporaryDirectory(prefix="runyard-bench-") as tmp,
+        running_stack() as stack,
+        bench_system(stack, Path(tmp)) as system,
+    ):
+        global PROJECT
+        PROJECT = f"bench-{uuid.uuid4().hex[:6]}"
+        system.call("POST", "/api/projects", json={"name": PROJECT})
+        for i in range(4):
+            system.agent(f"agent{i}-{PROJECT}", PROJECT)
+        seconds = latency(system, args.runs, Path(tmp))
+        runyard, shell = step_overhead(system, args.steps)
+        done, took = throughput(system, args.throughput_runs, 25)
+    rows = [
+        summary("API call → first step running", seconds),
+        {
+            "name": f"{args.steps} steps in one job",
+            "n": args.steps,
+            "p50_ms": runyard / args.steps * 1000,
+            "p99_ms": runyard / args.steps * 1000,
+            "per_s": args.steps / runyard,
+        },
+        {
+            "name": f"{args.steps} commands in one bash",
+            "n": args.steps,
+            "p50_ms": shell / args.steps * 1000,
+            "p99_ms": shell / args.steps * 1000,
+            "per_s": args.steps / shell,
+        },
+        {
+            "name": "per-step overhead",
+            "n": args.steps,
+            "p50_ms": (runyard - shell) / args.steps * 1000,
+            "p99_ms": (runyard - shell) / args.steps * 1000,
+            "per_s": 0.0,
+        },
+        {
+            "name": "throughput, 4 agents",
+            "n": done,
+            "p50_ms": took / done * 1000,
+            "p99_ms": took / done * 1000,
+            "per_s": done / took,
+        },
+    ]
+    report(rows, args.json)
+    print(
+        "(per-step rows: ms per step, the same figure in both columns;"
+        " throughput: trivial steps per second)"
+    )
+
+
+if __name__ == "__main__":
+    main()
