@@ -273,6 +273,8 @@ class Engine:
         step.error = event.error
         step.started_at = event.started_at
         step.finished_at = event.finished_at
+        if event.status == Status.CANCELLED:  # stopped on the agent's side (it shut down)
+            job.cancel_requested = True
         return self._next_step(job, event.finished_at)
 
     def _steps_over(self, job: JobState, at: float) -> list[Command]:

@@ -185,3 +185,23 @@ def test_expand_matrix_include_exclude() -> None:
         {"os": "mac", "py": 3.12},
         {"os": "win", "py": 3.12},
     ]
+
+
+def test_a_step_the_agent_cancelled_cancels_its_job() -> None:
+    e = engine(
+        "name: p\njobs:\n  a:\n    steps:\n      - run: one\n      - run: two\n"
+        "      - run: cleanup\n        if: ${{ always() }}\n"
+    )
+    e.start(0.0)
+    e.apply(started("a"))
+    commands = e.apply(done("a", 0, Status.CANCELLED))
+    assert [c.step.index for c in commands if isinstance(c, RunStep)] == [2]
+    commands = e.apply(done("a", 2))
+    assert [s.status for s in e.state.jobs["a"].steps] == [
+        Status.CANCELLED,
+        Status.SKIPPED,
+        Status.SUCCESS,
+    ]
+    assert e.state.jobs["a"].status == Status.CANCELLED
+    assert e.state.status == Status.FAILURE
+    assert isinstance(commands[-1], RunDone)

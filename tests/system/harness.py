@@ -28,10 +28,13 @@ class Proc:
     popen: subprocess.Popen[bytes]
     log: Path
 
-    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
+    def send(self, sig: signal.Signals) -> None:
         if self.popen.poll() is None:
             os.killpg(self.popen.pid, sig)
-            self.popen.wait(30)
+
+    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        self.send(sig)
+        self.popen.wait(30)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

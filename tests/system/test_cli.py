@@ -1,0 +1,110 @@
+"""The CLI against the server: `agent create`, `agent start` and its Ctrl-C, `run --watch`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.config import AgentConfig
+from tests.processes import wait_dead
+from tests.system.harness import AgentProc, System, step_of
+
+
+def cli(system: System, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runyard", *args],
+        env=system.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def login(system: System, tmp_path: Path) -> None:
+    Path(system.env["RUNYARD_CONFIG"]).write_text(
+        json.dumps({"host": system.url, "api_key": system.key, "project": "p"})
+    )
+
+
+ECHO = """
+name: Echo
+triggers:
+  manual:
+    form: {properties: {word: {type: string, default: hello}}}
+jobs:
+  say:
+    steps:
+      - id: s
+        run: |
+          echo "::said::\\"${{ input.word }}\\""
+          test "${{ input.word }}" != fail
+"""
+
+
+async def test_agent_create_start_and_run_watch(system: System, tmp_path: Path) -> None:
+    await system.project("p")
+    login(system, tmp_path)
+    agent_dir = tmp_path / "cli-agent"
+    made = await asyncio.to_thread(
+        cli, system, "agent", "create", "--name", "cli", "--project", "p", "--dir", str(agent_dir)
+    )
+    assert made.returncode == 0, made.stderr
+    config = AgentConfig.load(agent_dir)
+    assert f"agent {config.id} created" in made.stdout
+    await system.start_agent(AgentProc(config.id, agent_dir))
+    await system.pipeline("p", ECHO)
+
+    ok = await asyncio.to_thread(cli, system, "run", "Echo", "--input", "word=hi", "--watch")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "say / Run echo" in ok.stdout
+    assert "said = hi" in ok.stdout
+    assert "run #1 success" in ok.stdout
+
+    bad = await asyncio.to_thread(cli, system, "run", "Echo", "--input", "word=fail", "--watch")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "run #2 failure" in bad.stdout
+
+    missing = await asyncio.to_thread(cli, system, "run", "Nope")
+    assert missing.returncode == 1
+    assert "no pipeline 'Nope' in project 'p'" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+SLEEPER = """
+name: Sleeper
+jobs:
+  nap:
+    steps:
+      - run: |
+          echo $$ > "{pid}"
+          sleep 300
+"""
+
+
+async def test_agent_ctrl_c_cancels_and_reports_running_steps(
+    system: System, tmp_path: Path
+) -> None:
+    await system.project("p")
+    agent = await system.agent("a", projects=["p"])
+    pid_file = tmp_path / "pid"
+    await system.pipeline("p", SLEEPER.replace("{pid}", str(pid_file)))
+    run_id = await system.start_run("p", "Sleeper")
+
+    async def running() -> bool:
+        return pid_file.exists() and pid_file.read_text().strip() != ""
+
+    await system.wait_for(running, 20, "the step")
+    assert agent.proc is not None
+    agent.proc.send(signal.SIGINT)
+    status = await asyncio.to_thread(agent.proc.popen.wait, 20)
+    assert status == 0, agent.proc.output()
+    assert "agent stopped" in agent.proc.output()
+    assert wait_dead([int(pid_file.read_text())], 5) == []
+    run = await system.wait_run(run_id, timeout=20)
+    assert step_of(run, "nap")["status"] == "cancelled"
+    assert run["status"] == "failure"
