@@ -142,6 +142,7 @@ class Stack:
     nats_port: int = 0
     valkey_port: int = 0
     nats_url: str = ""
+    ws_url: str = ""  # the same NATS over WebSocket, for agents behind HTTP-only proxies
     redis_url: str = ""
     servers: list[Server] = field(default_factory=list)
 
@@ -149,8 +150,16 @@ class Stack:
         port = self.nats_port or free_port(self.host)
         store = self.data_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
+        ws_port = free_port(self.host)
+        config = self.data_dir / "nats.conf"
+        config.write_text(
+            f"websocket {{\n  host: {self.host}\n  port: {ws_port}\n  no_tls: true\n}}\n"
+        )
+        self.ws_url = f"ws://{self.host}:{ws_port}"
         argv = [
             nats_binary(),
+            "-c",
+            str(config),
             "-js",
             "-a",
             self.host,

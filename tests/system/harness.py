@@ -120,10 +120,12 @@ class System:
             await self.start_agent(agent, slots)
         return agent
 
-    async def start_agent(self, agent: AgentProc, slots: int = 1, wait: bool = True) -> None:
-        agent.proc = self.spawn(
-            f"agent-{agent.id}", "agent", "start", "--slots", str(slots), "--dir", str(agent.dir)
-        )
+    async def start_agent(
+        self, agent: AgentProc, slots: int = 1, wait: bool = True, nats_url: str | None = None
+    ) -> None:
+        url = ["--nats-url", nats_url] if nats_url else []
+        argv = ["agent", "start", "--slots", str(slots), "--dir", str(agent.dir), *url]
+        agent.proc = self.spawn(f"agent-{agent.id}", *argv)
         if wait:
             await self.wait_for(lambda: self.agent_online(agent.id), 20, f"agent {agent.id}")
 

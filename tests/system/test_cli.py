@@ -108,3 +108,14 @@ async def test_agent_ctrl_c_cancels_and_reports_running_steps(
     run = await system.wait_run(run_id, timeout=20)
     assert step_of(run, "nap")["status"] == "cancelled"
     assert run["status"] == "failure"
+
+
+async def test_an_agent_over_websocket(system: System) -> None:
+    assert system.stack.ws_url.startswith("ws://")
+    await system.project("p")
+    agent = await system.agent("ws", projects=["p"], start=False)
+    await system.start_agent(agent, nats_url=system.stack.ws_url)
+    await system.pipeline("p", ECHO)
+    run = await system.wait_run(await system.start_run("p", "Echo", word="over-ws"))
+    assert run["status"] == "success", run
+    assert step_of(run, "say")["outputs"] == {"said": "over-ws"}
