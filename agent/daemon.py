@@ -218,7 +218,8 @@ class Agent:
         workspace = self.dir / "work" / assign.run / assign.job
         job = Job(assign, workspace)
         self.jobs[key] = job
-        await asyncio.to_thread(shutil.rmtree, workspace, True)
+        if workspace.exists():  # an earlier attempt's: start clean
+            await asyncio.to_thread(shutil.rmtree, workspace, True)
         workspace.mkdir(parents=True, exist_ok=True)
         if assign.repository:
             try:

@@ -11,6 +11,7 @@ import signal
 import click
 import uvicorn
 
+from runyard import aio
 from services.dispatcher import service as dispatcher
 from services.web.app import create_app
 
@@ -51,7 +52,7 @@ def serve() -> None:
 def serve_dispatcher(nats_url: str, redis_url: str) -> None:
     """Turn trigger events into runs and drive them on agents."""
     _logging()
-    asyncio.run(_until_signal(lambda stop: dispatcher.serve(nats_url, redis_url, stop)))
+    aio.run(_until_signal(lambda stop: dispatcher.serve(nats_url, redis_url, stop)))
 
 
 @serve.command("web")

@@ -70,6 +70,8 @@ def start(slots: int, nats_url: str | None, directory: Path) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # the standard loop: uvloop spawns processes about 2 ms slower, and spawning is
+    # what an agent does most
     asyncio.run(_start(config, nats_url or config.nats_url, directory, slots))
     click.echo("agent stopped")
 

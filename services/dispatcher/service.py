@@ -238,7 +238,7 @@ class Dispatcher:
             RunChanged(run=live.facts.id, status=status, at=now).encode(),
         )
         if fx.enqueue:
-            self.kick.set()
+            await self.place_queued()
         if fx.done is not None:
             await self._group_advance_for(live.facts.id)
 

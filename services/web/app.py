@@ -4,15 +4,16 @@ it shares (NATS, Redis) opened in the lifespan."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services import bus
 from services.store import records
@@ -21,24 +22,50 @@ from services.web import api
 from services.web.errors import ApiError, api_error, http_error
 
 PUBLIC = ("/api/health",)
+KEY_CACHE_SECONDS = 5.0
 
 
-class ApiKeys(BaseHTTPMiddleware):
-    """`Authorization: Bearer <API key>` on every API call but the health check."""
+class ApiKeys:
+    """`Authorization: Bearer <API key>` on every API call but the health check.
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        if not request.url.path.startswith("/api/") or request.url.path in PUBLIC:
-            return await call_next(request)
+    Known keys are remembered for a few seconds, so a busy client costs no Redis read
+    per call; a deleted key stops working within `KEY_CACHE_SECONDS`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.known: dict[str, tuple[str, float]] = {}  # key → (actor, checked at)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/api/") or path in PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return JSONResponse(
-                {"error": "an API key is required (Authorization: Bearer …)"}, status_code=401
-            )
-        found = await records.check_api_key(request.app.state.redis, token.strip())
+        actor = await self._actor(request, token.strip()) if scheme.lower() == "bearer" else None
+        if actor is None:
+            message = "the API key is not valid" if token else "an API key is required"
+            response = JSONResponse({"error": f"{message} (Authorization: Bearer …)"}, 401)
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["actor"] = actor
+        await self.app(scope, receive, send)
+
+    async def _actor(self, request: Request, token: str) -> str | None:
+        if not token:
+            return None
+        now = time.monotonic()
+        cached = self.known.get(token)
+        if cached and now - cached[1] < KEY_CACHE_SECONDS:
+            return cached[0]
+        found = await records.check_api_key(request.app.state.redis, token)
         if found is None:
-            return JSONResponse({"error": "the API key is not valid"}, status_code=401)
-        request.state.actor = found.get("name", "api")
-        return await call_next(request)
+            self.known.pop(token, None)
+            return None
+        if len(self.known) > 10_000:
+            self.known.clear()
+        self.known[token] = (found.get("name", "api"), now)
+        return self.known[token][0]
 
 
 async def health(request: Request) -> JSONResponse:
