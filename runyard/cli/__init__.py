@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from runyard.cli.agent import agent
+from runyard.cli.login import login
 from runyard.cli.pipeline import pipeline
 from runyard.cli.run import run
 from runyard.cli.schema import schema
@@ -23,7 +24,7 @@ def cli() -> None:
     """
 
 
-for command in (agent, pipeline, run, schema, serve, up):
+for command in (agent, login, pipeline, run, schema, serve, up):
     cli.add_command(command)
 
 

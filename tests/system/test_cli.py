@@ -25,10 +25,14 @@ def cli(system: System, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def login(system: System, tmp_path: Path) -> None:
-    Path(system.env["RUNYARD_CONFIG"]).write_text(
-        json.dumps({"host": system.url, "api_key": system.key, "project": "p"})
-    )
+def login(system: System) -> None:
+    refused = cli(system, "login", "--host", system.url, "--api-key", "wrong")
+    assert refused.returncode == 1
+    assert "the API key is not valid" in refused.stderr
+    done = cli(system, "login", "--host", system.url, "--api-key", system.key)
+    assert done.returncode == 0, done.stderr
+    saved = json.loads(Path(system.env["RUNYARD_CONFIG"]).read_text())
+    assert saved == {"host": system.url, "api_key": system.key}
 
 
 ECHO = """
@@ -48,7 +52,7 @@ jobs:
 
 async def test_agent_create_start_and_run_watch(system: System, tmp_path: Path) -> None:
     await system.project("p")
-    login(system, tmp_path)
+    await asyncio.to_thread(login, system)
     agent_dir = tmp_path / "cli-agent"
     made = await asyncio.to_thread(
         cli, system, "agent", "create", "--name", "cli", "--project", "p", "--dir", str(agent_dir)
@@ -59,17 +63,21 @@ async def test_agent_create_start_and_run_watch(system: System, tmp_path: Path) 
     await system.start_agent(AgentProc(config.id, agent_dir))
     await system.pipeline("p", ECHO)
 
-    ok = await asyncio.to_thread(cli, system, "run", "Echo", "--input", "word=hi", "--watch")
+    ok = await asyncio.to_thread(
+        cli, system, "run", "Echo", "-p", "p", "--input", "word=hi", "--watch"
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "say / Run echo" in ok.stdout
     assert "said = hi" in ok.stdout
     assert "run #1 success" in ok.stdout
 
-    bad = await asyncio.to_thread(cli, system, "run", "Echo", "--input", "word=fail", "--watch")
+    bad = await asyncio.to_thread(
+        cli, system, "run", "Echo", "-p", "p", "--input", "word=fail", "--watch"
+    )
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "run #2 failure" in bad.stdout
 
-    missing = await asyncio.to_thread(cli, system, "run", "Nope")
+    missing = await asyncio.to_thread(cli, system, "run", "Nope", "-p", "p")
     assert missing.returncode == 1
     assert "no pipeline 'Nope' in project 'p'" in missing.stderr
     assert "Traceback" not in missing.stderr
