@@ -1,0 +1,111 @@
+"""The dispatcher's pure parts: placement and the effects of engine commands."""
+
+from __future__ import annotations
+
+import orjson
+
+from runyard.engine.contexts import RunInfo
+from runyard.engine.events import FinishJob, JobStarted, RunDone, RunStep, StartJob, StopJob
+from runyard.engine.machine import Engine
+from runyard.engine.plan import compile_plan
+from runyard.pipeline.validate import validate_text
+from schemas import subjects
+from schemas.messages import decode_inbox
+from schemas.status import Status
+from services.dispatcher import effects
+from services.dispatcher.placement import Candidate, choose
+
+FACTS = effects.RunFacts("r1", "p", "Pipe", None, None, None)
+
+
+def agent(
+    name: str,
+    labels: set[str],
+    used: int = 0,
+    slots: int = 2,
+    projects: frozenset[str] = frozenset({"p"}),
+) -> Candidate:
+    return Candidate(name, frozenset(labels), projects, slots, used)
+
+
+def test_choose_needs_project_labels_and_a_free_slot() -> None:
+    agents = [
+        agent("other-project", {"gpu"}, projects=frozenset({"q"})),
+        agent("no-gpu", set()),
+        agent("full", {"gpu"}, used=2),
+        agent("fits", {"gpu", "cuda"}),
+    ]
+    chosen = choose(agents, "p", ["gpu"])
+    assert chosen is not None and chosen.id == "fits"
+    assert choose(agents, "p", ["tpu"]) is None
+    assert choose(agents[:3], "p", ["gpu"]) is None
+
+
+def test_choose_spreads_load() -> None:
+    agents = [
+        agent("busy", set(), used=1),
+        agent("idle", set()),
+        agent("big", set(), slots=8, used=1),
+    ]
+    chosen = choose(agents, "p", [])
+    assert chosen is not None and chosen.id == "idle"
+
+
+def _engine() -> Engine:
+    result = validate_text(
+        "name: Pipe\njobs:\n  a:\n    timeout: 1\n    steps:\n"
+        "      - run: echo hi\n        timeout: 0.5\n",
+        "p.yaml",
+    )
+    assert result.pipeline is not None
+    return Engine(compile_plan(result.pipeline), RunInfo(run={"id": "r1"}, pipeline={}))
+
+
+def test_start_job_queues_an_assignment() -> None:
+    e = _engine()
+    commands = e.start(10.0)
+    assert isinstance(commands[0], StartJob)
+    fx = effects.translate(commands, e.state, FACTS, 10.0)
+    ((member, score, info),) = fx.enqueue
+    assert (member, score) == ("r1|a|1", 10.0)
+    wanted = orjson.loads(info)
+    assert wanted["project"] == "p" and wanted["runs_on"] == []
+    assign = decode_inbox(wanted["assign"].encode())
+    assert assign.type == "job.assign" and assign.timeout == 60.0
+
+
+def test_steps_go_to_the_claiming_agent_with_a_silent_agent_timer() -> None:
+    e = _engine()
+    e.start(0.0)
+    commands = e.apply(JobStarted(job="a", attempt=1, host={"agent": {"id": "ag1"}}, at=1.0))
+    assert isinstance(commands[0], RunStep)
+    fx = effects.translate(commands, e.state, FACTS, 1.0)
+    ((msg_id, subject, data),) = fx.outbox
+    assert msg_id == "step:r1|a|1|0"
+    assert subject == subjects.agent_inbox("ag1")
+    step = decode_inbox(data)
+    assert step.type == "step.assign" and step.run_script is not None
+    ((timer, deadline),) = fx.timers
+    assert timer == "step|r1|a|1|0"
+    assert deadline == 1.0 + 30 + effects.CANCEL_GRACE + effects.SILENT_AGENT_SLACK
+
+
+def test_stop_and_finish() -> None:
+    e = _engine()
+    e.start(0.0)
+    e.apply(JobStarted(job="a", attempt=1, host={"agent": {"id": "ag1"}}, at=1.0))
+    fx = effects.translate([StopJob("a", 1, Status.CANCELLED)], e.state, FACTS, 2.0)
+    ((subject, _),) = fx.control
+    assert subject == subjects.agent_control("ag1")
+    assert fx.timers == [("stop|r1|a|1", 2.0 + effects.CANCEL_GRACE + effects.CANCEL_SLACK)]
+    fx = effects.translate(
+        [FinishJob("a", 1, Status.SUCCESS), RunDone(Status.SUCCESS)], e.state, FACTS, 3.0
+    )
+    assert [i for i, _, _ in fx.outbox] == ["finish:r1|a|1"]
+    assert {"job|r1|a|1", "stop|r1|a|1", "step|r1|a|1|0"} <= set(fx.untimers)
+    assert fx.done == Status.SUCCESS
+
+
+def test_pack_round_trip() -> None:
+    assert effects.unpack(effects.pack("ry.x", b'{"a": 1}')) == ("ry.x", b'{"a": 1}')
+    assert effects.parse_member("r|j~2|3|7") == ("r", "j~2", 3, ["7"])
