@@ -317,12 +317,7 @@ class Agent:
             attempt=assign.attempt,
             index=assign.index,
             step=assign.step,
-            status=result.status,
-            exit_code=result.exit_code,
-            outputs=result.outputs,
-            error=result.error,
-            started_at=result.started_at,
-            finished_at=result.finished_at,
+            **result.report(),
         )
 
         async def ack() -> None:

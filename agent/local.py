@@ -200,17 +200,7 @@ class LocalRun:
         if result.error:
             self.print(f"{prefix} ✗ {result.error}")
         self.events.put_nowait(
-            StepDone(
-                job=command.job,
-                attempt=command.attempt,
-                index=step.index,
-                status=result.status,
-                exit_code=result.exit_code,
-                outputs=result.outputs,
-                error=result.error,
-                started_at=result.started_at,
-                finished_at=result.finished_at,
-            )
+            StepDone(job=command.job, attempt=command.attempt, index=step.index, **result.report())
         )
 
 

@@ -8,6 +8,7 @@ steps), secrets are masked before a line leaves the runner, and outputs are read
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -42,6 +43,10 @@ class StepResult:
     error: str | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
+
+    def report(self) -> dict[str, Any]:
+        """The fields a step's end is reported with (engine event and wire message)."""
+        return dataclasses.asdict(self)
 
 
 @functools.cache

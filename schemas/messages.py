@@ -145,7 +145,18 @@ class TestSummary(BaseModel):
     failures: list[dict[str, str]] = []
 
 
-class StepFinished(Message):
+class StepOutcome(BaseModel):
+    """How a step ended; the engine's `StepDone` event carries the same fields."""
+
+    status: Status
+    exit_code: int | None = None
+    outputs: dict[str, Any] = {}
+    error: str | None = None
+    started_at: float
+    finished_at: float
+
+
+class StepFinished(Message, StepOutcome):
     type: Literal["step.finished"] = "step.finished"
     agent: str
     run: str
@@ -153,12 +164,6 @@ class StepFinished(Message):
     attempt: int = 1
     index: int
     step: str
-    status: Status
-    exit_code: int | None = None
-    outputs: dict[str, Any] = {}
-    error: str | None = None
-    started_at: float
-    finished_at: float
 
 
 class JobFinished(Message):

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from schemas.messages import StepOutcome
 from schemas.pipeline import ActionRef
 from schemas.status import Status
 
@@ -27,17 +28,11 @@ class JobStarted(BaseModel):
     at: float
 
 
-class StepDone(BaseModel):
+class StepDone(StepOutcome):
     kind: Literal["step.done"] = "step.done"
     job: str
     attempt: int
     index: int
-    status: Status
-    exit_code: int | None = None
-    outputs: dict[str, Any] = {}
-    error: str | None = None
-    started_at: float
-    finished_at: float
 
 
 class JobEnded(BaseModel):

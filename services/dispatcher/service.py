@@ -561,17 +561,7 @@ def _applying(event: JobEnded) -> Apply:
 
 def _step_done(event: StepFinished) -> StepDone:
     """The wire message → the engine's event (the one place the two meet)."""
-    return StepDone(
-        job=event.job,
-        attempt=event.attempt,
-        index=event.index,
-        status=event.status,
-        exit_code=event.exit_code,
-        outputs=event.outputs,
-        error=event.error,
-        started_at=event.started_at,
-        finished_at=event.finished_at,
-    )
+    return StepDone.model_validate(event.model_dump(include=set(StepDone.model_fields)))
 
 
 def _group(

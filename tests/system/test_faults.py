@@ -88,12 +88,10 @@ def assert_once_each(marker: Path, runs: list[str], steps: int) -> None:
     assert [line for line, n in counts.items() if n != 1] == []
 
 
-async def test_a_killed_dispatcher_is_replaced_and_the_run_completes(
-    system: System, tmp_path: Path
-) -> None:
+async def six_steps_under_way(system: System, marker: Path) -> str:
+    """A run of six half-second steps, two of them done."""
     await system.project("p")
     await system.agent("a", projects=["p"])
-    marker = tmp_path / "marker"
     await system.pipeline("p", steps_pipeline(marker, 6, 0.5))
     run_id = await system.start_run("p", "Steps")
 
@@ -101,6 +99,14 @@ async def test_a_killed_dispatcher_is_replaced_and_the_run_completes(
         return marker.exists() and len(marker.read_text().splitlines()) >= 2
 
     await system.wait_for(two_steps, 20, "two steps")
+    return run_id
+
+
+async def test_a_killed_dispatcher_is_replaced_and_the_run_completes(
+    system: System, tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    run_id = await six_steps_under_way(system, marker)
     system.procs[0].kill(signal.SIGKILL)  # the dispatcher
     await asyncio.sleep(1)
     system.dispatcher()
@@ -137,16 +143,8 @@ async def nats_down(stack: Stack) -> AsyncIterator[None]:
 async def test_nats_restart_mid_run_loses_and_repeats_nothing(
     system: System, stack: Stack, tmp_path: Path
 ) -> None:
-    await system.project("p")
-    await system.agent("a", projects=["p"])
     marker = tmp_path / "marker"
-    await system.pipeline("p", steps_pipeline(marker, 6, 0.5))
-    run_id = await system.start_run("p", "Steps")
-
-    async def two_steps() -> bool:
-        return marker.exists() and len(marker.read_text().splitlines()) >= 2
-
-    await system.wait_for(two_steps, 20, "two steps")
+    run_id = await six_steps_under_way(system, marker)
     async with nats_down(stack):
         await asyncio.sleep(0.5)
     run = await system.wait_run(run_id, timeout=90)
