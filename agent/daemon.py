@@ -25,8 +25,9 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 from nats.js.errors import NotFoundError
 
-from agent import git, metrics
+from agent import artifacts, git, junit, metrics
 from agent.actions import ActionCache
+from agent.collect import matching_files
 from agent.config import AgentConfig
 from agent.logship import StepLog
 from agent.runners import StepResult, StepRunner
@@ -34,6 +35,7 @@ from agent.spool import Spool
 from runyard.engine.events import ResolvedStep
 from schemas import subjects
 from schemas.messages import (
+    ArtifactFile,
     Cancel,
     Heartbeat,
     JobAssign,
@@ -42,6 +44,7 @@ from schemas.messages import (
     JobFinished,
     StepAssign,
     StepFinished,
+    TestSummary,
     decode_inbox,
 )
 from schemas.pipeline import ActionRef
@@ -91,6 +94,13 @@ class Journal:
         self.done.add(key)
         with self.path.open("a") as out:
             out.write(key + "\n")
+
+
+@dataclass
+class Collected:
+    artifacts: list[ArtifactFile] = field(default_factory=list)
+    tests: TestSummary | None = None
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -243,14 +253,16 @@ class Agent:
     async def _job_finish(self, finish: JobFinish, msg: Msg) -> None:
         key = job_key(finish.run, finish.job, finish.attempt)
         job = self.jobs.pop(key, None)
+        if job is None and f"job:{key}" in self.journal:
+            await msg.ack()
+            return
+        collected = Collected()
         if job is not None:
             job.cancel.set()
             if job.step is not None:
                 await asyncio.gather(job.step, return_exceptions=True)
+            collected = await self._collect(job.workspace, finish)
             await asyncio.to_thread(shutil.rmtree, job.workspace, True)
-        if job is None and f"job:{key}" in self.journal:
-            await msg.ack()
-            return
         self.journal.add(f"job:{key}")
         done = JobFinished(
             agent=self.config.id,
@@ -258,9 +270,41 @@ class Agent:
             job=finish.job,
             attempt=finish.attempt,
             status=finish.status,
+            artifacts=collected.artifacts,
+            tests=collected.tests,
+            errors=collected.errors,
             at=time.time(),
         )
         self.spool.put(subjects.agent_events(self.config.id), done.encode(), "done:" + key, msg.ack)
+
+    async def _collect(self, workspace: Path, finish: JobFinish) -> Collected:
+        """The job's test results and artifacts; what failed goes into `errors`."""
+        found = Collected()
+        if finish.test_results:
+            reports = await asyncio.to_thread(matching_files, workspace, finish.test_results)
+            summaries = []
+            for rel, path in reports:
+                try:
+                    summaries.append(await asyncio.to_thread(junit.parse_file, path, rel))
+                except junit.ReportError as exc:
+                    found.errors.append(str(exc))
+            if summaries:
+                found.tests = junit.merge(summaries)
+        try:
+            stored, problems = await artifacts.upload(
+                self.js,
+                workspace,
+                finish.run,
+                finish.job,
+                finish.artifacts,
+                finish.status == Status.SUCCESS,
+                finish.artifact_limit,
+            )
+        except Exception as exc:  # the object store refused: say so, do not hold the job
+            stored, problems = [], [f"artifacts not stored: {exc}"]
+        found.artifacts += stored
+        found.errors += problems
+        return found
 
     def _on_cancel(self, cancel: Cancel) -> None:
         job = self.jobs.get(job_key(cancel.run, cancel.job, cancel.attempt))
@@ -308,7 +352,7 @@ class Agent:
             )
         else:
             result = await self.runner.run(resolved(assign), job.workspace, sink, job.cancel)
-        sink.flush()
+        sink.flush(final=True)
         self.journal.add(step_key)
         finished = StepFinished(
             agent=self.config.id,

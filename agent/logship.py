@@ -35,11 +35,12 @@ class StepLog:
         elif self.timer is None:
             self.timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
+        """Send the lines so far; `final` marks the step's log complete (sent even empty)."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if not self.lines:
+        if not self.lines and not final:
             return
         batch = LogBatch(
             agent=self.agent,
@@ -48,7 +49,10 @@ class StepLog:
             attempt=self.attempt,
             step=self.step,
             lines=self.lines,
+            final=final,
+            total=self.seq if final else None,
         )
-        msg_id = f"log:{self.run}:{self.job}:{self.attempt}:{self.step}:{self.lines[0].seq}"
+        first = self.lines[0].seq if self.lines else self.seq + 1
+        msg_id = f"log:{self.run}:{self.job}:{self.attempt}:{self.step}:{first}"
         self.spool.put(self.subject, batch.encode(), msg_id)
         self.lines, self.size = [], 0

@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from schemas.status import Status
 
@@ -22,6 +23,9 @@ GRACE = 10.0
 PIPE_DRAIN = 5.0
 
 LineSink = Callable[[str, str], None]  # (stream "out" | "err", line without newline)
+# Awaited after each chunk read: returns once the sink can take more (backpressure; the
+# step blocks writing to a full pipe meanwhile).
+Throttle = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -30,9 +34,23 @@ class ProcessResult:
     exit_code: int | None
 
 
-async def _pump(reader: asyncio.StreamReader, stream: str, sink: LineSink) -> None:
+@dataclass
+class _Progress:
+    chunks: int = 0
+
+
+async def _pump(
+    reader: asyncio.StreamReader,
+    stream: str,
+    sink: LineSink,
+    throttle: Throttle | None,
+    progress: _Progress,
+) -> None:
     pending = b""
     while chunk := await reader.read(65536):
+        progress.chunks += 1
+        if throttle is not None:
+            await throttle()
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
@@ -63,6 +81,21 @@ async def _stop_group(proc: asyncio.subprocess.Process, grace: float) -> None:
     await proc.wait()
 
 
+async def _drain(pumps: asyncio.Future[Any], progress: _Progress) -> None:
+    """Read what is left in the pipes; give up only after PIPE_DRAIN seconds without
+    output (a grandchild that escaped the group may hold them open forever)."""
+    while True:
+        seen = progress.chunks
+        done, _ = await asyncio.wait({pumps}, timeout=PIPE_DRAIN)
+        if done:
+            return
+        if progress.chunks == seen:
+            pumps.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pumps
+            return
+
+
 async def run_process(
     argv: Sequence[str],
     *,
@@ -72,6 +105,7 @@ async def run_process(
     timeout: float | None = None,
     cancel: asyncio.Event | None = None,
     grace: float = GRACE,
+    throttle: Throttle | None = None,
 ) -> ProcessResult:
     """Run `argv` to its end, its timeout, or `cancel` being set."""
     try:
@@ -88,7 +122,11 @@ async def run_process(
         sink("err", f"cannot start {argv[0]}: {exc.strerror or exc}")
         return ProcessResult(Status.FAILURE, None)
     assert proc.stdout is not None and proc.stderr is not None
-    pumps = asyncio.gather(_pump(proc.stdout, "out", sink), _pump(proc.stderr, "err", sink))
+    progress = _Progress()
+    pumps = asyncio.gather(
+        _pump(proc.stdout, "out", sink, throttle, progress),
+        _pump(proc.stderr, "err", sink, throttle, progress),
+    )
     waiters = {asyncio.ensure_future(proc.wait())}
     if cancel is not None:
         waiters.add(asyncio.ensure_future(cancel.wait()))
@@ -103,9 +141,7 @@ async def run_process(
         await _stop_group(proc, grace)
     else:
         _signal_group(proc.pid, signal.SIGKILL)  # leftovers of a finished step
-    # a grandchild that escaped the group may still hold the pipes open
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(pumps, PIPE_DRAIN)
+    await _drain(pumps, progress)
     if stopped:
         return ProcessResult(stopped, proc.returncode)
     status = Status.SUCCESS if proc.returncode == 0 else Status.FAILURE

@@ -18,7 +18,6 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 from agent import outputs
 from agent.action_inputs import ActionInputError, check_inputs
 from agent.actions import ActionCache, ActionError, LoadedAction
-from agent.process import LineSink, run_process
+from agent.process import LineSink, Throttle, run_process
 from runyard.engine.events import ResolvedStep
 from runyard.engine.expressions import to_text
 from schemas.status import Status
@@ -54,15 +53,26 @@ def _datatorch_installed() -> bool:
     return importlib.util.find_spec("datatorch") is not None
 
 
-def masker(values: list[str]) -> Callable[[str], str]:
-    secrets = sorted((v for v in values if v), key=len, reverse=True)
+ADD_MASK = "::add-mask::"  # a step marks a value secret for the rest of its output
 
-    def mask(line: str) -> str:
-        for secret in secrets:
+
+class Masker:
+    """Replaces every secret value in a line with `***` (longest first, so a secret
+    that contains another is hidden whole)."""
+
+    def __init__(self, values: list[str]) -> None:
+        self.secrets: list[str] = []
+        for value in values:
+            self.add(value)
+
+    def add(self, value: str) -> None:
+        if value and value not in self.secrets:
+            self.secrets = sorted([*self.secrets, value], key=len, reverse=True)
+
+    def __call__(self, line: str) -> str:
+        for secret in self.secrets:
             line = line.replace(secret, "***")
         return line
-
-    return mask
 
 
 def base_env() -> dict[str, str]:
@@ -101,19 +111,28 @@ class StepRunner:
         workspace: Path,
         sink: LineSink,
         cancel: asyncio.Event | None = None,
+        throttle: Throttle | None = None,
     ) -> StepResult:
         started = time.time()
-        result = await self._run(step, workspace, sink, cancel)
+        result = await self._run(step, workspace, sink, cancel, throttle)
         result.started_at, result.finished_at = started, time.time()
         return result
 
     async def _run(
-        self, step: ResolvedStep, workspace: Path, sink: LineSink, cancel: asyncio.Event | None
+        self,
+        step: ResolvedStep,
+        workspace: Path,
+        sink: LineSink,
+        cancel: asyncio.Event | None,
+        throttle: Throttle | None,
     ) -> StepResult:
-        mask = masker(step.mask)
+        mask = Masker(step.mask)
         found: dict[str, Any] = {}
 
         def emit(stream: str, line: str) -> None:
+            if line.startswith(ADD_MASK):
+                mask.add(line.removeprefix(ADD_MASK).strip())
+                return  # the command itself would show the value
             if stream == "out" and (output := outputs.parse_line(line)):
                 found[output[0]] = output[1]
             sink(stream, mask(line))
@@ -144,7 +163,13 @@ class StepRunner:
                 return prepared
             argv, cache_file = prepared
         done = await run_process(
-            argv, cwd=cwd, env=env, sink=emit, timeout=step.timeout, cancel=cancel
+            argv,
+            cwd=cwd,
+            env=env,
+            sink=emit,
+            timeout=step.timeout,
+            cancel=cancel,
+            throttle=throttle,
         )
         found.update(outputs.read_file(output_file))
         if cache_file and done.status == Status.SUCCESS:

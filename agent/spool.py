@@ -48,16 +48,18 @@ class Spool:
         self.callbacks: dict[str, OnSent] = {}
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()
+        self.has_room = asyncio.Event()
         self._writing: tuple[Path, int] | None = None  # open segment and its size
         self._next_segment = max((int(p.stem) for p in self._segments()), default=0) + 1
         self._task: asyncio.Task[None] | None = None
+        self._disk_backlog = bool(self._segments())  # kept up to date, not globbed per put
 
     def _segments(self) -> list[Path]:
         return sorted(self.dir.glob("*.seg"))
 
     @property
     def on_disk(self) -> bool:
-        return bool(self._segments())
+        return self._disk_backlog
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._sender())
@@ -83,6 +85,14 @@ class Spool:
             self._append(item)
         self.wake.set()
 
+    async def room(self) -> None:
+        """Backpressure for producers: while connected, wait until the backlog in memory
+        is under the limit (while disconnected, messages go to disk instead)."""
+        while self.nc.is_connected and self.memory_bytes >= self.memory_limit:
+            self.has_room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.has_room.wait(), 1.0)
+
     async def drained(self, timeout: float) -> bool:
         """Wait until everything queued so far is sent; False on timeout."""
         if not self.memory and not self.on_disk:
@@ -99,6 +109,7 @@ class Spool:
         if self._writing is None or self._writing[1] >= SEGMENT_BYTES:
             self._writing = (self.dir / f"{self._next_segment:012d}.seg", 0)
             self._next_segment += 1
+        self._disk_backlog = True
         path, size = self._writing
         line = orjson.dumps({"s": item.subject, "i": item.msg_id, "d": item.data.decode()})
         with path.open("ab") as out:
@@ -128,6 +139,8 @@ class Spool:
                 await self._send(item)
                 self.memory.popleft()
                 self.memory_bytes -= len(item.data)
+                if self.memory_bytes < self.memory_limit:
+                    self.has_room.set()
                 continue
             taken = self._take_segment()
             if taken is not None:
@@ -136,6 +149,7 @@ class Spool:
                     await self._send(item)
                 path.unlink(missing_ok=True)
                 continue
+            self._disk_backlog = False
             self.idle.set()
             self.wake.clear()
             await self.wake.wait()

@@ -74,6 +74,12 @@ class TriggerEvent(Message):
 # --- dispatcher → agent (ry.agent.<id>.inbox) ---------------------------------------
 
 
+class ArtifactSpec(BaseModel):
+    name: str
+    path: list[str]
+    if_failed: bool = False
+
+
 class JobAssign(Message):
     type: Literal["job.assign"] = "job.assign"
     run: str
@@ -86,8 +92,6 @@ class JobAssign(Message):
     ref: str | None = None
     env: dict[str, str] = {}
     timeout: float | None = Field(None, description="seconds")
-    artifacts: list[dict[str, Any]] = []
-    test_results: list[str] = []
 
 
 class StepAssign(Message):
@@ -117,6 +121,9 @@ class JobFinish(Message):
     job: str
     attempt: int = 1
     status: Status
+    artifacts: list[ArtifactSpec] = []
+    test_results: list[str] = []
+    artifact_limit: int = Field(1 << 30, description="bytes per artifact")
 
 
 InboxMessage = Annotated[JobAssign | StepAssign | JobFinish, Field(discriminator="type")]
@@ -166,6 +173,16 @@ class StepFinished(Message, StepOutcome):
     step: str
 
 
+class ArtifactFile(BaseModel):
+    """One stored file of an artifact: object `<run>/<job>/<artifact>/<path>`."""
+
+    artifact: str
+    path: str
+    object: str
+    size: int
+    sha256: str
+
+
 class JobFinished(Message):
     type: Literal["job.finished"] = "job.finished"
     agent: str
@@ -173,8 +190,9 @@ class JobFinished(Message):
     job: str
     attempt: int = 1
     status: Status
-    artifacts: list[dict[str, Any]] = []
+    artifacts: list[ArtifactFile] = []
     tests: TestSummary | None = None
+    errors: list[str] = Field([], description="artifacts or test results that failed")
     at: float
 
 
@@ -251,6 +269,8 @@ class LogBatch(Message):
     attempt: int = 1
     step: str
     lines: list[LogLine]
+    final: bool = Field(False, description="the step's last batch: its log is complete")
+    total: int | None = Field(None, description="on the final batch: lines in the whole log")
 
 
 class RunChanged(Message):

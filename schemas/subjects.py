@@ -97,6 +97,9 @@ def agent_inbox_consumer(agent: str) -> str:
 
 
 ARTIFACTS_BUCKET = "ry-artifacts"
+# How long logs and artifacts of a run are kept (objects expire by the bucket's TTL,
+# log streams by their Redis expiry).
+RETENTION = 30 * DAY
 
 # --- Redis keys (all under "ry:") ---------------------------------------------------
 

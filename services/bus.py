@@ -5,7 +5,7 @@ from __future__ import annotations
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import ObjectStoreConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from schemas import subjects
@@ -38,4 +38,5 @@ async def ensure_streams(js: JetStreamContext) -> None:
     try:
         await js.object_store(subjects.ARTIFACTS_BUCKET)
     except BucketNotFoundError:
-        await js.create_object_store(subjects.ARTIFACTS_BUCKET)
+        bucket = ObjectStoreConfig(bucket=subjects.ARTIFACTS_BUCKET, ttl=subjects.RETENTION)
+        await js.create_object_store(subjects.ARTIFACTS_BUCKET, config=bucket)

@@ -13,6 +13,7 @@ import uvicorn
 
 from runyard import aio
 from services.dispatcher import service as dispatcher
+from services.logs import service as collector
 from services.web.app import create_app
 
 NATS = click.option(
@@ -53,6 +54,15 @@ def serve_dispatcher(nats_url: str, redis_url: str) -> None:
     """Turn trigger events into runs and drive them on agents."""
     _logging()
     aio.run(_until_signal(lambda stop: dispatcher.serve(nats_url, redis_url, stop)))
+
+
+@serve.command("logs")
+@NATS
+@REDIS
+def serve_logs(nats_url: str, redis_url: str) -> None:
+    """Store step logs from NATS in Valkey/Redis (the log collector)."""
+    _logging()
+    aio.run(_until_signal(lambda stop: collector.serve(nats_url, redis_url, stop)))
 
 
 @serve.command("web")

@@ -44,7 +44,7 @@ def _wait_for(what: str, check: Callable[[], bool], servers: list[Server]) -> No
 
 
 def _start_services(stack: Stack, data_dir: Path, port: int, examples: Path | None) -> str:
-    """Start dispatcher, web and the local agent; returns the web URL."""
+    """Start dispatcher, log collector, web and the local agent; returns the web URL."""
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
     os.environ["RUNYARD_NATS_URL"] = stack.nats_url
     os.environ["RUNYARD_REDIS_URL"] = stack.redis_url
@@ -65,6 +65,7 @@ def _start_services(stack: Stack, data_dir: Path, port: int, examples: Path | No
     config.save({"host": url, "api_key": setup.api_key, "project": EXAMPLES_PROJECT})
     services = [
         _service(data_dir, "dispatcher", "serve", "dispatcher"),
+        _service(data_dir, "logs", "serve", "logs"),
         _service(data_dir, "web", "serve", "web", "--port", str(port)),
         _service(data_dir, "agent", "agent", "start", "--slots", "2", "--dir", str(agent_dir)),
     ]

@@ -6,6 +6,7 @@ import click
 
 from runyard.cli.agent import agent
 from runyard.cli.login import login
+from runyard.cli.outputs import artifacts, logs
 from runyard.cli.pipeline import pipeline
 from runyard.cli.run import run
 from runyard.cli.schema import schema
@@ -24,7 +25,7 @@ def cli() -> None:
     """
 
 
-for command in (agent, login, pipeline, run, schema, serve, up):
+for command in (agent, artifacts, login, logs, pipeline, run, schema, serve, up):
     cli.add_command(command)
 
 

@@ -15,6 +15,7 @@ from schemas.status import Status
 
 POLL = 0.25
 APPEAR = 30.0  # seconds to wait for the dispatcher to create the run
+LOG_SETTLE = 5.0  # seconds to wait for a finished step's last log lines
 
 
 @click.command()
@@ -52,9 +53,11 @@ def run(
     raise SystemExit(0 if final["status"] == Status.SUCCESS else 1)
 
 
-def follow(api: Api, run_id: str, echo: Any) -> dict[str, Any]:
-    """Print each job's and step's status changes until the run ends; the final run."""
+def follow(api: Api, run_id: str, echo: Any, logs: bool = True) -> dict[str, Any]:
+    """Print status changes of jobs and steps, and (with `logs`) each step's log lines as
+    they come, until the run ends; returns the final run."""
     seen: dict[str, str] = {}
+    tails: dict[str, LogTail] = {}
     deadline = time.monotonic() + APPEAR
     while True:
         try:
@@ -64,28 +67,62 @@ def follow(api: Api, run_id: str, echo: Any) -> dict[str, Any]:
                 raise
             time.sleep(POLL)
             continue
-        for line_key, line in _lines(current):
-            if seen.get(line_key) != line:
-                seen[line_key] = line
-                echo(line)
-        if Status(current["status"]).final:
+        final = Status(current["status"]).final
+        for job in current["jobs"]:
+            for step in job["steps"]:
+                if step["status"] in (Status.QUEUED, Status.SKIPPED):
+                    continue
+                where = f"{job['key']}/{step['id']}"
+                if step["status"] == Status.RUNNING:
+                    _once(seen, where, _step_line(job, step), echo)
+                if logs:
+                    tail = tails.setdefault(where, LogTail(api, run_id, job["key"], step["id"]))
+                    tail.show(echo, wait=final or Status(step["status"]).final)
+                if Status(step["status"]).final:
+                    _once(seen, where, _step_line(job, step), echo)
+            if Status(job["status"]).final:
+                _once(seen, job["key"], f"{job['name']}: {job['status']}", echo)
+        if final:
             echo(f"run #{current['number']} {current['status']}")
             return dict(current)
         time.sleep(POLL)
 
 
-def _lines(current: dict[str, Any]) -> list[tuple[str, str]]:
-    lines = []
-    for job in current["jobs"]:
-        for step in job["steps"]:
-            if step["status"] == Status.QUEUED:
+def _once(seen: dict[str, str], key: str, line: str, echo: Any) -> None:
+    if seen.get(key) != line:
+        seen[key] = line
+        echo(line)
+
+
+def _step_line(job: dict[str, Any], step: dict[str, Any]) -> str:
+    text = f"{job['name']} / {step['name']}: {step['status']}"
+    if step["outputs"]:
+        text += "  " + " ".join(f"{k} = {v}" for k, v in step["outputs"].items())
+    if step.get("error") and step["status"] != Status.SUCCESS:
+        text += f"  ({step['error']})"
+    return text
+
+
+class LogTail:
+    """The next lines of one step's log, read through the API page by page."""
+
+    def __init__(self, api: Api, run: str, job: str, step: str) -> None:
+        self.api = api
+        self.path = f"/api/runs/{run}/jobs/{quote(job)}/steps/{quote(step)}/logs"
+        self.next = 1
+        self.ended = False
+
+    def show(self, echo: Any, wait: bool = False) -> None:
+        """Print new lines; with `wait`, until the whole log is stored (a few seconds at
+        most: the collector may be a moment behind the step's result)."""
+        deadline = time.monotonic() + (LOG_SETTLE if wait else 0)
+        while not self.ended:
+            page = self.api.call("GET", self.path, params={"from": self.next})
+            for line in page["lines"]:
+                echo(f"    {line['text']}")
+            self.next, self.ended = page["next"], page["ended"]
+            if page["lines"]:
                 continue
-            text = f"{job['name']} / {step['name']}: {step['status']}"
-            if step["outputs"]:
-                text += "  " + " ".join(f"{k} = {v}" for k, v in step["outputs"].items())
-            if step.get("error") and step["status"] != Status.SUCCESS:
-                text += f"  ({step['error']})"
-            lines.append((f"{job['key']}/{step['index']}", text))
-        if Status(job["status"]).final:
-            lines.append((job["key"], f"{job['name']}: {job['status']}"))
-    return lines
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(POLL / 2)

@@ -22,15 +22,17 @@ from runyard.engine.events import (
     StartJob,
     StopJob,
 )
+from runyard.engine.plan import Plan
 from runyard.engine.state import JobState, RunState
 from schemas import subjects
-from schemas.messages import Cancel, JobAssign, JobFinish, StepAssign
+from schemas.messages import ArtifactSpec, Cancel, JobAssign, JobFinish, StepAssign
 from schemas.status import Status
 
 # An agent enforces step timeouts itself; the dispatcher gives up on a silent one later.
 SILENT_AGENT_SLACK = 60.0
 CANCEL_GRACE = 10.0  # TERM → KILL on the agent
 CANCEL_SLACK = 15.0  # then the dispatcher ends the job itself
+ARTIFACT_LIMIT = 1 << 30  # bytes per artifact (RUNYARD_ARTIFACT_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class RunFacts:
     repository: str | None
     sha: str | None
     ref: str | None
+    artifact_limit: int = ARTIFACT_LIMIT
 
 
 @dataclass
@@ -133,7 +136,9 @@ def queue_info(facts: RunFacts, command: StartJob) -> str:
     ).decode()
 
 
-def translate(commands: list[Command], state: RunState, facts: RunFacts, now: float) -> Effects:
+def translate(
+    commands: list[Command], plan: Plan, state: RunState, facts: RunFacts, now: float
+) -> Effects:
     fx = Effects()
     for command in commands:
         if isinstance(command, StartJob):
@@ -144,7 +149,7 @@ def translate(commands: list[Command], state: RunState, facts: RunFacts, now: fl
         elif isinstance(command, StopJob):
             _stop_job(fx, command, state, facts, now)
         elif isinstance(command, FinishJob):
-            _finish_job(fx, command, state, facts)
+            _finish_job(fx, command, plan, state, facts)
         elif isinstance(command, RunDone):
             fx.done = command.status
     return fx
@@ -189,7 +194,9 @@ def _stop_job(fx: Effects, command: StopJob, state: RunState, facts: RunFacts, n
     )
 
 
-def _finish_job(fx: Effects, command: FinishJob, state: RunState, facts: RunFacts) -> None:
+def _finish_job(
+    fx: Effects, command: FinishJob, plan: Plan, state: RunState, facts: RunFacts
+) -> None:
     job = state.jobs[command.job]
     # the next attempt (a retry) has been reset already; the finished one had these steps
     fx.dequeue.append(member(facts.id, command.job, command.attempt))
@@ -201,8 +208,18 @@ def _finish_job(fx: Effects, command: FinishJob, state: RunState, facts: RunFact
     # a retry's reset keeps `host` until the next claim, so this is the attempt's agent
     agent = agent_of(job)
     if agent is not None:
+        spec = plan.jobs[command.job].spec
         finish = JobFinish(
-            run=facts.id, job=command.job, attempt=command.attempt, status=command.status
+            run=facts.id,
+            job=command.job,
+            attempt=command.attempt,
+            status=command.status,
+            artifacts=[
+                ArtifactSpec(name=a.name, path=a.path, if_failed=a.if_failed)
+                for a in spec.artifacts
+            ],
+            test_results=spec.test_results,
+            artifact_limit=facts.artifact_limit,
         )
         msg_id = "finish:" + member(facts.id, command.job, command.attempt)
         fx.outbox.append((msg_id, subjects.agent_inbox(agent), finish.encode()))

@@ -34,7 +34,13 @@ def plan_for(source: str, fmt: str) -> tuple[Pipeline, Plan]:
     return _plan(source, fmt, hashlib.sha256(source.encode()).hexdigest())
 
 
-def run_info(run_id: str, number: int, pipeline: Pipeline, fields: dict[str, Any]) -> RunInfo:
+def run_info(
+    run_id: str,
+    number: int,
+    pipeline: Pipeline,
+    fields: dict[str, Any],
+    secrets: dict[str, str] | None = None,
+) -> RunInfo:
     event: dict[str, Any] = fields["event"]
     return RunInfo(
         run={
@@ -51,6 +57,7 @@ def run_info(run_id: str, number: int, pipeline: Pipeline, fields: dict[str, Any
         },
         event=event,
         inputs=fields["inputs"],
+        secrets=secrets or {},
     )
 
 
@@ -74,7 +81,7 @@ class LiveRun:
     state_json: str
 
 
-def live_run(stored: StoredRun) -> LiveRun:
+def live_run(stored: StoredRun, secrets: dict[str, str]) -> LiveRun:
     f = stored.fields
     pipeline, plan = plan_for(f["source"], f["format"])
     event = stored.json("event")
@@ -88,6 +95,7 @@ def live_run(stored: StoredRun) -> LiveRun:
             "project": f["project"],
             "version": int(f["version"]),
         },
+        secrets,
     )
     state = RunState.model_validate_json(f["state"])
     facts = facts_for(stored.id, pipeline, f["project"], event)

@@ -58,6 +58,7 @@ WORKERS = 4  # pull subscribers of agent events in one process
 TICK = 0.25  # seconds between timer checks
 SWEEP = 2.0  # seconds between outbox / group / queue sweeps
 CACHE_SIZE = 2000  # runs kept loaded
+RUN_ARTIFACT_LIMIT = 5 << 30  # bytes of artifacts per run
 
 Apply = Callable[[Engine, float], list[Command]]
 
@@ -150,7 +151,7 @@ class Dispatcher:
         stored = await store.load_run(self.r, run_id)
         if stored is None:
             return None
-        live = live_run(stored)
+        live = live_run(stored, await records.secrets_of(self.r, stored.fields["project"]))
         self.cache[run_id] = live
         while len(self.cache) > CACHE_SIZE:
             self.cache.popitem(last=False)
@@ -193,7 +194,7 @@ class Dispatcher:
                 return None
             now = time.time()
             commands = apply(live.engine, now)
-            fx = effects.translate(commands, live.engine.state, live.facts, now)
+            fx = effects.translate(commands, live.engine.plan, live.engine.state, live.facts, now)
             if extra:
                 extra(live, fx, now)
             state_json = live.engine.state.model_dump_json()
@@ -376,6 +377,36 @@ class Dispatcher:
         m = effects.member(event.run, event.job, event.attempt)
         await self._release(event.agent, m)
         self.kick.set()
+        await self._record_outputs(event)
+
+    async def _record_outputs(self, event: JobFinished) -> None:
+        """Artifacts, test summary and their problems, kept with the run by job."""
+        files, errors = list(event.artifacts), list(event.errors)
+        size = sum(f.size for f in files)
+        if size:
+            total = await self.r.hincrby(store.run_key(event.run), "artifact_bytes", size)
+            if total > RUN_ARTIFACT_LIMIT:
+                await self.r.hincrby(store.run_key(event.run), "artifact_bytes", -size)
+                objects = await self.js.object_store(subjects.ARTIFACTS_BUCKET)
+                for f in files:
+                    with contextlib.suppress(Exception):
+                        await objects.delete(f.object)
+                errors.append(
+                    f"artifacts of {event.job} ({size} bytes) would take the run over "
+                    f"its limit of {RUN_ARTIFACT_LIMIT} bytes; deleted"
+                )
+                files = []
+        record = {
+            "attempt": event.attempt,
+            "artifacts": [f.model_dump() for f in files],
+            "tests": event.tests.model_dump() if event.tests else None,
+            "errors": errors,
+        }
+        await self.r.hset(store.run_key(event.run), f"finished:{event.job}", store.dumps(record))
+        await self.nc.publish(
+            subjects.run_changed(event.run),
+            RunChanged(run=event.run, status=Status.RUNNING, at=time.time()).encode(),
+        )
 
     async def _release(self, agent: str, m: str) -> bool:
         released = await self.scripts.release(

@@ -52,6 +52,27 @@ async def list_projects(r: Redis) -> list[str]:
     return sorted(strs(await r.smembers(key("projects"))))
 
 
+# --- secrets --------------------------------------------------------------------------
+# Values are kept as given (steps need them back); only the dispatcher reads them, and
+# they reach a step as `${{ secrets.NAME }}`, masked in its log lines.
+
+
+async def set_secret(r: Redis, project: str, name: str, value: str) -> None:
+    await r.hset(key("secrets", project), name, value)
+
+
+async def delete_secret(r: Redis, project: str, name: str) -> bool:
+    return bool(await r.hdel(key("secrets", project), name))
+
+
+async def secret_names(r: Redis, project: str) -> list[str]:
+    return sorted(strs(await r.hkeys(key("secrets", project))))
+
+
+async def secrets_of(r: Redis, project: str) -> dict[str, str]:
+    return strdict(await r.hgetall(key("secrets", project)))
+
+
 # --- pipelines ------------------------------------------------------------------------
 
 

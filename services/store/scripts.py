@@ -98,6 +98,44 @@ return redis.call('ZADD', KEYS[2], ARGV[2], ARGV[6])
 """
 
 
+# KEYS: log stream, log meta.  ARGV: lines JSON [[seq, at, stream, text], …], cap in
+# bytes, ttl, lines in the whole log (0 unless final), 1 on the final batch
+# → lines added, or -1 when an earlier batch has not been stored yet (try again later)
+APPEND_LOG = """
+local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
+local lines = cjson.decode(ARGV[1])
+local total = tonumber(ARGV[4])
+if #lines > 0 and lines[1][1] > last + 1 then return -1 end
+if #lines == 0 and total > last then return -1 end
+local cap = tonumber(ARGV[2])
+local bytes = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
+local added, dropped, dropped_bytes = 0, 0, 0
+for _, l in ipairs(lines) do
+  if l[1] > last then
+    local size = #l[4] + 1
+    if bytes + size <= cap then
+      redis.call('XADD', KEYS[1], string.format('%d-1', l[1]), 't', l[2], 's', l[3], 'x', l[4])
+      bytes = bytes + size
+      added = added + 1
+    else
+      dropped = dropped + 1
+      dropped_bytes = dropped_bytes + size
+    end
+    last = l[1]
+  end
+end
+redis.call('HSET', KEYS[2], 'last', last, 'bytes', bytes)
+if dropped > 0 then
+  redis.call('HINCRBY', KEYS[2], 'dropped_lines', dropped)
+  redis.call('HINCRBY', KEYS[2], 'dropped_bytes', dropped_bytes)
+end
+if tonumber(ARGV[5]) == 1 then redis.call('HSET', KEYS[2], 'ended', '1') end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return added
+"""
+
+
 class Scripts:
     """The scripts registered on one connection (EVALSHA, loaded on first use)."""
 
@@ -108,3 +146,4 @@ class Scripts:
         self.release = r.register_script(RELEASE)
         self.take_due = r.register_script(TAKE_DUE)
         self.heartbeat = r.register_script(HEARTBEAT)
+        self.append_log = r.register_script(APPEND_LOG)

@@ -23,12 +23,12 @@ from services.web.errors import ApiError, field, json_body
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
-def _redis(request: Request) -> Redis:
+def redis_of(request: Request) -> Redis:
     r: Redis = request.app.state.redis
     return r
 
 
-def _nats(request: Request) -> Client:
+def nats_of(request: Request) -> Client:
     nc: Client = request.app.state.nats
     return nc
 
@@ -41,7 +41,7 @@ def _project_name(name: str) -> str:
 
 async def _project(request: Request) -> str:
     name = request.path_params["project"]
-    if not await records.project_exists(_redis(request), name):
+    if not await records.project_exists(redis_of(request), name):
         raise ApiError(404, f"no project '{name}'")
     return str(name)
 
@@ -49,7 +49,7 @@ async def _project(request: Request) -> str:
 async def _pipeline(request: Request) -> records.PipelineRecord:
     project = await _project(request)
     try:
-        return await records.get_pipeline(_redis(request), project, request.path_params["name"])
+        return await records.get_pipeline(redis_of(request), project, request.path_params["name"])
     except records.NotFound as exc:
         raise ApiError(404, str(exc)) from None
 
@@ -58,14 +58,40 @@ async def _pipeline(request: Request) -> records.PipelineRecord:
 
 
 async def list_projects(request: Request) -> JSONResponse:
-    return JSONResponse([{"name": n} for n in await records.list_projects(_redis(request))])
+    return JSONResponse([{"name": n} for n in await records.list_projects(redis_of(request))])
 
 
 async def create_project(request: Request) -> JSONResponse:
     name = _project_name(field(await json_body(request), "name", str))
-    if not await records.create_project(_redis(request), name):
+    if not await records.create_project(redis_of(request), name):
         raise ApiError(409, f"project '{name}' exists already")
     return JSONResponse({"name": name}, status_code=201)
+
+
+# --- secrets --------------------------------------------------------------------------
+
+
+async def list_secrets(request: Request) -> JSONResponse:
+    project = await _project(request)
+    return JSONResponse({"names": await records.secret_names(redis_of(request), project)})
+
+
+async def set_secret(request: Request) -> JSONResponse:
+    project = await _project(request)
+    name = request.path_params["secret"]
+    if not name.replace("_", "").isalnum():
+        raise ApiError(422, "a secret name is letters, digits and '_'")
+    value = field(await json_body(request), "value", str)
+    await records.set_secret(redis_of(request), project, name, value)
+    return JSONResponse({"name": name})
+
+
+async def delete_secret(request: Request) -> JSONResponse:
+    project = await _project(request)
+    name = request.path_params["secret"]
+    if not await records.delete_secret(redis_of(request), project, name):
+        raise ApiError(404, f"no secret '{name}' in project '{project}'")
+    return JSONResponse({"deleted": name})
 
 
 # --- pipelines ------------------------------------------------------------------------
@@ -89,14 +115,14 @@ async def _validated(request: Request) -> tuple[str, str, str]:
 
 async def list_pipelines(request: Request) -> JSONResponse:
     project = await _project(request)
-    found = await records.list_pipelines(_redis(request), project)
+    found = await records.list_pipelines(redis_of(request), project)
     return JSONResponse([{k: v for k, v in p.public().items() if k != "source"} for p in found])
 
 
 async def create_pipeline(request: Request) -> JSONResponse:
     project = await _project(request)
     name, source, fmt = await _validated(request)
-    r = _redis(request)
+    r = redis_of(request)
     try:
         await records.get_pipeline(r, project, name)
         raise ApiError(409, f"pipeline '{name}' exists already in '{project}'; update it instead")
@@ -115,7 +141,7 @@ async def update_pipeline(request: Request) -> JSONResponse:
             422,
             f"the source names '{name}', not '{current.name}'; create a new pipeline to rename one",
         )
-    version = await records.save_pipeline(_redis(request), current.project, name, source, fmt)
+    version = await records.save_pipeline(redis_of(request), current.project, name, source, fmt)
     await _pipelines_changed(request, current.project, name)
     return JSONResponse({"project": current.project, "name": name, "version": version})
 
@@ -126,20 +152,20 @@ async def get_pipeline(request: Request) -> JSONResponse:
 
 async def delete_pipeline(request: Request) -> JSONResponse:
     current = await _pipeline(request)
-    await records.delete_pipeline(_redis(request), current.project, current.name)
+    await records.delete_pipeline(redis_of(request), current.project, current.name)
     await _pipelines_changed(request, current.project, current.name)
     return JSONResponse({"deleted": current.name})
 
 
 async def _pipelines_changed(request: Request, project: str, name: str) -> None:
-    await _nats(request).publish(subjects.PIPELINES_CHANGED, f"{project}/{name}".encode())
+    await nats_of(request).publish(subjects.PIPELINES_CHANGED, f"{project}/{name}".encode())
 
 
 # --- runs -----------------------------------------------------------------------------
 
 
 async def _publish_trigger(request: Request, event: TriggerEvent) -> None:
-    js = _nats(request).jetstream()
+    js = nats_of(request).jetstream()
     await js.publish(
         subjects.events(event.kind, event.project),
         event.encode(),
@@ -172,7 +198,7 @@ async def list_runs(request: Request) -> JSONResponse:
     limit = int(request.query_params.get("limit", "50"))
     before = request.query_params.get("before")
     found = await store.list_runs(
-        _redis(request),
+        redis_of(request),
         pipeline.project,
         pipeline.name,
         min(limit, 500),
@@ -181,9 +207,9 @@ async def list_runs(request: Request) -> JSONResponse:
     return JSONResponse(found)
 
 
-async def _stored(request: Request) -> store.StoredRun:
+async def stored_run(request: Request) -> store.StoredRun:
     run_id = request.path_params["run"]
-    stored = await store.load_run(_redis(request), run_id)
+    stored = await store.load_run(redis_of(request), run_id)
     if stored is None:
         raise ApiError(404, f"no run '{run_id}' (a run just started appears within moments)")
     return stored
@@ -195,6 +221,10 @@ def run_view(stored: store.StoredRun) -> dict[str, Any]:
     for job in state.jobs.values():
         data = job.model_dump(mode="json", exclude={"host", "ready"})
         data["agent"] = job.host.get("agent")
+        finished = stored.json(f"finished:{job.key}") or {}
+        data["artifacts"] = finished.get("artifacts", [])
+        data["tests"] = finished.get("tests")
+        data["problems"] = finished.get("errors", [])
         jobs.append(data)
     return {
         **stored.summary(),
@@ -206,14 +236,14 @@ def run_view(stored: store.StoredRun) -> dict[str, Any]:
 
 
 async def get_run(request: Request) -> JSONResponse:
-    return JSONResponse(run_view(await _stored(request)))
+    return JSONResponse(run_view(await stored_run(request)))
 
 
 async def cancel_run(request: Request) -> JSONResponse:
-    stored = await _stored(request)
+    stored = await stored_run(request)
     project = stored.fields["project"]
     cancel = RunCancel(run=stored.id, by=request.state.actor, at=time.time())
-    js = _nats(request).jetstream()
+    js = nats_of(request).jetstream()
     await js.publish(
         subjects.run_control(project),
         cancel.encode(),
@@ -223,7 +253,7 @@ async def cancel_run(request: Request) -> JSONResponse:
 
 
 async def rerun(request: Request) -> JSONResponse:
-    stored = await _stored(request)
+    stored = await stored_run(request)
     before = TriggerEvent.model_validate(stored.json("event"))
     event = before.model_copy(
         update={
@@ -242,7 +272,7 @@ async def rerun(request: Request) -> JSONResponse:
 
 
 async def list_agents(request: Request) -> JSONResponse:
-    found = await records.list_agents(_redis(request))
+    found = await records.list_agents(redis_of(request))
     return JSONResponse([a.public() for a in found])
 
 
@@ -253,7 +283,7 @@ async def create_agent(request: Request) -> JSONResponse:
     projects = field(body, "projects", list, [])
     if not all(isinstance(x, str) and x for x in labels + projects):
         raise ApiError(422, "'labels' and 'projects' are lists of names")
-    r = _redis(request)
+    r = redis_of(request)
     for project in projects:
         if not await records.project_exists(r, project):
             raise ApiError(404, f"no project '{project}'")
@@ -271,7 +301,7 @@ async def create_agent(request: Request) -> JSONResponse:
 
 async def _agent(request: Request) -> records.AgentRecord:
     try:
-        return await records.get_agent(_redis(request), request.path_params["agent"])
+        return await records.get_agent(redis_of(request), request.path_params["agent"])
     except records.NotFound as exc:
         raise ApiError(404, str(exc)) from None
 
@@ -282,20 +312,23 @@ async def get_agent(request: Request) -> JSONResponse:
 
 async def delete_agent(request: Request) -> JSONResponse:
     agent = await _agent(request)
-    await records.delete_agent(_redis(request), agent.id)
+    await records.delete_agent(redis_of(request), agent.id)
     return JSONResponse({"deleted": agent.id})
 
 
 async def assign_agent(request: Request) -> JSONResponse:
     agent = await _agent(request)
     project = await _project(request)
-    await records.assign_agent(_redis(request), agent.id, project, request.method == "PUT")
+    await records.assign_agent(redis_of(request), agent.id, project, request.method == "PUT")
     return JSONResponse((await _agent(request)).public())
 
 
 routes = [
     Route("/api/projects", list_projects),
     Route("/api/projects", create_project, methods=["POST"]),
+    Route("/api/projects/{project}/secrets", list_secrets),
+    Route("/api/projects/{project}/secrets/{secret}", set_secret, methods=["PUT"]),
+    Route("/api/projects/{project}/secrets/{secret}", delete_secret, methods=["DELETE"]),
     Route("/api/projects/{project}/pipelines", list_pipelines),
     Route("/api/projects/{project}/pipelines", create_pipeline, methods=["POST"]),
     Route("/api/projects/{project}/pipelines/{name}", get_pipeline),

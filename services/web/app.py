@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services import bus
 from services.store import records
 from services.store.connection import connect as redis_connect
-from services.web import api
+from services.web import api, outputs
 from services.web.errors import ApiError, api_error, http_error
 
 PUBLIC = ("/api/health",)
@@ -86,7 +86,7 @@ def create_app(nats_url: str, redis_url: str, public_nats_url: str | None = None
             await app.state.redis.aclose()
 
     return Starlette(
-        routes=[Route("/api/health", health), *api.routes],
+        routes=[Route("/api/health", health), *api.routes, *outputs.routes],
         middleware=[Middleware(ApiKeys)],
         exception_handlers={ApiError: api_error, HTTPException: http_error},
         lifespan=lifespan,

@@ -65,7 +65,7 @@ def test_start_job_queues_an_assignment() -> None:
     e = _engine()
     commands = e.start(10.0)
     assert isinstance(commands[0], StartJob)
-    fx = effects.translate(commands, e.state, FACTS, 10.0)
+    fx = effects.translate(commands, e.plan, e.state, FACTS, 10.0)
     ((member, score, info),) = fx.enqueue
     assert (member, score) == ("r1|a|1", 10.0)
     wanted = orjson.loads(info)
@@ -79,7 +79,7 @@ def test_steps_go_to_the_claiming_agent_with_a_silent_agent_timer() -> None:
     e.start(0.0)
     commands = e.apply(JobStarted(job="a", attempt=1, host={"agent": {"id": "ag1"}}, at=1.0))
     assert isinstance(commands[0], RunStep)
-    fx = effects.translate(commands, e.state, FACTS, 1.0)
+    fx = effects.translate(commands, e.plan, e.state, FACTS, 1.0)
     ((msg_id, subject, data),) = fx.outbox
     assert msg_id == "step:r1|a|1|0"
     assert subject == subjects.agent_inbox("ag1")
@@ -94,12 +94,12 @@ def test_stop_and_finish() -> None:
     e = _engine()
     e.start(0.0)
     e.apply(JobStarted(job="a", attempt=1, host={"agent": {"id": "ag1"}}, at=1.0))
-    fx = effects.translate([StopJob("a", 1, Status.CANCELLED)], e.state, FACTS, 2.0)
+    fx = effects.translate([StopJob("a", 1, Status.CANCELLED)], e.plan, e.state, FACTS, 2.0)
     ((subject, _),) = fx.control
     assert subject == subjects.agent_control("ag1")
     assert fx.timers == [("stop|r1|a|1", 2.0 + effects.CANCEL_GRACE + effects.CANCEL_SLACK)]
     fx = effects.translate(
-        [FinishJob("a", 1, Status.SUCCESS), RunDone(Status.SUCCESS)], e.state, FACTS, 3.0
+        [FinishJob("a", 1, Status.SUCCESS), RunDone(Status.SUCCESS)], e.plan, e.state, FACTS, 3.0
     )
     assert [i for i, _, _ in fx.outbox] == ["finish:r1|a|1"]
     assert {"job|r1|a|1", "stop|r1|a|1", "step|r1|a|1|0"} <= set(fx.untimers)

@@ -33,6 +33,7 @@ async def system(
     }
     found = System(stack, tmp_path, env)
     found.dispatcher()
+    found.collector()
     await found.web()
     try:
         yield found

@@ -76,6 +76,9 @@ class System:
     def dispatcher(self) -> Proc:
         return self.spawn("dispatcher", "serve", "dispatcher")
 
+    def collector(self) -> Proc:
+        return self.spawn("logs", "serve", "logs")
+
     async def web(self) -> None:
         port = free_port()
         self.spawn("web", "serve", "web", "--port", str(port))

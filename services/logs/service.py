@@ -1,0 +1,120 @@
+"""The log collector's async shell: a durable consumer on RY_LOGS; each batch is one
+`APPEND_LOG` script call, which stores only lines past the last stored one and refuses
+a batch that arrives before an earlier one (it is delivered again a moment later), so
+redeliveries and several replicas store every line once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig
+from nats.js.errors import NotFoundError
+
+from schemas import subjects
+from schemas.messages import LogBatch
+from services import bus
+from services.store.connection import Redis
+from services.store.connection import connect as redis_connect
+from services.store.logs import log_key, meta_key
+from services.store.scripts import Scripts
+
+log = logging.getLogger("runyard.logs")
+
+WORKERS = 2
+CAP = int(os.environ.get("RUNYARD_LOG_CAP", 64 << 20))  # bytes per step
+RETENTION = int(os.environ.get("RUNYARD_LOG_RETENTION", subjects.RETENTION))  # seconds
+RETRY_GAP = 0.2  # seconds before a batch that came early is offered again
+
+
+class Collector:
+    def __init__(self, nc: Client, r: Redis, cap: int = CAP, retention: int = RETENTION) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.scripts = Scripts(r)
+        self.cap = cap
+        self.retention = retention
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await bus.ensure_streams(self.js)
+        stream = subjects.LOGS_STREAM.name
+        try:
+            await self.js.consumer_info(stream, subjects.LOG_COLLECTOR_CONSUMER)
+        except NotFoundError:
+            config = ConsumerConfig(
+                durable_name=subjects.LOG_COLLECTOR_CONSUMER, ack_wait=30, max_ack_pending=20_000
+            )
+            await self.js.add_consumer(stream, config)
+        for _ in range(WORKERS):
+            self.tasks.append(asyncio.ensure_future(self._consume()))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _consume(self) -> None:
+        sub = await self.js.pull_subscribe_bind(
+            subjects.LOG_COLLECTOR_CONSUMER, subjects.LOGS_STREAM.name
+        )
+        while True:
+            try:
+                msgs = await sub.fetch(1, timeout=5)
+            except TimeoutError:
+                continue
+            except Exception as exc:
+                log.debug("fetch: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self._handle(msg)
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            batch = LogBatch.model_validate_json(msg.data)
+        except ValueError as exc:
+            log.error("dropping an unreadable log batch on %s: %s", msg.subject, exc)
+            with contextlib.suppress(Exception):
+                await msg.term()
+            return
+        try:
+            added = await self.store(batch)
+        except Exception:
+            log.exception("storing a log batch; it will be delivered again")
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1)
+            return
+        with contextlib.suppress(Exception):
+            if added < 0:
+                await msg.nak(delay=RETRY_GAP)
+            else:
+                await msg.ack()
+
+    async def store(self, batch: LogBatch) -> int:
+        where = (batch.run, batch.job, batch.attempt, batch.step)
+        lines = orjson.dumps([[x.seq, x.at, x.stream, x.text] for x in batch.lines])
+        added = await self.scripts.append_log(
+            keys=[log_key(*where), meta_key(*where)],
+            args=[lines, self.cap, self.retention, batch.total or 0, int(batch.final)],
+        )
+        return int(added)
+
+
+async def serve(nats_url: str, redis_url: str, stop: asyncio.Event) -> None:
+    nc = await bus.connect(nats_url, name="runyard-logs")
+    r = redis_connect(redis_url)
+    collector = Collector(nc, r)
+    await collector.start()
+    log.info("log collector ready")
+    try:
+        await stop.wait()
+    finally:
+        await collector.stop()
+        await nc.drain()
+        await r.aclose()
