@@ -16,44 +16,42 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import report, running_stack, summary
-from bench.system import BenchSystem, bench_system
-
-PROJECT = "bench"
+from bench.common import report, summary
+from bench.system import BenchSystem, bench_project
 
 
-def _pipeline(system: BenchSystem, name: str, steps: list[str], jobs: int = 1) -> None:
+def _pipeline(
+    system: BenchSystem, project: str, name: str, steps: list[str], jobs: int = 1
+) -> None:
     body = [f"name: {name}", "jobs:"]
     for j in range(jobs):
         body += [f"  j{j}:", "    steps:"]
         body += [f"      - run: {json.dumps(step)}" for step in steps]
-    system.call("POST", f"/api/projects/{PROJECT}/pipelines", json={"source": "\n".join(body)})
+    system.call("POST", f"/api/projects/{project}/pipelines", json={"source": "\n".join(body)})
 
 
-def latency(system: BenchSystem, runs: int, tmp: Path) -> list[float]:
+def latency(system: BenchSystem, project: str, runs: int, tmp: Path) -> list[float]:
     marker = tmp / "started"
-    _pipeline(system, "latency", [f'echo "$EPOCHREALTIME" >> {marker}'])
+    _pipeline(system, project, "latency", [f'echo "$EPOCHREALTIME" >> {marker}'])
     seconds = []
     for i in range(runs):
         before = time.time()
-        run_id = system.start_run(PROJECT, "latency")
+        run_id = system.start_run(project, "latency")
         system.wait_run(run_id)
         started = float(marker.read_text().splitlines()[i])
         seconds.append(started - before)
     return seconds
 
 
-def step_overhead(system: BenchSystem, steps: int) -> tuple[float, float]:
+def step_overhead(system: BenchSystem, project: str, steps: int) -> tuple[float, float]:
     """(seconds for the job's steps in Runyard, seconds for the same in one bash)."""
-    _pipeline(system, "overhead", ["true"] * steps)
-    run = system.wait_run(system.start_run(PROJECT, "overhead"))
+    _pipeline(system, project, "overhead", ["true"] * steps)
+    run = system.wait_run(system.start_run(project, "overhead"))
     job = run["jobs"][0]
     runyard = job["steps"][-1]["finished_at"] - job["steps"][0]["started_at"]
     script = "\n".join(["true"] * steps)
@@ -62,10 +60,10 @@ def step_overhead(system: BenchSystem, steps: int) -> tuple[float, float]:
     return runyard, time.perf_counter() - began
 
 
-def throughput(system: BenchSystem, runs: int, steps: int) -> tuple[int, float]:
-    _pipeline(system, "throughput", ["true"] * steps)
+def throughput(system: BenchSystem, project: str, runs: int, steps: int) -> tuple[int, float]:
+    _pipeline(system, project, "throughput", ["true"] * steps)
     began = time.perf_counter()
-    ids = [system.start_run(PROJECT, "throughput") for _ in range(runs)]
+    ids = [system.start_run(project, "throughput") for _ in range(runs)]
     for run_id in ids:
         assert system.wait_run(run_id)["status"] == "success"
     return runs * steps, time.perf_counter() - began
@@ -78,19 +76,12 @@ def main() -> None:
     parser.add_argument("--throughput-runs", type=int, default=40)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    with (
-        tempfile.TemporaryDirectory(prefix="runyard-bench-") as tmp,
-        running_stack() as stack,
-        bench_system(stack, Path(tmp)) as system,
-    ):
-        global PROJECT
-        PROJECT = f"bench-{uuid.uuid4().hex[:6]}"
-        system.call("POST", "/api/projects", json={"name": PROJECT})
+    with bench_project() as (system, project, tmp):
         for i in range(4):
-            system.agent(f"agent{i}-{PROJECT}", PROJECT)
-        seconds = latency(system, args.runs, Path(tmp))
-        runyard, shell = step_overhead(system, args.steps)
-        done, took = throughput(system, args.throughput_runs, 25)
+            system.agent(f"agent{i}-{project}", project)
+        seconds = latency(system, project, args.runs, tmp)
+        runyard, shell = step_overhead(system, project, args.steps)
+        done, took = throughput(system, project, args.throughput_runs, 25)
     rows = [
         summary("API call → first step running", seconds),
         {

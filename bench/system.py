@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 import httpx
 
 from agent.config import AgentConfig
+from bench.common import running_stack
 from services.stack import Stack, free_port
 from services.store import records
 from services.store.connection import connect
@@ -35,6 +38,7 @@ class BenchSystem:
         self.stack = stack
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.agent_pids: dict[str, int] = {}
         self.env = {
             **os.environ,
             "RUNYARD_NATS_URL": stack.nats_url,
@@ -43,6 +47,7 @@ class BenchSystem:
         }
         port = free_port()
         self.spawn("dispatcher", "serve", "dispatcher")
+        self.spawn("logs", "serve", "logs")
         self.spawn("web", "serve", "web", "--port", str(port))
         key = asyncio.run(_api_key(stack.redis_url))
         self.http = httpx.Client(
@@ -52,7 +57,7 @@ class BenchSystem:
         )
         self._until(lambda: self.http.get("/api/health").status_code == 200, "web API")
 
-    def spawn(self, name: str, *args: str) -> None:
+    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         with (self.tmp / f"{name}-{len(self.procs)}.log").open("wb") as log:
             self.procs.append(
                 subprocess.Popen(
@@ -63,6 +68,7 @@ class BenchSystem:
                     start_new_session=True,
                 )
             )
+        return self.procs[-1]
 
     def _until(self, check: Any, what: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -84,10 +90,11 @@ class BenchSystem:
         made = self.call("POST", "/api/agents", json={"name": name, "projects": [project]})
         directory = self.tmp / f"agent-{name}"
         AgentConfig(made["id"], name, made["token"], made["nats_url"]).save(directory)
-        self.spawn(
+        proc = self.spawn(
             f"agent-{name}", "agent", "start", "--slots", str(slots), "--dir", str(directory)
         )
         agent_id = str(made["id"])
+        self.agent_pids[agent_id] = proc.pid
         self._until(lambda: self.call("GET", f"/api/agents/{agent_id}")["online"], name)
         return agent_id
 
@@ -120,9 +127,13 @@ class BenchSystem:
 
 
 @contextmanager
-def bench_system(stack: Stack, tmp: Path) -> Iterator[BenchSystem]:
-    system = BenchSystem(stack, tmp)
-    try:
-        yield system
-    finally:
-        system.stop()
+def bench_project() -> Iterator[tuple[BenchSystem, str, Path]]:
+    """A running system on the embedded stack, a fresh project and a scratch folder."""
+    with tempfile.TemporaryDirectory(prefix="runyard-bench-") as tmp, running_stack() as stack:
+        system = BenchSystem(stack, Path(tmp))
+        try:
+            project = f"bench-{uuid.uuid4().hex[:6]}"
+            system.call("POST", "/api/projects", json={"name": project})
+            yield system, project, Path(tmp)
+        finally:
+            system.stop()

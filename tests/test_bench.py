@@ -59,3 +59,9 @@ def test_dispatch_bench_smoke(stack: Stack, tmp_path: Path) -> None:
         "throughput, 4 agents",
     ]
     assert rows[0]["n"] == 5
+
+
+def test_logs_bench_smoke(stack: Stack, tmp_path: Path) -> None:
+    rows = run_bench("logs.py", stack, tmp_path / "logs.json", "--lines", "2000")
+    assert [r["name"] for r in rows] == ["lines into Valkey", "same lines to /dev/null"]
+    assert rows[0]["n"] == 2000
