@@ -62,6 +62,7 @@ class TriggerEvent(Message):
     sha: str | None = None
     before: str | None = None
     paths: list[str] = []
+    paths_known: bool = Field(True, description="False when the host sends no changed files")
     actor: str | None = None
     pull_request: PullRequestInfo | None = None
     inputs: dict[str, Any] = {}

@@ -14,6 +14,7 @@ import uvicorn
 from runyard import aio
 from services.dispatcher import service as dispatcher
 from services.logs import service as collector
+from services.trigger.app import create_app as trigger_app
 from services.web.app import create_app
 
 NATS = click.option(
@@ -63,6 +64,17 @@ def serve_logs(nats_url: str, redis_url: str) -> None:
     """Store step logs from NATS in Valkey/Redis (the log collector)."""
     _logging()
     aio.run(_until_signal(lambda stop: collector.serve(nats_url, redis_url, stop)))
+
+
+@serve.command("trigger")
+@NATS
+@REDIS
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8401, show_default=True, type=int)
+def serve_trigger(nats_url: str, redis_url: str, host: str, port: int) -> None:
+    """The webhook receiver over HTTP (/hooks/<host>/<project>)."""
+    _logging()
+    uvicorn.run(trigger_app(nats_url, redis_url), host=host, port=port, log_level="warning")
 
 
 @serve.command("web")

@@ -25,7 +25,14 @@ from runyard.engine.events import (
 from runyard.engine.plan import Plan
 from runyard.engine.state import JobState, RunState
 from schemas import subjects
-from schemas.messages import ArtifactSpec, Cancel, JobAssign, JobFinish, StepAssign
+from schemas.messages import (
+    ArtifactSpec,
+    Cancel,
+    JobAssign,
+    JobFinish,
+    StepAssign,
+    TriggerEvent,
+)
 from schemas.status import Status
 
 # An agent enforces step timeouts itself; the dispatcher gives up on a silent one later.
@@ -152,6 +159,7 @@ def translate(
             _finish_job(fx, command, plan, state, facts)
         elif isinstance(command, RunDone):
             fx.done = command.status
+            fx.outbox.append(_chain(state, facts, command.status, now))
     return fx
 
 
@@ -223,6 +231,26 @@ def _finish_job(
         )
         msg_id = "finish:" + member(facts.id, command.job, command.attempt)
         fx.outbox.append((msg_id, subjects.agent_inbox(agent), finish.encode()))
+
+
+def _chain(state: RunState, facts: RunFacts, status: Status, now: float) -> tuple[str, str, bytes]:
+    """The event that starts pipelines chained after this one (`triggers.pipeline`)."""
+    outputs: dict[str, Any] = {}
+    for job in state.jobs.values():
+        outputs.update(job.outputs)
+    event = TriggerEvent(
+        id=f"chain:{facts.id}",
+        kind="pipeline",
+        project=facts.project,
+        repository=facts.repository,
+        sha=facts.sha,
+        ref=facts.ref,
+        payload={"pipeline": facts.pipeline, "status": str(status), "run": facts.id},
+        upstream_run=facts.id,
+        upstream_outputs=outputs,
+        created_at=now,
+    )
+    return event.id, subjects.events("pipeline", facts.project), event.encode()
 
 
 def decode_info(info: str) -> dict[str, Any]:

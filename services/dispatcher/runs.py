@@ -67,7 +67,7 @@ def facts_for(run_id: str, pipeline: Pipeline, project: str, event: dict[str, An
         id=run_id,
         project=project,
         pipeline=pipeline.name,
-        repository=repo.url if repo else None,
+        repository=repo.url if repo else event.get("repository"),
         sha=event.get("sha"),
         ref=(event.get("ref") or (repo.ref if repo else None)),
     )

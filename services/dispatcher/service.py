@@ -44,7 +44,7 @@ from schemas.messages import (
 from schemas.pipeline import Pipeline
 from schemas.status import Status
 from services import bus
-from services.dispatcher import effects, placement
+from services.dispatcher import effects, matching, placement
 from services.dispatcher.runs import BadPipeline, LiveRun, live_run, plan_for
 from services.store import records
 from services.store import runs as store
@@ -270,9 +270,17 @@ class Dispatcher:
             await self._create_run(event, name)
 
     async def _pipelines_for(self, event: TriggerEvent) -> list[str]:
-        if event.pipeline is not None:
+        if event.pipeline is not None and event.kind != "webhook":
             return [event.pipeline]
-        return []  # events for every matching pipeline arrive with the triggers issue
+        names = []
+        for record in await records.list_pipelines(self.r, event.project):
+            try:
+                pipeline, _ = plan_for(record.source, record.format)
+            except BadPipeline:
+                continue
+            if matching.starts(pipeline, event):
+                names.append(record.name)
+        return names
 
     async def _create_run(self, event: TriggerEvent, name: str) -> None:
         try:

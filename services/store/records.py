@@ -12,6 +12,7 @@ import orjson
 
 from runyard.pipeline.validate import Result, validate_text
 from schemas.subjects import key
+from services.store import crypto
 from services.store.connection import Redis, strdict, strs
 
 AGENT_TTL = 30 * 24 * 3600  # an agent that has not connected for 30 days disappears
@@ -71,6 +72,15 @@ async def secret_names(r: Redis, project: str) -> list[str]:
 
 async def secrets_of(r: Redis, project: str) -> dict[str, str]:
     return strdict(await r.hgetall(key("secrets", project)))
+
+
+async def set_webhook_secret(r: Redis, project: str, secret: str) -> None:
+    await r.set(key("webhook", project), crypto.encrypt(secret))
+
+
+async def webhook_secret(r: Redis, project: str) -> str | None:
+    token = await r.get(key("webhook", project))
+    return crypto.decrypt(str(token)) if token else None
 
 
 # --- pipelines ------------------------------------------------------------------------

@@ -3,6 +3,7 @@ page of the UI will have its twin here."""
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from typing import Any
@@ -15,7 +16,8 @@ from starlette.routing import Route
 from runyard.engine.state import RunState
 from schemas import subjects
 from schemas.messages import RunCancel, TriggerEvent
-from services.store import records
+from schemas.subjects import key
+from services.store import crypto, records
 from services.store import runs as store
 from services.store.connection import Redis
 from services.web.errors import ApiError, field, json_body
@@ -92,6 +94,27 @@ async def delete_secret(request: Request) -> JSONResponse:
     if not await records.delete_secret(redis_of(request), project, name):
         raise ApiError(404, f"no secret '{name}' in project '{project}'")
     return JSONResponse({"deleted": name})
+
+
+async def get_webhook(request: Request) -> JSONResponse:
+    project = await _project(request)
+    configured = await redis_of(request).exists(key("webhook", project))
+    return JSONResponse({"configured": bool(configured)})
+
+
+async def set_webhook(request: Request) -> JSONResponse:
+    """Set the project's webhook secret (given, or a new random one, shown once)."""
+    project = await _project(request)
+    body = await json_body(request)
+    secret = field(body, "secret", str, None) if body.get("secret") is not None else None
+    secret = secret or secrets.token_urlsafe(32)
+    if len(secret) < 16:
+        raise ApiError(422, "a webhook secret needs at least 16 characters")
+    try:
+        await records.set_webhook_secret(redis_of(request), project, secret)
+    except crypto.KeyMissing as exc:
+        raise ApiError(503, str(exc)) from None
+    return JSONResponse({"secret": secret})
 
 
 # --- pipelines ------------------------------------------------------------------------
@@ -326,6 +349,8 @@ async def assign_agent(request: Request) -> JSONResponse:
 routes = [
     Route("/api/projects", list_projects),
     Route("/api/projects", create_project, methods=["POST"]),
+    Route("/api/projects/{project}/webhook", get_webhook),
+    Route("/api/projects/{project}/webhook", set_webhook, methods=["PUT"]),
     Route("/api/projects/{project}/secrets", list_secrets),
     Route("/api/projects/{project}/secrets/{secret}", set_secret, methods=["PUT"]),
     Route("/api/projects/{project}/secrets/{secret}", delete_secret, methods=["DELETE"]),

@@ -101,7 +101,8 @@ def test_stop_and_finish() -> None:
     fx = effects.translate(
         [FinishJob("a", 1, Status.SUCCESS), RunDone(Status.SUCCESS)], e.plan, e.state, FACTS, 3.0
     )
-    assert [i for i, _, _ in fx.outbox] == ["finish:r1|a|1"]
+    assert [i for i, _, _ in fx.outbox] == ["finish:r1|a|1", "chain:r1"]
+    assert fx.outbox[1][1] == subjects.events("pipeline", "p")
     assert {"job|r1|a|1", "stop|r1|a|1", "step|r1|a|1|0"} <= set(fx.untimers)
     assert fx.done == Status.SUCCESS
 

@@ -11,8 +11,11 @@ import redis.asyncio as aioredis
 from nats.aio.client import Client
 
 from services.stack import Stack
+from services.store.crypto import new_key
 from tests.agent.actions_repos import datatorch_actions
 from tests.system.harness import System
+
+SECRET_KEY = new_key()
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +33,7 @@ async def system(
         "RUNYARD_REDIS_URL": stack.redis_url,
         "RUNYARD_ACTIONS_BASE": actions_base,
         "RUNYARD_CONFIG": str(tmp_path / "cli.json"),
+        "RUNYARD_SECRET_KEY": SECRET_KEY,
     }
     found = System(stack, tmp_path, env)
     found.dispatcher()

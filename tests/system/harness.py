@@ -99,6 +99,20 @@ class System:
             await asyncio.sleep(0.05)
         raise RuntimeError("the web service did not start:\n" + self.procs[-1].output())
 
+    async def trigger(self) -> str:
+        """Start the webhook receiver; its base URL."""
+        port = free_port()
+        self.spawn("trigger", "serve", "trigger", "--port", str(port))
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url) as client:
+            for _ in range(200):
+                try:
+                    await client.post("/hooks/github/none")
+                    return url
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.05)
+        raise RuntimeError("the trigger service did not start:\n" + self.procs[-1].output())
+
     async def agent(
         self,
         name: str,

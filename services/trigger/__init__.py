@@ -1,0 +1,1 @@
+"""The trigger service: git hosts' webhooks → trigger events on RY_EVENTS."""

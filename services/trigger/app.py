@@ -1,0 +1,143 @@
+"""The webhook receiver: `POST /hooks/<host>/<project>` (`github`, `gitlab`, `gitea` —
+also Forgejo —, `bitbucket`) and `POST /hooks/generic/<project>/<pipeline>`.
+
+A delivery is checked (size, content type, project, signature) before anything else is
+read; a rejected one never reaches NATS. An accepted one is published with its
+delivery id as `Nats-Msg-Id` (the stream drops a redelivery) and answered 202 once
+JetStream has stored it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from schemas import subjects
+from schemas.messages import PullRequestInfo, TriggerEvent
+from services import bus
+from services.store import crypto, records
+from services.store.connection import connect as redis_connect
+from services.trigger import hosts, signatures
+
+MAX_BODY = int(os.environ.get("RUNYARD_HOOK_MAX_BYTES", 5 << 20))
+HOOK_HOSTS = ("github", "gitlab", "gitea", "bitbucket")
+
+
+def _refuse(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status)
+
+
+async def _body(request: Request) -> bytes | JSONResponse:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY:
+        return _refuse(413, f"the body is over the limit of {MAX_BODY} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return _refuse(413, f"the body is over the limit of {MAX_BODY} bytes")
+    return bytes(body)
+
+
+async def receive(request: Request) -> JSONResponse:
+    host = request.path_params["host"]
+    project = request.path_params.get("project") or request.query_params.get("project", "")
+    pipeline = request.path_params.get("pipeline")
+    if host not in HOOK_HOSTS and not (host == "generic" and pipeline):
+        return _refuse(404, f"no webhook receiver for '{host}'")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type != "application/json":
+        return _refuse(
+            400, "the content type must be application/json (set it in the webhook's settings)"
+        )
+    body = await _body(request)
+    if isinstance(body, JSONResponse):
+        return body
+    r = request.app.state.redis
+    if not project or not await records.project_exists(r, project):
+        return _refuse(404, f"no project '{project}'")
+    try:
+        secret = await records.webhook_secret(r, project)
+    except crypto.KeyMissing as exc:
+        return _refuse(503, str(exc))
+    if secret is None:
+        return _refuse(401, f"project '{project}' has no webhook secret; set one first")
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    if reason := signatures.check(host, headers, body, secret):
+        return _refuse(401, reason)
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return _refuse(400, f"the body is not valid JSON: {exc}")
+    if not isinstance(payload, dict):
+        return _refuse(400, "the body must be a JSON object")
+    name = hosts.event_name(host, headers)
+    found = hosts.normalise(host, name, payload)
+    if isinstance(found, hosts.Ignored):
+        return JSONResponse({"ignored": found.reason})
+    event = _event(host, headers, body, project, pipeline, found, payload)
+    js = request.app.state.nats.jetstream()
+    await js.publish(
+        subjects.events(event.kind, project), event.encode(), headers={"Nats-Msg-Id": event.id}
+    )
+    return JSONResponse({"event": event.id}, status_code=202)
+
+
+def _event(
+    host: str,
+    headers: dict[str, str],
+    body: bytes,
+    project: str,
+    pipeline: str | None,
+    found: hosts.Trigger,
+    payload: dict[str, Any],
+) -> TriggerEvent:
+    pr = found.pull_request
+    return TriggerEvent(
+        id=f"{host}:{hosts.delivery_id(host, headers, body)}",
+        kind=found.kind,
+        project=project,
+        pipeline=pipeline,
+        repository=found.repository,
+        ref=found.ref,
+        branch=found.branch,
+        tag=found.tag,
+        sha=found.sha,
+        before=found.before,
+        paths=found.paths,
+        paths_known=found.paths_known,
+        actor=found.actor,
+        pull_request=PullRequestInfo.model_validate(pr) if pr else None,
+        payload=payload,
+        created_at=time.time(),
+    )
+
+
+def create_app(nats_url: str, redis_url: str) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.nats = await bus.connect(nats_url, name="runyard-trigger")
+        app.state.redis = redis_connect(redis_url)
+        await bus.ensure_streams(app.state.nats.jetstream())
+        try:
+            yield
+        finally:
+            await app.state.nats.close()
+            await app.state.redis.aclose()
+
+    return Starlette(
+        routes=[
+            Route("/hooks/{host:str}/{project}/{pipeline}", receive, methods=["POST"]),
+            Route("/hooks/{host}/{project}", receive, methods=["POST"]),
+            Route("/hooks/{host}", receive, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
