@@ -14,6 +14,7 @@ import uvicorn
 from runyard import aio
 from services.dispatcher import service as dispatcher
 from services.logs import service as collector
+from services.scheduler import service as scheduler
 from services.trigger.app import create_app as trigger_app
 from services.web.app import create_app
 
@@ -64,6 +65,15 @@ def serve_logs(nats_url: str, redis_url: str) -> None:
     """Store step logs from NATS in Valkey/Redis (the log collector)."""
     _logging()
     aio.run(_until_signal(lambda stop: collector.serve(nats_url, redis_url, stop)))
+
+
+@serve.command("scheduler")
+@NATS
+@REDIS
+def serve_scheduler(nats_url: str, redis_url: str) -> None:
+    """Fire cron trigger events for every pipeline schedule."""
+    _logging()
+    aio.run(_until_signal(lambda stop: scheduler.serve(nats_url, redis_url, stop)))
 
 
 @serve.command("trigger")

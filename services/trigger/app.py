@@ -8,10 +8,8 @@ JetStream has stored it."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -22,9 +20,8 @@ from starlette.routing import Route
 
 from schemas import subjects
 from schemas.messages import PullRequestInfo, TriggerEvent
-from services import bus
+from services.lifespan import connections
 from services.store import crypto, records
-from services.store.connection import connect as redis_connect
 from services.trigger import hosts, signatures
 
 MAX_BODY = int(os.environ.get("RUNYARD_HOOK_MAX_BYTES", 5 << 20))
@@ -122,22 +119,11 @@ def _event(
 
 
 def create_app(nats_url: str, redis_url: str) -> Starlette:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.nats = await bus.connect(nats_url, name="runyard-trigger")
-        app.state.redis = redis_connect(redis_url)
-        await bus.ensure_streams(app.state.nats.jetstream())
-        try:
-            yield
-        finally:
-            await app.state.nats.close()
-            await app.state.redis.aclose()
-
     return Starlette(
         routes=[
             Route("/hooks/{host:str}/{project}/{pipeline}", receive, methods=["POST"]),
             Route("/hooks/{host}/{project}", receive, methods=["POST"]),
             Route("/hooks/{host}", receive, methods=["POST"]),
         ],
-        lifespan=lifespan,
+        lifespan=connections(nats_url, redis_url, "runyard-trigger"),
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.client import Client
@@ -13,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from runyard import cron
 from runyard.engine.state import RunState
 from schemas import subjects
 from schemas.messages import RunCancel, TriggerEvent
@@ -170,7 +172,21 @@ async def update_pipeline(request: Request) -> JSONResponse:
 
 
 async def get_pipeline(request: Request) -> JSONResponse:
-    return JSONResponse((await _pipeline(request)).public())
+    record = await _pipeline(request)
+    result = records.validate_source(record.source, record.format)
+    schedules = []
+    if result.pipeline is not None:
+        now = datetime.now(UTC)
+        for entry in result.pipeline.triggers.schedule:
+            nxt = cron.trigger(entry.cron, entry.timezone).get_next_fire_time(None, now)
+            schedules.append(
+                {
+                    "cron": entry.cron,
+                    "timezone": entry.timezone,
+                    "next": nxt.isoformat() if nxt else None,
+                }
+            )
+    return JSONResponse({**record.public(), "schedules": schedules})
 
 
 async def delete_pipeline(request: Request) -> JSONResponse:

@@ -3,9 +3,7 @@ it shares (NATS, Redis) opened in the lifespan."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -15,9 +13,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services import bus
+from services.lifespan import connections
 from services.store import records
-from services.store.connection import connect as redis_connect
 from services.web import api, outputs
 from services.web.errors import ApiError, api_error, http_error
 
@@ -73,18 +70,9 @@ async def health(request: Request) -> JSONResponse:
 
 
 def create_app(nats_url: str, redis_url: str, public_nats_url: str | None = None) -> Starlette:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.nats = await bus.connect(nats_url, name="runyard-web")
-        app.state.redis = redis_connect(redis_url)
-        app.state.public_nats_url = public_nats_url or nats_url
-        await bus.ensure_streams(app.state.nats.jetstream())
-        try:
-            yield
-        finally:
-            await app.state.nats.close()
-            await app.state.redis.aclose()
-
+    lifespan = connections(
+        nats_url, redis_url, "runyard-web", public_nats_url=public_nats_url or nats_url
+    )
     return Starlette(
         routes=[Route("/api/health", health), *api.routes, *outputs.routes],
         middleware=[Middleware(ApiKeys)],

@@ -76,6 +76,9 @@ class System:
     def dispatcher(self) -> Proc:
         return self.spawn("dispatcher", "serve", "dispatcher")
 
+    def scheduler(self) -> Proc:
+        return self.spawn("scheduler", "serve", "scheduler")
+
     def collector(self) -> Proc:
         return self.spawn("logs", "serve", "logs")
 

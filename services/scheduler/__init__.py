@@ -1,0 +1,1 @@
+"""The scheduler: `triggers.schedule` entries → cron trigger events."""
