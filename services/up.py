@@ -21,6 +21,7 @@ from runyard.cli.run import follow
 from schemas.status import Status
 from services.bootstrap import EXAMPLES_PROJECT, bootstrap
 from services.stack import Server, Stack, StackError
+from services.store.crypto import new_key
 
 SERVICE_START = 20.0  # seconds for the API to answer and the agent to come online
 
@@ -43,11 +44,24 @@ def _wait_for(what: str, check: Callable[[], bool], servers: list[Server]) -> No
     raise StackError(f"{what} did not come up within {SERVICE_START:.0f} s")
 
 
-def _start_services(stack: Stack, data_dir: Path, port: int, examples: Path | None) -> str:
-    """Start dispatcher, log collector, web and the local agent; returns the web URL."""
+def _secret_key(data_dir: Path) -> str:
+    """The key webhook secrets are encrypted with, made once per data directory."""
+    path = data_dir / "secret.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(new_key())
+    return path.read_text().strip()
+
+
+def _start_services(
+    stack: Stack, data_dir: Path, port: int, hooks_port: int, examples: Path | None
+) -> str:
+    """Start every service and the local agent; returns the web URL."""
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
     os.environ["RUNYARD_NATS_URL"] = stack.nats_url
     os.environ["RUNYARD_REDIS_URL"] = stack.redis_url
+    os.environ.setdefault("RUNYARD_SECRET_KEY", _secret_key(data_dir))
     saved = config.load()
     url = f"http://127.0.0.1:{port}"
     agent_dir = data_dir / "agent"
@@ -66,6 +80,8 @@ def _start_services(stack: Stack, data_dir: Path, port: int, examples: Path | No
     services = [
         _service(data_dir, "dispatcher", "serve", "dispatcher"),
         _service(data_dir, "logs", "serve", "logs"),
+        _service(data_dir, "scheduler", "serve", "scheduler"),
+        _service(data_dir, "trigger", "serve", "trigger", "--port", str(hooks_port)),
         _service(data_dir, "web", "serve", "web", "--port", str(port)),
         _service(data_dir, "agent", "agent", "start", "--slots", "2", "--dir", str(agent_dir)),
     ]
@@ -148,6 +164,13 @@ def _terminal_foreground() -> Iterator[None]:
 )
 @click.option("--port", default=8400, show_default=True, type=int, help="web and API port")
 @click.option(
+    "--hooks-port",
+    default=8401,
+    show_default=True,
+    type=int,
+    help="webhook receiver port (/hooks/<host>/<project>)",
+)
+@click.option(
     "--examples",
     type=click.Path(path_type=Path),
     default=Path("examples"),
@@ -161,9 +184,10 @@ def _terminal_foreground() -> Iterator[None]:
     show_default=True,
     help="the example pipeline to run once everything is up ('' for none)",
 )
-def up(data_dir: Path, port: int, examples: Path, example: str) -> None:
-    """Start Runyard on this machine: NATS and Valkey, the dispatcher, the web API and
-    one local agent (2 slots); load the examples, run one, and stay up until Ctrl-C.
+def up(data_dir: Path, port: int, hooks_port: int, examples: Path, example: str) -> None:
+    """Start Runyard on this machine: NATS and Valkey, the dispatcher, log collector,
+    scheduler, webhook receiver, web API and one local agent (2 slots); load the
+    examples, run one, and stay up until Ctrl-C.
 
     The CLI is logged in to this server afterwards.
 
@@ -175,7 +199,8 @@ def up(data_dir: Path, port: int, examples: Path, example: str) -> None:
         with _terminal_foreground(), Stack(data_dir.resolve()) as stack:
             click.echo(f"NATS   {stack.nats_url}")
             click.echo(f"Valkey {stack.redis_url}")
-            url = _start_services(stack, data_dir.resolve(), port, examples)
+            url = _start_services(stack, data_dir.resolve(), port, hooks_port, examples)
+            click.echo(f"Webhooks at http://127.0.0.1:{hooks_port}/hooks/<host>/<project>")
             if example:
                 _run_example(example)
             _until_signal(

@@ -86,7 +86,8 @@ def assert_example_ran(output: str, port: int) -> None:
 def test_runyard_up(tmp_path: Path) -> None:
     port = free_port()
     argv = [sys.executable, "-m", "runyard", "up", "--data-dir", str(tmp_path / "data")]
-    status, output = ctrl_c_after_start([*argv, "--port", str(port)], extra_env=up_env(tmp_path))
+    argv += ["--port", str(port), "--hooks-port", str(free_port())]
+    status, output = ctrl_c_after_start(argv, extra_env=up_env(tmp_path))
     assert_clean_stop(status, output)
     assert_example_ran(output, port)
 
@@ -95,6 +96,7 @@ def test_runyard_up(tmp_path: Path) -> None:
 def test_just_up(tmp_path: Path) -> None:
     port = free_port()
     argv = ["just", "up", "--data-dir", str(tmp_path / "data"), "--port", str(port)]
+    argv += ["--hooks-port", str(free_port())]
     status, output = ctrl_c_after_start(argv, extra_env=up_env(tmp_path))
     assert_clean_stop(status, output)
     assert_example_ran(output, port)

@@ -156,13 +156,32 @@ async def delete_pipeline(r: Redis, project: str, name: str) -> None:
 # --- API keys -------------------------------------------------------------------------
 
 
-async def create_api_key(r: Redis, name: str, role: str = "admin") -> str:
+async def create_api_key(
+    r: Redis, name: str, role: str = "admin", roles: dict[str, str] | None = None
+) -> str:
+    """A new key (returned once, stored hashed): `role` everywhere, or per project in
+    `roles`."""
     token = new_secret("ryk")
     await r.hset(
         key("apikey", hash_secret(token)),
-        mapping={"name": name, "role": role, "created_at": str(time.time())},
+        mapping={
+            "name": name,
+            "role": role,
+            "roles": orjson.dumps(roles or {}).decode(),
+            "created_at": str(time.time()),
+        },
     )
     return token
+
+
+def role_in(found: dict[str, str], project: str) -> str:
+    """A key's role in a project: its project role, else its overall role."""
+    roles: dict[str, str] = orjson.loads(found.get("roles") or "{}")
+    return roles.get(project) or found.get("role", "viewer")
+
+
+def role_at_least(have: str, need: str) -> bool:
+    return ROLES.index(have) >= ROLES.index(need) if have in ROLES and need in ROLES else False
 
 
 async def check_api_key(r: Redis, token: str) -> dict[str, str] | None:

@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from runyard import cron
+from runyard import cron, forms
+from runyard.engine.contexts import form_inputs
 from runyard.engine.state import RunState
 from schemas import subjects
 from schemas.messages import RunCancel, TriggerEvent
@@ -212,10 +213,28 @@ async def _publish_trigger(request: Request, event: TriggerEvent) -> None:
     )
 
 
+def require(request: Request, project: str, need: str, what: str) -> None:
+    have = records.role_in(request.state.key, project)
+    if not records.role_at_least(have, need):
+        raise ApiError(403, f"{what} needs the role {need} in '{project}'; this key has {have}")
+
+
 async def start_run(request: Request) -> JSONResponse:
     pipeline = await _pipeline(request)
     body = await json_body(request)
     inputs = field(body, "inputs", dict, {})
+    spec = records.validate_source(pipeline.source, pipeline.format).pipeline
+    manual = spec.triggers.manual if spec else None
+    require(
+        request,
+        pipeline.project,
+        (manual.role if manual else None) or "maintainer",
+        f"running '{pipeline.name}'",
+    )
+    if spec is not None:
+        inputs = form_inputs(spec, inputs)
+        if bad := forms.problems(manual.form if manual else None, inputs):
+            raise ApiError(422, f"{len(bad)} run input(s) do not fit the form", problems=bad)
     ref = field(body, "ref", str, None) if body.get("ref") is not None else None
     event = TriggerEvent(
         id=uuid.uuid4().hex,
@@ -307,6 +326,23 @@ async def rerun(request: Request) -> JSONResponse:
     return JSONResponse({"run": run_id, "event": event.id, "rerun_of": stored.id}, status_code=202)
 
 
+# --- API keys -------------------------------------------------------------------------
+
+
+async def create_key(request: Request) -> JSONResponse:
+    """A new API key (admin only): `role` everywhere, and/or per project in `roles`."""
+    if request.state.key.get("role") != "admin":
+        raise ApiError(403, "only an admin key can make keys")
+    body = await json_body(request)
+    name = field(body, "name", str)
+    role = field(body, "role", str, "viewer")
+    roles = field(body, "roles", dict, {})
+    if any(r not in records.ROLES for r in [role, *roles.values()]):
+        raise ApiError(422, f"roles are one of {', '.join(records.ROLES)}")
+    token = await records.create_api_key(redis_of(request), name, role, roles)
+    return JSONResponse({"name": name, "key": token}, status_code=201)
+
+
 # --- agents ---------------------------------------------------------------------------
 
 
@@ -380,6 +416,7 @@ routes = [
     Route("/api/runs/{run}", get_run),
     Route("/api/runs/{run}/cancel", cancel_run, methods=["POST"]),
     Route("/api/runs/{run}/rerun", rerun, methods=["POST"]),
+    Route("/api/keys", create_key, methods=["POST"]),
     Route("/api/agents", list_agents),
     Route("/api/agents", create_agent, methods=["POST"]),
     Route("/api/agents/{agent}", get_agent),

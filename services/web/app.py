@@ -30,7 +30,8 @@ class ApiKeys:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.known: dict[str, tuple[str, float]] = {}  # key → (actor, checked at)
+        # key → (name, its record, checked at)
+        self.known: dict[str, tuple[str, dict[str, str], float]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -45,24 +46,24 @@ class ApiKeys:
             response = JSONResponse({"error": f"{message} (Authorization: Bearer …)"}, 401)
             await response(scope, receive, send)
             return
-        scope.setdefault("state", {})["actor"] = actor
+        scope.setdefault("state", {}).update(actor=actor[0], key=actor[1])
         await self.app(scope, receive, send)
 
-    async def _actor(self, request: Request, token: str) -> str | None:
+    async def _actor(self, request: Request, token: str) -> tuple[str, dict[str, str]] | None:
         if not token:
             return None
         now = time.monotonic()
         cached = self.known.get(token)
-        if cached and now - cached[1] < KEY_CACHE_SECONDS:
-            return cached[0]
+        if cached and now - cached[2] < KEY_CACHE_SECONDS:
+            return cached[0], cached[1]
         found = await records.check_api_key(request.app.state.redis, token)
         if found is None:
             self.known.pop(token, None)
             return None
         if len(self.known) > 10_000:
             self.known.clear()
-        self.known[token] = (found.get("name", "api"), now)
-        return self.known[token][0]
+        self.known[token] = (found.get("name", "api"), found, now)
+        return self.known[token][0], found
 
 
 async def health(request: Request) -> JSONResponse:
