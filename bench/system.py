@@ -23,6 +23,7 @@ from bench.common import running_stack
 from services.stack import Stack, free_port
 from services.store import records
 from services.store.connection import connect
+from services.store.crypto import new_key
 
 
 async def _api_key(redis_url: str) -> str:
@@ -44,6 +45,7 @@ class BenchSystem:
             "RUNYARD_NATS_URL": stack.nats_url,
             "RUNYARD_REDIS_URL": stack.redis_url,
             "RUNYARD_LOG": "WARNING",
+            "RUNYARD_SECRET_KEY": os.environ.get("RUNYARD_SECRET_KEY") or new_key(),
         }
         port = free_port()
         self.spawn("dispatcher", "serve", "dispatcher")
@@ -55,7 +57,7 @@ class BenchSystem:
             headers={"Authorization": f"Bearer {key}"},
             timeout=30,
         )
-        self._until(lambda: self.http.get("/api/health").status_code == 200, "web API")
+        self.wait_until(lambda: self.http.get("/api/health").status_code == 200, "web API")
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         with (self.tmp / f"{name}-{len(self.procs)}.log").open("wb") as log:
@@ -70,7 +72,7 @@ class BenchSystem:
             )
         return self.procs[-1]
 
-    def _until(self, check: Any, what: str, timeout: float = 30) -> None:
+    def wait_until(self, check: Any, what: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -95,7 +97,7 @@ class BenchSystem:
         )
         agent_id = str(made["id"])
         self.agent_pids[agent_id] = proc.pid
-        self._until(lambda: self.call("GET", f"/api/agents/{agent_id}")["online"], name)
+        self.wait_until(lambda: self.call("GET", f"/api/agents/{agent_id}")["online"], name)
         return agent_id
 
     def start_run(self, project: str, pipeline: str) -> str:

@@ -65,3 +65,11 @@ def test_logs_bench_smoke(stack: Stack, tmp_path: Path) -> None:
     rows = run_bench("logs.py", stack, tmp_path / "logs.json", "--lines", "2000")
     assert [r["name"] for r in rows] == ["lines into Valkey", "same lines to /dev/null"]
     assert rows[0]["n"] == 2000
+
+
+def test_webhooks_bench_smoke(stack: Stack, tmp_path: Path) -> None:
+    rows = run_bench(
+        "webhooks.py", stack, tmp_path / "webhooks.json", "--hooks", "20", "--concurrency", "4"
+    )
+    assert [r["name"] for r in rows] == ["signed GitHub push → 202"]
+    assert rows[0]["n"] == 20

@@ -499,11 +499,13 @@ class Dispatcher:
 
     async def place_queued(self) -> None:
         async with self.placing:
+            agents = [a for a in await self._candidates() if a.free > 0]
+            if not agents:  # nothing can be placed: leave the queue unread
+                return
             queued = strs(await self.r.zrange(store.QUEUE, 0, 499))
             if not queued:
                 return
             infos = await self.r.hmget(store.QUEUE_INFO, queued)
-            agents = await self._candidates()
             for m, info in zip(queued, infos, strict=True):
                 if info is None:
                     continue

@@ -28,6 +28,26 @@ MAX_BODY = int(os.environ.get("RUNYARD_HOOK_MAX_BYTES", 5 << 20))
 HOOK_HOSTS = ("github", "gitlab", "gitea", "bitbucket")
 
 
+SECRET_CACHE_SECONDS = 5.0  # a changed secret applies within this long
+_secrets: dict[str, tuple[bool, str | None, float]] = {}
+
+
+async def _project_secret(request: Request, project: str) -> tuple[bool, str | None]:
+    """(project exists, its webhook secret), remembered briefly: busy hooks then cost no
+    store reads."""
+    now = time.monotonic()
+    cached = _secrets.get(project)
+    if cached and now - cached[2] < SECRET_CACHE_SECONDS:
+        return cached[0], cached[1]
+    r = request.app.state.redis
+    known = bool(project) and await records.project_exists(r, project)
+    secret = await records.webhook_secret(r, project) if known else None
+    if len(_secrets) > 10_000:
+        _secrets.clear()
+    _secrets[project] = (known, secret, now)
+    return known, secret
+
+
 def _refuse(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status)
 
@@ -58,13 +78,12 @@ async def receive(request: Request) -> JSONResponse:
     body = await _body(request)
     if isinstance(body, JSONResponse):
         return body
-    r = request.app.state.redis
-    if not project or not await records.project_exists(r, project):
-        return _refuse(404, f"no project '{project}'")
     try:
-        secret = await records.webhook_secret(r, project)
+        known, secret = await _project_secret(request, project)
     except crypto.KeyMissing as exc:
         return _refuse(503, str(exc))
+    if not known:
+        return _refuse(404, f"no project '{project}'")
     if secret is None:
         return _refuse(401, f"project '{project}' has no webhook secret; set one first")
     headers = {k.lower(): v for k, v in request.headers.items()}
