@@ -56,6 +56,7 @@ HEARTBEAT = 5.0
 IN_PROGRESS = 20.0  # well inside the inbox consumer's ack wait
 ACK_WAIT = 60.0
 JOURNAL_KEEP = 10_000
+SHUTDOWN = 30.0  # seconds for Ctrl-C: cancel steps (10 s grace), report, flush
 
 
 async def connect(config: AgentConfig, url: str) -> Client:
@@ -143,7 +144,10 @@ class Agent:
         await stop.wait()
         fetcher.cancel()
         keeper.cancel()
-        await self._shutdown()
+        try:
+            await asyncio.wait_for(self._shutdown(), SHUTDOWN)
+        except TimeoutError:
+            log.error("could not stop cleanly within %.0f s; leaving now", SHUTDOWN)
         beater.cancel()
         await asyncio.gather(fetcher, beater, keeper, return_exceptions=True)
 

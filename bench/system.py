@@ -20,7 +20,7 @@ import httpx
 
 from agent.config import AgentConfig
 from bench.common import running_stack
-from services.stack import Stack, free_port
+from services.stack import Stack, die_with_parent, free_port
 from services.store import records
 from services.store.connection import connect
 from services.store.crypto import new_key
@@ -60,6 +60,7 @@ class BenchSystem:
         self.wait_until(lambda: self.http.get("/api/health").status_code == 200, "web API")
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        parent = os.getpid()
         with (self.tmp / f"{name}-{len(self.procs)}.log").open("wb") as log:
             self.procs.append(
                 subprocess.Popen(
@@ -68,6 +69,7 @@ class BenchSystem:
                     stderr=subprocess.STDOUT,
                     env=self.env,
                     start_new_session=True,
+                    preexec_fn=lambda: die_with_parent(parent),
                 )
             )
         return self.procs[-1]

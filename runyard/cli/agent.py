@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -85,4 +86,5 @@ async def _start(config: AgentConfig, url: str, directory: Path, slots: int) -> 
     try:
         await Agent(config, nc, directory, slots).run(stop)
     finally:
-        await nc.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(nc.close(), 5)

@@ -36,10 +36,10 @@ async def system(
         "RUNYARD_SECRET_KEY": SECRET_KEY,
     }
     found = System(stack, tmp_path, env)
-    found.dispatcher()
-    found.collector()
-    await found.web()
     try:
+        found.dispatcher()
+        found.collector()
+        await found.web()
         yield found
     finally:
         found.stop()

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from agent.config import AgentConfig
-from services.stack import Stack, free_port
+from services.stack import Stack, die_with_parent, free_port
 from services.store import records
 from services.store.connection import connect
 from tests.processes import wait_dead
@@ -34,7 +34,12 @@ class Proc:
 
     def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
         self.send(sig)
-        self.popen.wait(30)
+        try:
+            self.popen.wait(30)
+        except subprocess.TimeoutExpired:  # a stop that hangs must not leak the process
+            self.send(signal.SIGKILL)
+            self.popen.wait(10)
+            raise
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -62,12 +67,14 @@ class System:
     def spawn(self, name: str, *args: str) -> Proc:
         log = self.tmp / f"{name}-{len(self.procs)}.log"
         with log.open("wb") as out:
+            parent = os.getpid()
             popen = subprocess.Popen(
                 [sys.executable, "-m", "runyard", *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,
+                preexec_fn=lambda: die_with_parent(parent),  # none outlives a killed pytest
             )
         proc = Proc(name, popen, log)
         self.procs.append(proc)
@@ -92,7 +99,7 @@ class System:
         self.http = httpx.AsyncClient(
             base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30
         )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 if (await self.http.get("/api/health")).status_code == 200:
