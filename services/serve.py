@@ -53,7 +53,12 @@ def serve() -> None:
 @NATS
 @REDIS
 def serve_dispatcher(nats_url: str, redis_url: str) -> None:
-    """Turn trigger events into runs and drive them on agents."""
+    """Turn trigger events into runs and drive them on agents.
+
+    \b
+    Example:
+      runyard serve dispatcher --nats-url nats://nats:4222 --redis-url redis://valkey:6379/0
+    """
     _logging()
     aio.run(_until_signal(lambda stop: dispatcher.serve(nats_url, redis_url, stop)))
 
@@ -62,7 +67,12 @@ def serve_dispatcher(nats_url: str, redis_url: str) -> None:
 @NATS
 @REDIS
 def serve_logs(nats_url: str, redis_url: str) -> None:
-    """Store step logs from NATS in Valkey/Redis (the log collector)."""
+    """Store step logs from NATS in Valkey/Redis (the log collector).
+
+    \b
+    Example:
+      RUNYARD_LOG_CAP=134217728 runyard serve logs
+    """
     _logging()
     aio.run(_until_signal(lambda stop: collector.serve(nats_url, redis_url, stop)))
 
@@ -71,7 +81,12 @@ def serve_logs(nats_url: str, redis_url: str) -> None:
 @NATS
 @REDIS
 def serve_scheduler(nats_url: str, redis_url: str) -> None:
-    """Fire cron trigger events for every pipeline schedule."""
+    """Fire cron trigger events for every pipeline schedule.
+
+    \b
+    Example:
+      RUNYARD_SCHEDULE_GRACE=600 runyard serve scheduler
+    """
     _logging()
     aio.run(_until_signal(lambda stop: scheduler.serve(nats_url, redis_url, stop)))
 
@@ -82,7 +97,12 @@ def serve_scheduler(nats_url: str, redis_url: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8401, show_default=True, type=int)
 def serve_trigger(nats_url: str, redis_url: str, host: str, port: int) -> None:
-    """The webhook receiver over HTTP (/hooks/<host>/<project>)."""
+    """The webhook receiver over HTTP (/hooks/<host>/<project>).
+
+    \b
+    Example:
+      runyard serve trigger --host 0.0.0.0 --port 8401
+    """
     _logging()
     uvicorn.run(trigger_app(nats_url, redis_url), host=host, port=port, log_level="warning")
 
@@ -101,7 +121,12 @@ def serve_trigger(nats_url: str, redis_url: str, host: str, port: int) -> None:
 def serve_web(
     nats_url: str, redis_url: str, host: str, port: int, public_nats_url: str | None
 ) -> None:
-    """The REST API (and web UI) over HTTP."""
+    """The REST API (and web UI) over HTTP.
+
+    \b
+    Example:
+      runyard serve web --host 0.0.0.0 --port 8400
+    """
     _logging()
     app = create_app(nats_url, redis_url, public_nats_url)
     uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")

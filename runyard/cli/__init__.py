@@ -5,10 +5,12 @@ from __future__ import annotations
 import click
 
 from runyard.cli.agent import agent
-from runyard.cli.login import login
+from runyard.cli.login import login, logout, whoami
 from runyard.cli.outputs import artifacts, logs
 from runyard.cli.pipeline import pipeline
+from runyard.cli.project import project
 from runyard.cli.run import run
+from runyard.cli.runs import runs
 from runyard.cli.schema import schema
 from services.serve import serve
 from services.up import up
@@ -25,7 +27,21 @@ def cli() -> None:
     """
 
 
-for command in (agent, artifacts, login, logs, pipeline, run, schema, serve, up):
+for command in (
+    agent,
+    artifacts,
+    login,
+    logout,
+    logs,
+    pipeline,
+    project,
+    run,
+    runs,
+    schema,
+    serve,
+    up,
+    whoami,
+):
     cli.add_command(command)
 
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 import click
 
 from agent.config import AgentConfig, ConfigError, default_dir
 from agent.daemon import Agent, connect
 from runyard.cli.client import Api
+from runyard.cli.output import JSON, listing, when
 
 DIR = click.option(
     "--dir",
@@ -26,7 +29,12 @@ DIR = click.option(
 
 @click.group()
 def agent() -> None:
-    """Register this machine as an agent and run it."""
+    """Register this machine as an agent and run it.
+
+    \b
+    Example:
+      runyard agent create --name gpu-box --labels gpu && runyard agent start
+    """
 
 
 @agent.command()
@@ -88,3 +96,91 @@ async def _start(config: AgentConfig, url: str, directory: Path, slots: int) -> 
     finally:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(nc.close(), 5)
+
+
+def _agent_row(a: dict[str, Any]) -> dict[str, Any]:
+    metrics = a.get("metrics") or {}
+    memory = (
+        f"{metrics['memory_used'] / metrics['memory_total'] * 100:.0f}%"
+        if metrics.get("memory_total")
+        else "-"
+    )
+    return {
+        **a,
+        "state": "online" if a["online"] else "offline",
+        "labels_text": ",".join(a["labels"]) or "-",
+        "slots_text": f"{a['slots_used']}/{a['slots']}",
+        "projects_text": ",".join(a["projects"]) or "-",
+        "cpu": f"{metrics['cpu_percent']:.0f}%" if metrics else "-",
+        "memory": memory,
+        "seen": when(a.get("last_seen")),
+    }
+
+
+AGENT_COLUMNS = [
+    ("name", "NAME"),
+    ("state", "STATE"),
+    ("labels_text", "LABELS"),
+    ("slots_text", "SLOTS"),
+    ("projects_text", "PROJECTS"),
+    ("cpu", "CPU"),
+    ("memory", "MEMORY"),
+    ("seen", "LAST SEEN"),
+    ("id", "ID"),
+]
+
+
+@agent.command("list")
+@JSON
+def list_(as_json: bool) -> None:
+    """List agents: online or offline, labels, slots in use, projects, load.
+
+    \b
+    Example:
+      runyard agent list
+    """
+    found = Api().call("GET", "/api/agents")
+    listing(
+        [_agent_row(a) for a in found],
+        AGENT_COLUMNS,
+        as_json,
+        raw=found,
+        empty="No agents yet — run `runyard agent create --name NAME`",
+    )
+
+
+@agent.command()
+@click.argument("agent_id", metavar="AGENT")
+@JSON
+def show(agent_id: str, as_json: bool) -> None:
+    """One agent, with its machine facts and running jobs.
+
+    \b
+    Example:
+      runyard agent show a1b2c3d4e5f6
+    """
+    found = Api().call("GET", f"/api/agents/{agent_id}")
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    row = _agent_row(found)
+    for key, heading in AGENT_COLUMNS:
+        click.echo(f"{heading.lower():<10} {row[key]}")
+    metrics = found.get("metrics") or {}
+    for key in ("os", "python", "cpu_count", "load", "gpus"):
+        if key in metrics:
+            click.echo(f"{key:<10} {metrics[key]}")
+    click.echo(f"{'jobs':<10} {', '.join(found['jobs']) or '-'}")
+
+
+@agent.command()
+@click.argument("agent_id", metavar="AGENT")
+def remove(agent_id: str) -> None:
+    """Remove an agent (it can no longer take work).
+
+    \b
+    Example:
+      runyard agent remove a1b2c3d4e5f6
+    """
+    Api().call("DELETE", f"/api/agents/{agent_id}")
+    click.echo(f"agent {agent_id} removed")

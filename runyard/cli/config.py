@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import click
+
 
 def path() -> Path:
     if env := os.environ.get("RUNYARD_CONFIG"):
@@ -33,3 +35,20 @@ def save(values: dict[str, Any]) -> Path:
         json.dump({**load(), **values}, out, indent=2)
     tmp.replace(target)
     return target
+
+
+def forget(*keys: str) -> None:
+    values = {k: v for k, v in load().items() if k not in keys}
+    target = path()
+    if target.exists():
+        target.unlink()
+    if values:
+        save(values)
+
+
+def project(given: str | None) -> str:
+    """`--project`, else the project `runyard up` set."""
+    found = given or load().get("project")
+    if not found:
+        raise click.UsageError("say which project with --project")
+    return str(found)

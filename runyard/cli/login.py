@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from runyard.cli import config
@@ -21,3 +23,33 @@ def login(host: str, api_key: str) -> None:
     Api(host, api_key).call("GET", "/api/projects")
     path = config.save({"host": host.rstrip("/"), "api_key": api_key})
     click.echo(f"logged in to {host} (saved in {path})")
+
+
+@click.command()
+def logout() -> None:
+    """Forget the server and API key of `runyard login`.
+
+    \b
+    Example:
+      runyard logout
+    """
+    config.forget("host", "api_key")
+    click.echo("logged out")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def whoami(as_json: bool) -> None:
+    """The server and the API key's name and roles.
+
+    \b
+    Example:
+      runyard whoami
+    """
+    api = Api()
+    me = api.call("GET", "/api/whoami")
+    if as_json:
+        click.echo(json.dumps({"host": api.host, **me}))
+        return
+    roles = ", ".join(f"{p}: {r}" for p, r in me["roles"].items())
+    click.echo(f"{me['name']} on {api.host} ({me['role']}{'; ' + roles if roles else ''})")

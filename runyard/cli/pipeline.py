@@ -1,20 +1,30 @@
-"""`runyard pipeline …`: validate (and, later, create/update/run) pipeline files."""
+"""`runyard pipeline …`: validate and run pipeline files here, or create, update, list
+and show them on the server."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 
-from runyard.pipeline.validate import validate_file
+from runyard.cli import config
+from runyard.cli.client import Api, ApiFailed
+from runyard.cli.output import JSON, listing, when
+from runyard.pipeline.validate import is_json, validate_file
 from schemas.status import Status
 
 
 @click.group()
 def pipeline() -> None:
-    """Work with pipeline files."""
+    """Pipeline files: check and run them here, or keep them on the server.
+
+    \b
+    Example:
+      runyard pipeline validate train.yaml && runyard pipeline create train.yaml -p vision
+    """
 
 
 @pipeline.command()
@@ -110,3 +120,104 @@ def run_command(
         job=job,
     )
     raise SystemExit(0 if state.status == Status.SUCCESS else 1)
+
+
+PROJECT = click.option("--project", "-p", default=None, help="default: that of `runyard up`")
+
+
+def _send(file: Path, project: str, method: str, name: str | None = None) -> dict[str, Any]:
+    body = {"source": file.read_text(), "format": "json" if is_json(file.name) else "yaml"}
+    path = f"/api/projects/{quote(project)}/pipelines"
+    if name is not None:
+        path += f"/{quote(name)}"
+    try:
+        made: dict[str, Any] = Api().call(method, path, json=body)
+    except ApiFailed as exc:
+        for problem in exc.body.get("problems", []):
+            click.echo(
+                f"{file}:{problem['line']}:{problem['column']}: {problem['message']}", err=True
+            )
+        raise click.ClickException(str(exc.body.get("error"))) from None
+    return made
+
+
+@pipeline.command()
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@PROJECT
+def create(file: Path, project: str | None) -> None:
+    """Create a pipeline on the server from a YAML or JSON file.
+
+    \b
+    Example:
+      runyard pipeline create train.yaml -p vision
+    """
+    made = _send(file, config.project(project), "POST")
+    click.echo(f"pipeline '{made['name']}' created (version {made['version']})")
+
+
+@pipeline.command()
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@PROJECT
+def update(file: Path, project: str | None) -> None:
+    """Save a new version of a pipeline (named by the file's `name`).
+
+    \b
+    Example:
+      runyard pipeline update train.yaml -p vision
+    """
+    result = validate_file(file)
+    if result.pipeline is None:
+        for problem in result.problems:
+            click.echo(str(problem), err=True)
+        raise SystemExit(1)
+    made = _send(file, config.project(project), "PUT", result.pipeline.name)
+    click.echo(f"pipeline '{made['name']}' updated (version {made['version']})")
+
+
+@pipeline.command("list")
+@PROJECT
+@JSON
+def list_(project: str | None, as_json: bool) -> None:
+    """List a project's pipelines.
+
+    \b
+    Example:
+      runyard pipeline list -p examples
+    """
+    found = Api().call("GET", f"/api/projects/{quote(config.project(project))}/pipelines")
+    rows = [{**p, "updated": when(p["updated_at"])} for p in found]
+    listing(
+        rows,
+        [
+            ("name", "PIPELINE"),
+            ("version", "VERSION"),
+            ("format", "FORMAT"),
+            ("updated", "UPDATED"),
+        ],
+        as_json,
+        raw=found,
+        empty="no pipelines yet",
+    )
+
+
+@pipeline.command()
+@click.argument("name")
+@PROJECT
+@JSON
+def show(name: str, project: str | None, as_json: bool) -> None:
+    """A pipeline's source (and next scheduled times).
+
+    \b
+    Example:
+      runyard pipeline show "Adding Numbers" -p examples
+    """
+    found = Api().call(
+        "GET", f"/api/projects/{quote(config.project(project))}/pipelines/{quote(name)}"
+    )
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    click.echo(f"# {found['name']} (version {found['version']})")
+    for schedule in found.get("schedules", []):
+        click.echo(f"# next run of '{schedule['cron']}': {schedule['next']}")
+    click.echo(found["source"].rstrip("\n"))

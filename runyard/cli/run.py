@@ -39,9 +39,7 @@ def run(
     Example:
       runyard run "DataTorch add" --input a=1 --watch
     """
-    project = project or config.load().get("project")
-    if not project:
-        raise click.UsageError("say which project with --project")
+    project = config.project(project)
     api = Api()
     path = f"/api/projects/{quote(project)}/pipelines/{quote(pipeline_name)}/runs"
     started = api.call("POST", path, json={"inputs": parse_inputs(inputs), "ref": ref})

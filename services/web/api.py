@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from nats.aio.client import Client
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -329,6 +330,17 @@ async def rerun(request: Request) -> JSONResponse:
 # --- API keys -------------------------------------------------------------------------
 
 
+async def whoami(request: Request) -> JSONResponse:
+    key = request.state.key
+    return JSONResponse(
+        {
+            "name": key.get("name"),
+            "role": key.get("role"),
+            "roles": orjson.loads(key.get("roles") or "{}"),
+        }
+    )
+
+
 async def create_key(request: Request) -> JSONResponse:
     """A new API key (admin only): `role` everywhere, and/or per project in `roles`."""
     if request.state.key.get("role") != "admin":
@@ -417,6 +429,7 @@ routes = [
     Route("/api/runs/{run}/cancel", cancel_run, methods=["POST"]),
     Route("/api/runs/{run}/rerun", rerun, methods=["POST"]),
     Route("/api/keys", create_key, methods=["POST"]),
+    Route("/api/whoami", whoami),
     Route("/api/agents", list_agents),
     Route("/api/agents", create_agent, methods=["POST"]),
     Route("/api/agents/{agent}", get_agent),

@@ -1,0 +1,133 @@
+"""`runyard runs list|show|cancel|rerun`."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from runyard.cli import config
+from runyard.cli.client import Api
+from runyard.cli.output import JSON, listing, took, when
+
+
+@click.group()
+def runs() -> None:
+    """Runs on the server: history, details, cancel, re-run.
+
+    \b
+    Example:
+      runyard runs list "Adding Numbers" -p examples
+    """
+
+
+@runs.command("list")
+@click.argument("pipeline_name", metavar="PIPELINE")
+@click.option("--project", "-p", default=None)
+@click.option("--limit", default=20, show_default=True)
+@JSON
+def list_(pipeline_name: str, project: str | None, limit: int, as_json: bool) -> None:
+    """A pipeline's runs, newest first.
+
+    \b
+    Example:
+      runyard runs list "Adding Numbers" -p examples
+    """
+    path = f"/api/projects/{quote(config.project(project))}/pipelines/{quote(pipeline_name)}/runs"
+    found = Api().call("GET", path, params={"limit": limit})
+    rows = [
+        {**r, "when": when(r["created_at"]), "took": took(r["started_at"], r["finished_at"])}
+        for r in found
+    ]
+    columns = [
+        ("number", "#"),
+        ("status", "STATUS"),
+        ("trigger", "TRIGGER"),
+        ("actor", "BY"),
+        ("when", "CREATED"),
+        ("took", "TOOK"),
+        ("id", "RUN"),
+    ]
+    listing(rows, columns, as_json, raw=found, empty="no runs yet")
+
+
+@runs.command()
+@click.argument("run_id", metavar="RUN")
+@JSON
+def show(run_id: str, as_json: bool) -> None:
+    """A run's jobs and steps with status, exit code, time and outputs.
+
+    \b
+    Example:
+      runyard runs show 8eac393d82b1fceeee27
+    """
+    run = Api().call("GET", f"/api/runs/{run_id}")
+    rows: list[dict[str, Any]] = []
+    for job in run["jobs"]:
+        agent = (job.get("agent") or {}).get("name", "")
+        rows.append(
+            {
+                "what": job["name"],
+                "status": job["status"],
+                "exit": "",
+                "took": took(job["started_at"], job["finished_at"]),
+                "outputs": _pairs(job["outputs"]),
+                "agent": agent,
+            }
+        )
+        for step in job["steps"]:
+            rows.append(
+                {
+                    "what": f"  {step['name']}",
+                    "status": step["status"],
+                    "exit": step["exit_code"] if step["exit_code"] is not None else "",
+                    "took": took(step["started_at"], step["finished_at"]),
+                    "outputs": _pairs(step["outputs"]) or (step.get("error") or ""),
+                    "agent": "",
+                }
+            )
+    if not as_json:
+        click.echo(
+            f"{run['pipeline']} #{run['number']}: {run['status']} "
+            f"({run['trigger']}, {when(run['created_at'])})"
+        )
+    columns = [
+        ("what", "JOB / STEP"),
+        ("status", "STATUS"),
+        ("exit", "EXIT"),
+        ("took", "TOOK"),
+        ("outputs", "OUTPUTS"),
+        ("agent", "AGENT"),
+    ]
+    listing(rows, columns, as_json, raw=run)
+
+
+def _pairs(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items())
+
+
+@runs.command()
+@click.argument("run_id", metavar="RUN")
+def cancel(run_id: str) -> None:
+    """Cancel a run (its running steps are stopped).
+
+    \b
+    Example:
+      runyard runs cancel 8eac393d82b1fceeee27
+    """
+    Api().call("POST", f"/api/runs/{run_id}/cancel")
+    click.echo(f"run {run_id}: cancel requested")
+
+
+@runs.command()
+@click.argument("run_id", metavar="RUN")
+def rerun(run_id: str) -> None:
+    """Start the same run again (same event and inputs).
+
+    \b
+    Example:
+      runyard runs rerun 8eac393d82b1fceeee27
+    """
+    made = Api().call("POST", f"/api/runs/{run_id}/rerun")
+    click.echo(f"run {made['run']} started (a re-run of {run_id})")
