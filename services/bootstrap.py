@@ -4,11 +4,13 @@ pipelines, and the local agent's registration."""
 
 from __future__ import annotations
 
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import AgentConfig, ConfigError
-from services.store import records
+from services.store import accounts, records
 from services.store.connection import Redis, connect
 
 EXAMPLES_PROJECT = "examples"
@@ -17,6 +19,7 @@ EXAMPLES_PROJECT = "examples"
 @dataclass
 class Setup:
     api_key: str
+    admin_password_file: Path
     loaded: list[str]
     problems: list[str]
     agent: AgentConfig
@@ -29,12 +32,29 @@ async def bootstrap(
     try:
         if api_key is None or await records.check_api_key(r, api_key) is None:
             api_key = await records.create_api_key(r, "admin")
+        password_file = await _admin(r, agent_dir.parent / "admin-password")
         await records.create_project(r, EXAMPLES_PROJECT)
         loaded, problems = await _load_examples(r, examples)
         agent = await _local_agent(r, nats_url, agent_dir)
     finally:
         await r.aclose()
-    return Setup(api_key, loaded, problems, agent)
+    return Setup(api_key, password_file, loaded, problems, agent)
+
+
+async def _admin(r: Redis, password_file: Path) -> Path:
+    """The `admin` account for the web UI; its password is kept in a 0600 file."""
+    if password_file.exists():
+        password = password_file.read_text().strip()
+        if await accounts.login(r, "admin", password) is not None:
+            return password_file
+    password = secrets.token_urlsafe(12)
+    if not await accounts.create_user(r, "admin", password, role="admin"):
+        await accounts.set_password(r, "admin", password)
+    password_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    return password_file
 
 
 async def _load_examples(r: Redis, folder: Path | None) -> tuple[list[str], list[str]]:

@@ -96,6 +96,7 @@ def _start_services(
         services,
     )
     click.echo(f"loaded {len(setup.loaded)} example pipeline(s) into project '{EXAMPLES_PROJECT}'")
+    click.echo(f"log in to {url} as admin, password in {setup.admin_password_file}")
     return url
 
 

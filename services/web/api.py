@@ -140,6 +140,16 @@ async def _validated(request: Request) -> tuple[str, str, str]:
     return result.pipeline.name, source, fmt
 
 
+async def validate(request: Request) -> JSONResponse:
+    """Every problem of a pipeline text, for the editor that validates as you type."""
+    body = await json_body(request)
+    source = field(body, "source", str)
+    fmt = records.source_format(source, body.get("format"))
+    result = records.validate_source(source, fmt)
+    problems = [{"line": p.line, "column": p.column, "message": p.message} for p in result.problems]
+    return JSONResponse({"problems": problems})
+
+
 async def list_pipelines(request: Request) -> JSONResponse:
     project = await _project(request)
     found = await records.list_pipelines(redis_of(request), project)
@@ -411,6 +421,7 @@ async def assign_agent(request: Request) -> JSONResponse:
 
 
 routes = [
+    Route("/api/validate", validate, methods=["POST"]),
     Route("/api/projects", list_projects),
     Route("/api/projects", create_project, methods=["POST"]),
     Route("/api/projects/{project}/webhook", get_webhook),

@@ -3,6 +3,7 @@ it shares (NATS, Redis) opened in the lifespan."""
 
 from __future__ import annotations
 
+import hmac
 import time
 
 from starlette.applications import Starlette
@@ -14,16 +15,19 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.lifespan import connections
-from services.store import records
-from services.web import api, outputs
+from services.store import accounts, records
+from services.web import api, outputs, ui
 from services.web.errors import ApiError, api_error, http_error
+from services.web.ui import SESSION_COOKIE
 
 PUBLIC = ("/api/health",)
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 KEY_CACHE_SECONDS = 5.0
 
 
 class ApiKeys:
-    """`Authorization: Bearer <API key>` on every API call but the health check.
+    """`Authorization: Bearer <API key>` (or a browser's session cookie) on every API
+    call but the health check.
 
     Known keys are remembered for a few seconds, so a busy client costs no Redis read
     per call; a deleted key stops working within `KEY_CACHE_SECONDS`."""
@@ -40,7 +44,14 @@ class ApiKeys:
             return
         request = Request(scope)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        actor = await self._actor(request, token.strip()) if scheme.lower() == "bearer" else None
+        actor: tuple[str, dict[str, str]] | JSONResponse | None = None
+        if scheme.lower() == "bearer":
+            actor = await self._actor(request, token.strip())
+        elif not token and (cookie := request.cookies.get(SESSION_COOKIE)):
+            actor = await self._session(request, cookie)
+        if isinstance(actor, JSONResponse):
+            await actor(scope, receive, send)
+            return
         if actor is None:
             message = "the API key is not valid" if token else "an API key is required"
             response = JSONResponse({"error": f"{message} (Authorization: Bearer …)"}, 401)
@@ -48,6 +59,20 @@ class ApiKeys:
             return
         scope.setdefault("state", {}).update(actor=actor[0], key=actor[1])
         await self.app(scope, receive, send)
+
+    async def _session(
+        self, request: Request, cookie: str
+    ) -> tuple[str, dict[str, str]] | JSONResponse | None:
+        """A browser's session; changes also need its CSRF token in `X-CSRF-Token`."""
+        found = await accounts.session(request.app.state.redis, cookie)
+        if found is None:
+            return None
+        session, user = found
+        if request.method not in SAFE_METHODS and not hmac.compare_digest(
+            request.headers.get("x-csrf-token", ""), session.csrf
+        ):
+            return JSONResponse({"error": "missing or wrong CSRF token"}, 403)
+        return session.user, user
 
     async def _actor(self, request: Request, token: str) -> tuple[str, dict[str, str]] | None:
         if not token:
@@ -75,7 +100,7 @@ def create_app(nats_url: str, redis_url: str, public_nats_url: str | None = None
         nats_url, redis_url, "runyard-web", public_nats_url=public_nats_url or nats_url
     )
     return Starlette(
-        routes=[Route("/api/health", health), *api.routes, *outputs.routes],
+        routes=[Route("/api/health", health), *api.routes, *outputs.routes, *ui.routes],
         middleware=[Middleware(ApiKeys)],
         exception_handlers={ApiError: api_error, HTTPException: http_error},
         lifespan=lifespan,

@@ -1,0 +1,210 @@
+// Runyard's pages: small plain JavaScript over the JSON API (session cookie + CSRF).
+"use strict";
+
+const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content || "";
+
+async function api(method, path, body) {
+  const response = await fetch(path, {
+    method,
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf() },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = await response.json().catch(() => ({}));
+  return { ok: response.ok, status: response.status, data };
+}
+
+const esc = (text) => String(text).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+
+// ANSI SGR colours → spans (the common 8/16 colours and bold; others are dropped).
+const ANSI = { 30: "#555", 31: "#e06c75", 32: "#98c379", 33: "#e5c07b", 34: "#61afef", 35: "#c678dd", 36: "#56b6c2", 37: "#dcdfe4",
+  90: "#777", 91: "#ff7b86", 92: "#b5e890", 93: "#ffd479", 94: "#82c4ff", 95: "#e29cff", 96: "#7fd7e0", 97: "#fff" };
+function ansi(text) {
+  let out = "", open = 0;
+  for (const part of esc(text).split(/\x1b\[([0-9;]*)m/).entries()) {
+    const [i, chunk] = part;
+    if (i % 2 === 0) { out += chunk; continue; }
+    for (const code of chunk.split(";").map(Number)) {
+      if (code === 0 || chunk === "") { out += "</span>".repeat(open); open = 0; }
+      else if (code === 1) { out += '<span style="font-weight:700">'; open++; }
+      else if (ANSI[code]) { out += `<span style="color:${ANSI[code]}">`; open++; }
+    }
+  }
+  return out + "</span>".repeat(open);
+}
+
+// --- the pipeline editor: line numbers, validation as you type, create / save ------
+function editor(root) {
+  const source = root.querySelector("#source"), gutter = root.querySelector(".gutter");
+  const problems = document.getElementById("problems"), state = document.getElementById("state");
+  let bad = new Set(), timer = 0;
+  const numbers = () => {
+    const count = source.value.split("\n").length;
+    gutter.innerHTML = Array.from({ length: count }, (_, i) =>
+      `<span class="${bad.has(i + 1) ? "bad" : ""}">${i + 1}</span>`).join("\n");
+    gutter.scrollTop = source.scrollTop;
+  };
+  const show = (list) => {
+    bad = new Set(list.map((p) => p.line));
+    problems.innerHTML = list.map((p) =>
+      `<li data-line="${p.line}">line ${p.line}, column ${p.column}: ${esc(p.message)}</li>`).join("");
+    state.textContent = list.length ? `${list.length} problem(s)` : "valid";
+    numbers();
+  };
+  const check = async () => show((await api("POST", "/api/validate", { source: source.value })).data.problems || []);
+  source.addEventListener("input", () => { numbers(); clearTimeout(timer); timer = setTimeout(check, 250); });
+  source.addEventListener("scroll", () => { gutter.scrollTop = source.scrollTop; });
+  document.getElementById("save").addEventListener("click", async () => {
+    const project = root.dataset.project, name = root.dataset.name;
+    const base = `/api/projects/${encodeURIComponent(project)}/pipelines`;
+    const result = name
+      ? await api("PUT", `${base}/${encodeURIComponent(name)}`, { source: source.value })
+      : await api("POST", base, { source: source.value });
+    if (result.ok) {
+      location.href = `/p/${encodeURIComponent(project)}/pipelines/${encodeURIComponent(result.data.name)}`;
+    } else {
+      show(result.data.problems || [{ line: 1, column: 1, message: result.data.error || "not saved" }]);
+    }
+  });
+  numbers();
+  check();
+}
+
+// --- the run button, with the run form when the pipeline has one --------------------
+function runButton(button) {
+  const schema = JSON.parse(button.dataset.form || "{}");
+  const form = document.getElementById("run-form");
+  const props = schema.properties || {};
+  const start = async (inputs) => {
+    const path = `/api/projects/${encodeURIComponent(button.dataset.project)}/pipelines/${encodeURIComponent(button.dataset.name)}/runs`;
+    const result = await api("POST", path, { inputs });
+    if (result.ok) { location.href = `/runs/${result.data.run}`; return; }
+    const list = (result.data.problems || []).map((p) => `<li>${esc(p.message)}</li>`).join("");
+    form.querySelector(".problems").innerHTML = list || `<li>${esc(result.data.error)}</li>`;
+  };
+  if (!Object.keys(props).length) { button.addEventListener("click", () => start({})); return; }
+  form.innerHTML = Object.entries(props).map(([name, p]) => {
+    const value = p.default !== undefined ? esc(p.default) : "";
+    if (p.enum) return `<label>${esc(p.title || name)} <select name="${esc(name)}">${p.enum.map((v) => `<option ${v === p.default ? "selected" : ""}>${esc(v)}</option>`).join("")}</select></label>`;
+    if (p.type === "boolean") return `<label><input type="checkbox" name="${esc(name)}" ${p.default ? "checked" : ""}> ${esc(p.title || name)}</label>`;
+    const type = p.type === "integer" || p.type === "number" ? "number" : "text";
+    return `<label>${esc(p.title || name)} <input name="${esc(name)}" type="${type}" ${p.type === "number" ? 'step="any"' : ""} value="${value}"></label>`;
+  }).join("") + '<button type="submit" class="primary">Start run</button><ul class="problems"></ul>';
+  button.addEventListener("click", () => form.classList.toggle("hidden"));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const inputs = {};
+    for (const [name, p] of Object.entries(props)) {
+      const field = form.elements[name];
+      if (p.type === "boolean") inputs[name] = field.checked;
+      else if (field.value === "") continue;
+      else if (p.type === "integer") inputs[name] = parseInt(field.value, 10);
+      else if (p.type === "number") inputs[name] = parseFloat(field.value);
+      else inputs[name] = field.value;
+    }
+    start(inputs);
+  });
+}
+
+// --- the run page: statuses live, each step's log following over SSE ---------------
+function runPage(root) {
+  const run = root.dataset.run, streams = {};
+  const badge = document.getElementById("run-status");
+  const took = (a, b) => (a && b ? `${(b - a).toFixed(1)}s` : "");
+  const follow = (job, step, pre) => {
+    const key = `${job}/${step}`;
+    if (streams[key]) return;
+    const source = new EventSource(`/api/runs/${run}/jobs/${encodeURIComponent(job)}/steps/${encodeURIComponent(step)}/logs/events`);
+    streams[key] = source;
+    source.onmessage = (event) => {
+      const line = JSON.parse(event.data);
+      const div = document.createElement("div");
+      div.className = "line";
+      div.innerHTML = ansi(line.text);
+      pre.appendChild(div);
+      if (pre.childElementCount > 5000) pre.removeChild(pre.firstChild); // long logs: the newest 5,000 lines here; all via the CLI/API
+      pre.scrollTop = pre.scrollHeight;
+    };
+    source.addEventListener("end", () => source.close());
+  };
+  const render = (data) => {
+    badge.textContent = data.status;
+    badge.className = `status ${data.status}`;
+    for (const job of data.jobs) {
+      let box = root.querySelector(`[data-job="${CSS.escape(job.key)}"]`);
+      if (!box) {
+        box = document.createElement("section");
+        box.className = "job";
+        box.dataset.job = job.key;
+        box.innerHTML = `<h3><span class="name"></span><span class="status"></span><span class="muted needs"></span></h3><div class="steps"></div><div class="extra muted"></div>`;
+        root.appendChild(box);
+      }
+      box.querySelector(".name").textContent = job.name;
+      const jobStatus = box.querySelector("h3 .status");
+      jobStatus.textContent = job.status;
+      jobStatus.className = `status ${job.status}`;
+      box.querySelector(".needs").textContent = `${job.agent ? "on " + job.agent.name : ""} ${took(job.started_at, job.finished_at)}`;
+      for (const step of job.steps) {
+        let item = box.querySelector(`[data-step="${CSS.escape(step.id)}"]`);
+        if (!item) {
+          item = document.createElement("details");
+          item.className = "step";
+          item.dataset.step = step.id;
+          item.innerHTML = `<summary><span class="status"></span><span class="name"></span><span class="muted info"></span></summary><pre class="log"></pre>`;
+          box.querySelector(".steps").appendChild(item);
+        }
+        const s = item.querySelector(".status");
+        s.textContent = step.status;
+        s.className = `status ${step.status}`;
+        item.querySelector(".name").textContent = step.name;
+        const outputs = Object.entries(step.outputs || {}).map(([k, v]) => `${k} = ${JSON.stringify(v)}`).join(", ");
+        item.querySelector(".info").textContent = [took(step.started_at, step.finished_at),
+          step.exit_code !== null ? `exit ${step.exit_code}` : "", outputs, step.error || ""].filter(Boolean).join(" · ");
+        if (step.status !== "queued" && step.status !== "skipped") {
+          if (step.status === "running") item.open = true;
+          follow(job.key, step.id, item.querySelector(".log"));
+        }
+      }
+      const extra = [];
+      if (job.artifacts?.length) extra.push("Artifacts: " + job.artifacts.map((a) =>
+        `<a href="/api/runs/${run}/artifacts/${encodeURIComponent(job.key)}/${encodeURIComponent(a.artifact)}/${a.path.split("/").map(encodeURIComponent).join("/")}">${esc(a.path)}</a>`).join(", "));
+      if (job.tests) extra.push(`Tests: ${job.tests.passed} passed, ${job.tests.failed} failed, ${job.tests.skipped} skipped` +
+        job.tests.failures.map((f) => `<div class="error">${esc(f.name)}: ${esc(f.message)}</div>`).join(""));
+      box.querySelector(".extra").innerHTML = extra.join("<br>");
+    }
+    return !["queued", "running"].includes(data.status);
+  };
+  const poll = async () => {
+    const result = await api("GET", `/api/runs/${run}`);
+    const done = result.ok && render(result.data);
+    if (!done) setTimeout(poll, 700);
+  };
+  document.getElementById("cancel").addEventListener("click", () => api("POST", `/api/runs/${run}/cancel`));
+  document.getElementById("rerun").addEventListener("click", async () => {
+    const result = await api("POST", `/api/runs/${run}/rerun`);
+    if (result.ok) location.href = `/runs/${result.data.run}`;
+  });
+  poll();
+}
+
+// --- agents: online dots kept live --------------------------------------------------
+function agentsPage(root) {
+  const refresh = async () => {
+    const result = await api("GET", "/api/agents");
+    if (result.ok) {
+      for (const agent of result.data) {
+        const dot = root.querySelector(`[data-agent="${agent.id}"] .dot`);
+        if (dot) { dot.className = `dot ${agent.online ? "online" : "offline"}`; dot.title = agent.online ? "online" : "offline"; }
+      }
+    }
+    setTimeout(refresh, 2000);
+  };
+  refresh();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const on = (selector, setup) => { const el = document.querySelector(selector); if (el) setup(el); };
+  on(".editor", editor);
+  on("#run", runButton);
+  on("#jobs", runPage);
+  on("#agents", agentsPage);
+});

@@ -1,0 +1,190 @@
+"""The web UI: server-rendered pages (Jinja2) over the same store as the API; the
+pages' live parts (validation as you type, statuses, log tails) are small plain
+JavaScript in `static/app.js` calling the JSON API with the session cookie."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from services.store import accounts, records
+from services.store import runs as store
+
+HERE = Path(__file__).resolve().parent
+SESSION_COOKIE = "ry_session"
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+DEFAULT_PIPELINE = """name: My first pipeline
+triggers:
+  manual:
+    form:
+      type: object
+      properties:
+        name: {type: string, default: world}
+jobs:
+  hello:
+    steps:
+      - name: Say hello
+        run: echo "Hello, ${{ input.name }}!"
+"""
+
+
+async def _session(request: Request) -> tuple[accounts.Session, dict[str, str]] | None:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return await accounts.session(request.app.state.redis, cookie) if cookie else None
+
+
+def _to_login(request: Request) -> Response:
+    return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+
+
+async def _page(request: Request, template: str, **context: Any) -> Response:
+    found = await _session(request)
+    if found is None:
+        return _to_login(request)
+    session, user = found
+    r = request.app.state.redis
+    context.setdefault("projects", await records.list_projects(r))
+    return templates.TemplateResponse(
+        request, template, {"user": user, "csrf": session.csrf, **context}
+    )
+
+
+async def login_page(request: Request) -> Response:
+    return templates.TemplateResponse(
+        request, "login.html", {"next": request.query_params.get("next", "/"), "error": None}
+    )
+
+
+async def login(request: Request) -> Response:
+    form = await request.form()
+    name, password = str(form.get("username", "")), str(form.get("password", ""))
+    target = str(form.get("next") or "/")
+    user = await accounts.login(request.app.state.redis, name, password)
+    if user is None:
+        return templates.TemplateResponse(
+            request,
+            "login.html",
+            {"next": target, "error": "Wrong username or password."},
+            status_code=401,
+        )
+    token, _ = await accounts.open_session(request.app.state.redis, name)
+    response = RedirectResponse(target if target.startswith("/") else "/", status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE, token, httponly=True, samesite="lax", max_age=accounts.SESSION_TTL
+    )
+    return response
+
+
+async def logout(request: Request) -> Response:
+    found = await _session(request)
+    form = await request.form()
+    if found and form.get("csrf") == found[0].csrf:
+        await accounts.close_session(request.app.state.redis, request.cookies[SESSION_COOKIE])
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+async def home(request: Request) -> Response:
+    return await _page(request, "projects.html")
+
+
+async def pipelines(request: Request) -> Response:
+    project = request.path_params["project"]
+    r = request.app.state.redis
+    if not await records.project_exists(r, project):
+        return await _page(request, "error.html", message=f"No project '{project}'.")
+    found = await records.list_pipelines(r, project)
+    return await _page(
+        request, "pipelines.html", project=project, pipelines=found, section="pipelines"
+    )
+
+
+async def editor(request: Request) -> Response:
+    project = request.path_params["project"]
+    name = request.path_params.get("name")
+    source, version = DEFAULT_PIPELINE, None
+    if name is not None:
+        try:
+            record = await records.get_pipeline(request.app.state.redis, project, name)
+        except records.NotFound as exc:
+            return await _page(request, "error.html", message=str(exc))
+        source, version = record.source, record.version
+    return await _page(
+        request,
+        "editor.html",
+        project=project,
+        name=name,
+        source=source,
+        version=version,
+        section="pipelines",
+    )
+
+
+async def pipeline(request: Request) -> Response:
+    project, name = request.path_params["project"], request.path_params["name"]
+    r = request.app.state.redis
+    try:
+        record = await records.get_pipeline(r, project, name)
+    except records.NotFound as exc:
+        return await _page(request, "error.html", message=str(exc))
+    spec = records.validate_source(record.source, record.format).pipeline
+    manual = spec.triggers.manual if spec else None
+    form = (manual.form if manual else None) or {}
+    history = await store.list_runs(r, project, name, 50)
+    return await _page(
+        request,
+        "pipeline.html",
+        project=project,
+        pipeline=record,
+        runs=history,
+        form=json.dumps(form),
+        schedules=[s.cron for s in spec.triggers.schedule] if spec else [],
+        webhook=await r.exists(f"ry:webhook:{project}"),
+        section="pipelines",
+    )
+
+
+async def run_page(request: Request) -> Response:
+    run_id = request.path_params["run"]
+    stored = await store.load_run(request.app.state.redis, run_id)
+    if stored is None:
+        return await _page(request, "error.html", message=f"No run '{run_id}'.")
+    summary = stored.summary()
+    return await _page(request, "run.html", run=summary, project=summary["project"], section="runs")
+
+
+async def agents(request: Request) -> Response:
+    found = await records.list_agents(request.app.state.redis)
+    return await _page(
+        request,
+        "agents.html",
+        agents=[a.public() for a in found],
+        project=request.path_params.get("project"),
+        section="agents",
+    )
+
+
+routes = [
+    Route("/login", login_page),
+    Route("/login", login, methods=["POST"]),
+    Route("/logout", logout, methods=["POST"]),
+    Route("/", home),
+    Route("/agents", agents),
+    Route("/p/{project}", pipelines),
+    Route("/p/{project}/agents", agents),
+    Route("/p/{project}/pipelines/new", editor),
+    Route("/p/{project}/pipelines/{name}/edit", editor),
+    Route("/p/{project}/pipelines/{name}", pipeline),
+    Route("/runs/{run}", run_page),
+    Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+]

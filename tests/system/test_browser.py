@@ -1,0 +1,122 @@
+"""The web UI in real Chromium (Debian's, driven by Playwright) against the real stack:
+log in, write a pipeline with a typo and see the error at its line, fix and create it,
+run it through its form and watch it go green with live log lines, and watch an agent
+go green, then red when it stops. Screenshots go to docs/screenshots/."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from services.store import accounts
+from services.store.connection import connect
+from tests.conftest import ROOT
+from tests.system.harness import System
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "docs" / "screenshots"
+PASSWORD = "correct horse battery staple"
+
+TYPO = """name: Greeting
+triggers:
+  manual:
+    form:
+      type: object
+      properties:
+        who: {type: string, default: world}
+jobs:
+  hello:
+    stepz:
+      - run: echo "hello ${{ input.who }}"
+"""
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    subprocess.run(["sh", str(ROOT / "tests/browser/chromium.sh")], check=True, timeout=600)
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium: str) -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        found = await p.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield found
+        await found.close()
+
+
+async def logged_in(system: System, browser: Browser, width: int = 1280) -> Page:
+    r = connect(system.stack.redis_url)
+    await accounts.create_user(r, "ada", PASSWORD, role="admin")
+    await r.aclose()
+    page = await browser.new_page(viewport={"width": width, "height": 900})
+    await page.goto(system.url + "/")
+    await expect(page).to_have_url(system.url + "/login?next=/")
+    await page.fill("input[name=username]", "ada")
+    await page.fill("input[name=password]", "wrong")
+    await page.click("button[type=submit]")
+    await expect(page.locator(".error")).to_have_text("Wrong username or password.")
+    await page.fill("input[name=username]", "ada")
+    await page.fill("input[name=password]", PASSWORD)
+    await page.click("button[type=submit]")
+    await expect(page.locator("h1")).to_have_text("Projects")
+    return page
+
+
+async def test_write_a_pipeline_run_it_and_watch_it(system: System, browser: Browser) -> None:
+    await system.project("vision")
+    await system.agent("box", projects=["vision"])
+    page = await logged_in(system, browser)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.click("text=vision")
+    await page.click("text=New pipeline")
+    await page.fill("#source", TYPO)
+    problem = page.locator("#problems li", has_text="stepz")
+    await expect(problem).to_have_text(
+        "line 10, column 5: unknown key 'stepz' in jobs.hello; did you mean 'steps'?"
+    )
+    await expect(page.locator(".gutter .bad", has_text="10")).to_have_count(1)
+    await page.screenshot(path=str(SHOTS / "editor-error.png"))
+    await page.fill("#source", TYPO.replace("stepz", "steps"))
+    await expect(page.locator("#state")).to_have_text("valid")
+    await page.click("#save")
+    await expect(page.locator("h1")).to_have_text("Greeting")
+
+    await page.click("#run")
+    await page.fill("input[name=who]", "Runyard")
+    await page.click("text=Start run")
+    await expect(page.locator("#run-status")).to_have_text("success", timeout=30_000)
+    step = page.locator("details.step").first
+    await expect(step.locator(".status")).to_have_text("success")
+    await step.locator("summary").click()
+    await expect(step.locator(".log")).to_contain_text("hello Runyard")
+    await page.screenshot(path=str(SHOTS / "run.png"))
+    await page.click("text=Greeting")
+    await expect(page.locator("table.grid .status").first).to_have_text("success")
+    await page.screenshot(path=str(SHOTS / "pipeline.png"))
+
+
+async def test_agents_go_green_and_red(system: System, browser: Browser) -> None:
+    agent = await system.agent("gpu-box", labels=["gpu"])
+    page = await logged_in(system, browser)
+    await page.goto(system.url + "/agents")
+    dot = page.locator(f'[data-agent="{agent.id}"] .dot')
+    await expect(dot).to_have_class("dot online")
+    await page.screenshot(path=str(SHOTS / "agents.png"))
+    assert agent.proc is not None
+    agent.proc.kill(signal.SIGTERM)
+    await expect(dot).to_have_class("dot offline", timeout=45_000)  # no heartbeat for 30 s
+    phone = await browser.new_page(viewport={"width": 390, "height": 844})
+    await phone.goto(system.url + "/login?next=/agents")
+    await phone.fill("input[name=username]", "ada")
+    await phone.fill("input[name=password]", PASSWORD)
+    await phone.click("button[type=submit]")
+    await expect(phone.locator("h1")).to_have_text("Agents")
+    await phone.screenshot(path=str(SHOTS / "agents-phone.png"))
