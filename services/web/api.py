@@ -407,6 +407,13 @@ async def get_agent(request: Request) -> JSONResponse:
     return JSONResponse((await _agent(request)).public())
 
 
+async def agent_metrics(request: Request) -> JSONResponse:
+    """The agent's heartbeat history, oldest first: [{at, cpu, mem}] (percent)."""
+    agent = await _agent(request)
+    raw = await redis_of(request).lrange(records.agent_key(agent.id, "metrics"), 0, -1)
+    return JSONResponse([orjson.loads(x) for x in reversed(raw or [])])
+
+
 async def delete_agent(request: Request) -> JSONResponse:
     agent = await _agent(request)
     await records.delete_agent(redis_of(request), agent.id)
@@ -444,6 +451,7 @@ routes = [
     Route("/api/agents", list_agents),
     Route("/api/agents", create_agent, methods=["POST"]),
     Route("/api/agents/{agent}", get_agent),
+    Route("/api/agents/{agent}/metrics", agent_metrics),
     Route("/api/agents/{agent}", delete_agent, methods=["DELETE"]),
     Route("/api/agents/{agent}/projects/{project}", assign_agent, methods=["PUT", "DELETE"]),
 ]

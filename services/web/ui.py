@@ -164,14 +164,32 @@ async def run_page(request: Request) -> Response:
 
 
 async def agents(request: Request) -> Response:
-    found = await records.list_agents(request.app.state.redis)
+    """All agents; on a project, those assigned to it and the Manage agents dialog."""
+    project = request.path_params.get("project")
+    everyone = [a.public() for a in await records.list_agents(request.app.state.redis)]
+    shown = [a for a in everyone if project is None or project in a["projects"]]
     return await _page(
-        request,
-        "agents.html",
-        agents=[a.public() for a in found],
-        project=request.path_params.get("project"),
-        section="agents",
+        request, "agents.html", agents=shown, everyone=everyone, project=project, section="agents"
     )
+
+
+async def agent_page(request: Request) -> Response:
+    try:
+        found = await records.get_agent(request.app.state.redis, request.path_params["agent"])
+    except records.NotFound as exc:
+        return await _page(request, "error.html", message=str(exc))
+    return await _page(request, "agent.html", agent=found.public())
+
+
+async def project_runs(request: Request) -> Response:
+    """The newest runs of every pipeline of a project."""
+    project = request.path_params["project"]
+    r = request.app.state.redis
+    found = []
+    for record in await records.list_pipelines(r, project):
+        found += await store.list_runs(r, project, record.name, 20)
+    found.sort(key=lambda run: run["created_at"] or 0, reverse=True)
+    return await _page(request, "runs.html", project=project, runs=found[:100], section="runs")
 
 
 routes = [
@@ -182,6 +200,8 @@ routes = [
     Route("/agents", agents),
     Route("/p/{project}", pipelines),
     Route("/p/{project}/agents", agents),
+    Route("/p/{project}/runs", project_runs),
+    Route("/agents/{agent}", agent_page),
     Route("/p/{project}/pipelines/new", editor),
     Route("/p/{project}/pipelines/{name}/edit", editor),
     Route("/p/{project}/pipelines/{name}", pipeline),

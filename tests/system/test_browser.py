@@ -120,3 +120,21 @@ async def test_agents_go_green_and_red(system: System, browser: Browser) -> None
     await phone.click("button[type=submit]")
     await expect(phone.locator("h1")).to_have_text("Agents")
     await phone.screenshot(path=str(SHOTS / "agents-phone.png"))
+
+
+async def test_manage_agents_assigns_an_agent_to_the_project(
+    system: System, browser: Browser
+) -> None:
+    await system.project("vision")
+    agent = await system.agent("spare", labels=["cpu"])
+    page = await logged_in(system, browser)
+    await page.goto(system.url + "/p/vision/agents")
+    await expect(page.locator(".empty")).to_contain_text("No agents assigned to this project")
+    await page.click("#manage")
+    await page.check(f'#manage-dialog input[value="{agent.id}"]')
+    await page.screenshot(path=str(SHOTS / "manage-agents.png"))
+    await page.click("#manage-save")
+    await expect(page.locator(f'tr[data-agent="{agent.id}"]')).to_be_visible()
+    assert (await system.call("GET", f"/api/agents/{agent.id}"))["projects"] == ["vision"]
+    await page.click("text=spare")
+    await expect(page.locator("h1")).to_contain_text("spare")

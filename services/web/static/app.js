@@ -208,3 +208,41 @@ document.addEventListener("DOMContentLoaded", () => {
   on("#jobs", runPage);
   on("#agents", agentsPage);
 });
+
+// --- sparklines of CPU (blue) and memory (green) from the heartbeat history ---------
+async function sparkline(svg) {
+  const result = await api("GET", `/api/agents/${svg.dataset.agent}/metrics`);
+  if (!result.ok || result.data.length < 2) return;
+  const w = Number(svg.getAttribute("width")), h = Number(svg.getAttribute("height"));
+  const points = (key) => result.data.map((m, i) =>
+    `${(i / (result.data.length - 1)) * w},${h - (Math.min(m[key], 100) / 100) * (h - 2) - 1}`).join(" ");
+  svg.innerHTML = `<polyline fill="none" stroke="#2456c6" stroke-width="1.5" points="${points("cpu")}"/>` +
+    `<polyline fill="none" stroke="#1f9d55" stroke-width="1.5" points="${points("mem")}"/>`;
+}
+
+// --- the Manage agents dialog: assign and unassign agents to the project ------------
+function manageAgents(dialog) {
+  const project = dialog.dataset.project;
+  document.getElementById("manage").addEventListener("click", () => dialog.showModal());
+  document.getElementById("manage-close").addEventListener("click", () => dialog.close());
+  document.getElementById("manage-save").addEventListener("click", async () => {
+    for (const box of dialog.querySelectorAll("input[type=checkbox]")) {
+      const was = box.defaultChecked;
+      if (box.checked === was) continue;
+      await api(box.checked ? "PUT" : "DELETE", `/api/agents/${box.value}/projects/${encodeURIComponent(project)}`);
+    }
+    location.reload();
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("svg.spark").forEach(sparkline);
+  const dialog = document.getElementById("manage-dialog");
+  if (dialog) manageAgents(dialog);
+  const del = document.getElementById("delete-agent");
+  if (del) del.addEventListener("click", async () => {
+    if (!confirm("Delete this agent? It can no longer take work.")) return;
+    const result = await api("DELETE", `/api/agents/${del.dataset.agent}`);
+    if (result.ok) location.href = "/agents";
+  });
+});
