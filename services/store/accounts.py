@@ -79,10 +79,15 @@ def _session_key(token: str) -> str:
     return key("session", hashlib.sha256(token.encode()).hexdigest())
 
 
-async def open_session(r: Redis, user: str) -> tuple[str, Session]:
+async def open_session(r: Redis, user: str, api_key: str | None = None) -> tuple[str, Session]:
+    """A session for a user, or for an API key (its holder logs in with the key)."""
     token = secrets.token_urlsafe(32)
     session = Session(user, secrets.token_urlsafe(24))
-    await r.hset(_session_key(token), mapping={"user": user, "csrf": session.csrf})
+    holder = hashlib.sha256(api_key.encode()).hexdigest() if api_key is not None else ""
+    await r.hset(
+        _session_key(token),
+        mapping={"user": user, "csrf": session.csrf, **({"apikey": holder} if holder else {})},
+    )
     await r.expire(_session_key(token), SESSION_TTL)
     return token, session
 
@@ -92,7 +97,8 @@ async def session(r: Redis, token: str) -> tuple[Session, dict[str, str]] | None
     found = strdict(await r.hgetall(_session_key(token)))
     if not found:
         return None
-    user = strdict(await r.hgetall(key("user", found["user"])))
+    holder = key("apikey", found["apikey"]) if "apikey" in found else key("user", found["user"])
+    user = strdict(await r.hgetall(holder))
     if not user:
         return None
     user.pop("password", None)

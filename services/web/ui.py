@@ -67,16 +67,20 @@ async def login_page(request: Request) -> Response:
 async def login(request: Request) -> Response:
     form = await request.form()
     name, password = str(form.get("username", "")), str(form.get("password", ""))
+    api_key = str(form.get("api_key", "")).strip()
     target = str(form.get("next") or "/")
-    user = await accounts.login(request.app.state.redis, name, password)
-    if user is None:
+    r = request.app.state.redis
+    if api_key:
+        found = await records.check_api_key(r, api_key)
+        name = found.get("name", "api") if found else ""
+    else:
+        found = await accounts.login(r, name, password)
+    if found is None:
+        error = "That API key is not valid." if api_key else "Wrong username or password."
         return templates.TemplateResponse(
-            request,
-            "login.html",
-            {"next": target, "error": "Wrong username or password."},
-            status_code=401,
+            request, "login.html", {"next": target, "error": error}, status_code=401
         )
-    token, _ = await accounts.open_session(request.app.state.redis, name)
+    token, _ = await accounts.open_session(r, name, api_key or None)
     response = RedirectResponse(target if target.startswith("/") else "/", status_code=303)
     response.set_cookie(
         SESSION_COOKIE, token, httponly=True, samesite="lax", max_age=accounts.SESSION_TTL

@@ -138,3 +138,17 @@ async def test_manage_agents_assigns_an_agent_to_the_project(
     assert (await system.call("GET", f"/api/agents/{agent.id}"))["projects"] == ["vision"]
     await page.click("text=spare")
     await expect(page.locator("h1")).to_contain_text("spare")
+
+
+async def test_log_in_with_an_api_key_and_log_out(system: System, browser: Browser) -> None:
+    page = await browser.new_page()
+    await page.goto(system.url + "/login")
+    await page.click("text=or log in with an API key")
+    await page.fill("input[name=api_key]", system.key)
+    await page.click("button[type=submit]")
+    await expect(page.locator("h1")).to_have_text("Projects")
+    await expect(page.locator(".empty")).to_contain_text("No projects yet")
+    await page.click("text=Log out")
+    await expect(page).to_have_url(system.url + "/login")
+    await page.goto(system.url + "/agents")
+    await expect(page).to_have_url(system.url + "/login?next=/agents")
