@@ -46,7 +46,7 @@ from schemas.status import Status
 from services import bus
 from services.dispatcher import effects, matching, placement
 from services.dispatcher.runs import BadPipeline, LiveRun, live_run, plan_for
-from services.store import records
+from services.store import orgs, records
 from services.store import runs as store
 from services.store.connection import Redis, strs
 from services.store.connection import connect as redis_connect
@@ -490,7 +490,7 @@ class Dispatcher:
                 placement.Candidate(
                     agent,
                     frozenset(orjson.loads(labels or "[]")),
-                    frozenset(projects),
+                    frozenset(await orgs.agent_projects(self.r, agent, set(projects))),
                     int(slots),
                     int(used or 0),
                 )

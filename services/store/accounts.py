@@ -99,6 +99,8 @@ async def session(r: Redis, token: str) -> tuple[Session, dict[str, str]] | None
         return None
     holder = key("apikey", found["apikey"]) if "apikey" in found else key("user", found["user"])
     user = strdict(await r.hgetall(holder))
+    if user:
+        user["kind"] = "key" if "apikey" in found else "user"
     if not user:
         return None
     user.pop("password", None)

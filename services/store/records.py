@@ -186,7 +186,7 @@ def role_at_least(have: str, need: str) -> bool:
 
 async def check_api_key(r: Redis, token: str) -> dict[str, str] | None:
     data = strdict(await r.hgetall(key("apikey", hash_secret(token))))
-    return data or None
+    return {**data, "kind": "key"} if data else None
 
 
 # --- agents ---------------------------------------------------------------------------

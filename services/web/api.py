@@ -21,7 +21,7 @@ from runyard.engine.state import RunState
 from schemas import subjects
 from schemas.messages import RunCancel, TriggerEvent
 from schemas.subjects import key
-from services.store import crypto, records
+from services.store import accounts, crypto, orgs, records
 from services.store import runs as store
 from services.store.connection import Redis
 from services.web.errors import ApiError, field, json_body
@@ -84,6 +84,7 @@ async def list_secrets(request: Request) -> JSONResponse:
 
 async def set_secret(request: Request) -> JSONResponse:
     project = await _project(request)
+    await require(request, project, "owner", "setting secrets")
     name = request.path_params["secret"]
     if not name.replace("_", "").isalnum():
         raise ApiError(422, "a secret name is letters, digits and '_'")
@@ -94,6 +95,7 @@ async def set_secret(request: Request) -> JSONResponse:
 
 async def delete_secret(request: Request) -> JSONResponse:
     project = await _project(request)
+    await require(request, project, "owner", "deleting secrets")
     name = request.path_params["secret"]
     if not await records.delete_secret(redis_of(request), project, name):
         raise ApiError(404, f"no secret '{name}' in project '{project}'")
@@ -109,6 +111,7 @@ async def get_webhook(request: Request) -> JSONResponse:
 async def set_webhook(request: Request) -> JSONResponse:
     """Set the project's webhook secret (given, or a new random one, shown once)."""
     project = await _project(request)
+    await require(request, project, "owner", "setting the webhook secret")
     body = await json_body(request)
     secret = field(body, "secret", str, None) if body.get("secret") is not None else None
     secret = secret or secrets.token_urlsafe(32)
@@ -158,6 +161,7 @@ async def list_pipelines(request: Request) -> JSONResponse:
 
 async def create_pipeline(request: Request) -> JSONResponse:
     project = await _project(request)
+    await require(request, project, "maintainer", "creating pipelines")
     name, source, fmt = await _validated(request)
     r = redis_of(request)
     try:
@@ -172,6 +176,7 @@ async def create_pipeline(request: Request) -> JSONResponse:
 
 async def update_pipeline(request: Request) -> JSONResponse:
     current = await _pipeline(request)
+    await require(request, current.project, "maintainer", "changing pipelines")
     name, source, fmt = await _validated(request)
     if name != current.name:
         raise ApiError(
@@ -203,6 +208,7 @@ async def get_pipeline(request: Request) -> JSONResponse:
 
 async def delete_pipeline(request: Request) -> JSONResponse:
     current = await _pipeline(request)
+    await require(request, current.project, "maintainer", "deleting pipelines")
     await records.delete_pipeline(redis_of(request), current.project, current.name)
     await _pipelines_changed(request, current.project, current.name)
     return JSONResponse({"deleted": current.name})
@@ -224,10 +230,21 @@ async def _publish_trigger(request: Request, event: TriggerEvent) -> None:
     )
 
 
-def require(request: Request, project: str, need: str, what: str) -> None:
-    have = records.role_in(request.state.key, project)
+async def require(request: Request, project: str, need: str, what: str) -> None:
+    """403 unless the caller (a key, or a user through their organizations and teams)
+    has at least `need` in `project`."""
+    principal = request.state.key
+    if principal.get("kind") == "user":
+        have = await orgs.user_role(redis_of(request), principal, project)
+    else:
+        have = records.role_in(principal, project)
     if not records.role_at_least(have, need):
-        raise ApiError(403, f"{what} needs the role {need} in '{project}'; this key has {have}")
+        raise ApiError(403, f"{what} needs the role {need} in '{project}'; you have {have}")
+
+
+def require_admin(request: Request, what: str) -> None:
+    if request.state.key.get("role") != "admin":
+        raise ApiError(403, f"{what} needs an admin")
 
 
 async def start_run(request: Request) -> JSONResponse:
@@ -236,7 +253,7 @@ async def start_run(request: Request) -> JSONResponse:
     inputs = field(body, "inputs", dict, {})
     spec = records.validate_source(pipeline.source, pipeline.format).pipeline
     manual = spec.triggers.manual if spec else None
-    require(
+    await require(
         request,
         pipeline.project,
         (manual.role if manual else None) or "maintainer",
@@ -310,6 +327,7 @@ async def get_run(request: Request) -> JSONResponse:
 
 async def cancel_run(request: Request) -> JSONResponse:
     stored = await stored_run(request)
+    await require(request, stored.fields["project"], "maintainer", "cancelling runs")
     project = stored.fields["project"]
     cancel = RunCancel(run=stored.id, by=request.state.actor, at=time.time())
     js = nats_of(request).jetstream()
@@ -323,6 +341,7 @@ async def cancel_run(request: Request) -> JSONResponse:
 
 async def rerun(request: Request) -> JSONResponse:
     stored = await stored_run(request)
+    await require(request, stored.fields["project"], "maintainer", "re-running")
     before = TriggerEvent.model_validate(stored.json("event"))
     event = before.model_copy(
         update={
@@ -353,8 +372,7 @@ async def whoami(request: Request) -> JSONResponse:
 
 async def create_key(request: Request) -> JSONResponse:
     """A new API key (admin only): `role` everywhere, and/or per project in `roles`."""
-    if request.state.key.get("role") != "admin":
-        raise ApiError(403, "only an admin key can make keys")
+    require_admin(request, "making API keys")
     body = await json_body(request)
     name = field(body, "name", str)
     role = field(body, "role", str, "viewer")
@@ -363,6 +381,70 @@ async def create_key(request: Request) -> JSONResponse:
         raise ApiError(422, f"roles are one of {', '.join(records.ROLES)}")
     token = await records.create_api_key(redis_of(request), name, role, roles)
     return JSONResponse({"name": name, "key": token}, status_code=201)
+
+
+# --- users, organizations, teams (admin) ----------------------------------------------
+
+
+def _role(body: dict[str, Any], default: str | None = "viewer") -> str | None:
+    role = body.get("role", default)
+    if role is not None and role not in records.ROLES:
+        raise ApiError(422, f"a role is one of {', '.join(records.ROLES)}")
+    return role
+
+
+async def create_user(request: Request) -> JSONResponse:
+    require_admin(request, "making users")
+    body = await json_body(request)
+    name, password = field(body, "name", str), field(body, "password", str)
+    if len(password) < 8:
+        raise ApiError(422, "a password needs at least 8 characters")
+    roles = field(body, "roles", dict, {})
+    if not await accounts.create_user(
+        redis_of(request), name, password, _role(body) or "viewer", roles
+    ):
+        raise ApiError(409, f"user '{name}' exists already")
+    return JSONResponse({"name": name}, status_code=201)
+
+
+async def list_orgs(request: Request) -> JSONResponse:
+    return JSONResponse(await orgs.list_orgs(redis_of(request)))
+
+
+async def create_org(request: Request) -> JSONResponse:
+    require_admin(request, "making organizations")
+    name = _project_name(field(await json_body(request), "name", str))
+    if not await orgs.create_org(redis_of(request), name):
+        raise ApiError(409, f"organization '{name}' exists already")
+    return JSONResponse({"name": name}, status_code=201)
+
+
+async def org_change(request: Request) -> JSONResponse:
+    """PUT/DELETE members, projects, teams, team members and team projects."""
+    require_admin(request, "changing organizations")
+    r, p = redis_of(request), request.path_params
+    on = request.method == "PUT"
+    body = await json_body(request) if on and await request.body() else {}
+    try:
+        if "team" in p and "user" in p:
+            await orgs.set_team_member(r, p["org"], p["team"], p["user"], on)
+        elif "team" in p and "project" in p:
+            await orgs.set_team_project(
+                r, p["org"], p["team"], p["project"], _role(body) if on else None
+            )
+        elif "team" in p:
+            await orgs.create_team(r, p["org"], p["team"])
+        elif "user" in p:
+            await orgs.set_member(r, p["org"], p["user"], _role(body) if on else None)
+        elif "project" in p:
+            if not await records.project_exists(r, p["project"]):
+                raise ApiError(404, f"no project '{p['project']}'")
+            await orgs.add_project(r, p["org"], p["project"])
+        elif "agent" in p:
+            await orgs.assign_agent_to_org(r, p["agent"], p["org"], on)
+    except records.NotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    return JSONResponse({"ok": True})
 
 
 # --- agents ---------------------------------------------------------------------------
@@ -447,6 +529,15 @@ routes = [
     Route("/api/runs/{run}/cancel", cancel_run, methods=["POST"]),
     Route("/api/runs/{run}/rerun", rerun, methods=["POST"]),
     Route("/api/keys", create_key, methods=["POST"]),
+    Route("/api/users", create_user, methods=["POST"]),
+    Route("/api/orgs", list_orgs),
+    Route("/api/orgs", create_org, methods=["POST"]),
+    Route("/api/orgs/{org}/members/{user}", org_change, methods=["PUT", "DELETE"]),
+    Route("/api/orgs/{org}/projects/{project}", org_change, methods=["PUT"]),
+    Route("/api/orgs/{org}/agents/{agent}", org_change, methods=["PUT", "DELETE"]),
+    Route("/api/orgs/{org}/teams/{team}", org_change, methods=["PUT"]),
+    Route("/api/orgs/{org}/teams/{team}/members/{user}", org_change, methods=["PUT", "DELETE"]),
+    Route("/api/orgs/{org}/teams/{team}/projects/{project}", org_change, methods=["PUT", "DELETE"]),
     Route("/api/whoami", whoami),
     Route("/api/agents", list_agents),
     Route("/api/agents", create_agent, methods=["POST"]),
