@@ -303,9 +303,13 @@ async def stored_run(request: Request) -> store.StoredRun:
 
 def run_view(stored: store.StoredRun) -> dict[str, Any]:
     state = RunState.model_validate_json(stored.fields["state"])
+    spec = records.validate_source(stored.fields["source"], stored.fields["format"]).pipeline
     jobs = []
     for job in state.jobs.values():
         data = job.model_dump(mode="json", exclude={"host", "ready"})
+        data["needs"] = (
+            list(spec.jobs[job.job_id].needs) if spec and job.job_id in spec.jobs else []
+        )
         data["agent"] = job.host.get("agent")
         finished = stored.json(f"finished:{job.key}") or {}
         data["artifacts"] = finished.get("artifacts", [])

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 
 class ApiError(Exception):
@@ -23,8 +24,17 @@ async def api_error(request: Request, exc: Exception) -> Response:
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
+    """JSON for the API; a page for people (an unknown address in the web UI)."""
     assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+    body = (
+        f"<!doctype html><title>{exc.status_code} · Runyard</title>"
+        '<link rel="stylesheet" href="/static/app.css"><main>'
+        f'<h1>{exc.status_code}</h1><p class="error">{html.escape(str(exc.detail))}</p>'
+        '<p><a href="/">Back to projects</a></p></main>'
+    )
+    return HTMLResponse(body, status_code=exc.status_code)
 
 
 async def json_body(request: Request) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from schemas.subjects import key
 from services.store import accounts, records
 from services.store import runs as store
 
@@ -153,7 +154,7 @@ async def pipeline(request: Request) -> Response:
         runs=history,
         form=json.dumps(form),
         schedules=[s.cron for s in spec.triggers.schedule] if spec else [],
-        webhook=await r.exists(f"ry:webhook:{project}"),
+        webhook=await r.exists(key("webhook", project)),
         section="pipelines",
     )
 

@@ -100,7 +100,13 @@ async def test_write_a_pipeline_run_it_and_watch_it(system: System, browser: Bro
     await page.screenshot(path=str(SHOTS / "run.png"))
     await page.click("text=Greeting")
     await expect(page.locator("table.grid .status").first).to_have_text("success")
+    page.on("dialog", lambda dialog: dialog.accept())
+    await page.click("#webhook")
+    await expect(page.locator("#webhook-secret")).to_contain_text("New secret (shown once): ")
     await page.screenshot(path=str(SHOTS / "pipeline.png"))
+    missing = await page.goto(system.url + "/no/such/page")
+    assert missing is not None and missing.status == 404
+    await expect(page.locator("h1")).to_have_text("404")
 
 
 async def test_agents_go_green_and_red(system: System, browser: Browser) -> None:

@@ -142,7 +142,8 @@ function runPage(root) {
       const jobStatus = box.querySelector("h3 .status");
       jobStatus.textContent = job.status;
       jobStatus.className = `status ${job.status}`;
-      box.querySelector(".needs").textContent = `${job.agent ? "on " + job.agent.name : ""} ${took(job.started_at, job.finished_at)}`;
+      const needs = job.needs?.length ? `after ${job.needs.join(", ")} · ` : "";
+      box.querySelector(".needs").textContent = `${needs}${job.agent ? "on " + job.agent.name : ""} ${took(job.started_at, job.finished_at)}`;
       for (const step of job.steps) {
         let item = box.querySelector(`[data-step="${CSS.escape(step.id)}"]`);
         if (!item) {
@@ -209,6 +210,16 @@ document.addEventListener("DOMContentLoaded", () => {
   on("#agents", agentsPage);
 });
 
+// --- the project's webhook secret: made on the server, shown once -----------------
+function webhookButton(button) {
+  button.addEventListener("click", async () => {
+    if (!confirm("Make a new webhook secret? Hooks signed with the old one will be refused.")) return;
+    const result = await api("PUT", `/api/projects/${encodeURIComponent(button.dataset.project)}/webhook`, {});
+    const out = document.getElementById("webhook-secret");
+    out.textContent = result.ok ? `New secret (shown once): ${result.data.secret}` : result.data.error;
+  });
+}
+
 // --- sparklines of CPU (blue) and memory (green) from the heartbeat history ---------
 async function sparkline(svg) {
   const result = await api("GET", `/api/agents/${svg.dataset.agent}/metrics`);
@@ -237,6 +248,8 @@ function manageAgents(dialog) {
 
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("svg.spark").forEach(sparkline);
+  const hook = document.getElementById("webhook");
+  if (hook) webhookButton(hook);
   const dialog = document.getElementById("manage-dialog");
   if (dialog) manageAgents(dialog);
   const del = document.getElementById("delete-agent");
