@@ -80,6 +80,7 @@ def up_env(tmp_path: Path) -> dict[str, str]:
 
 def assert_example_ran(output: str, port: int) -> None:
     assert "add / Add Numbers: success  sum = 30" in output, output
+    assert f"log in to http://127.0.0.1:{port} as admin, password in " in output, output
     assert f"Runyard is up at http://127.0.0.1:{port}" in output, output
 
 

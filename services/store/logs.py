@@ -25,6 +25,7 @@ class LogPage:
     next: int  # the seq to ask for next
     ended: bool  # the step's whole log is stored
     truncated: dict[str, int] | None  # lines and bytes dropped past the cap
+    last: int = 0  # the last line number stored so far
 
     def public(self) -> dict[str, Any]:
         return {
@@ -32,6 +33,7 @@ class LogPage:
             "next": self.next,
             "ended": self.ended,
             "truncated": self.truncated,
+            "last": self.last,
         }
 
 
@@ -67,4 +69,4 @@ async def read(
     truncated = {"lines": dropped, "bytes": int(meta.get("dropped_bytes", 0))} if dropped else None
     nxt = lines[-1]["seq"] + 1 if lines else start
     complete = meta.get("ended") == "1" and len(lines) < limit
-    return LogPage(lines, nxt, complete, truncated)
+    return LogPage(lines, nxt, complete, truncated, int(meta.get("last", 0)))

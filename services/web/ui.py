@@ -5,6 +5,7 @@ JavaScript in `static/app.js` calling the JSON API with the session cookie."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -15,6 +16,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from runyard import cron
+from schemas.pipeline import Pipeline
 from schemas.subjects import key
 from services.store import accounts, records
 from services.store import runs as store
@@ -153,10 +156,20 @@ async def pipeline(request: Request) -> Response:
         pipeline=record,
         runs=history,
         form=json.dumps(form),
-        schedules=[s.cron for s in spec.triggers.schedule] if spec else [],
+        schedules=_next_times(spec) if spec else [],
         webhook=await r.exists(key("webhook", project)),
         section="pipelines",
     )
+
+
+def _next_times(spec: Pipeline) -> list[tuple[str, str]]:
+    """(cron, next fire time) of each schedule."""
+    now = datetime.now(UTC)
+    found = []
+    for entry in spec.triggers.schedule:
+        nxt = cron.trigger(entry.cron, entry.timezone).get_next_fire_time(None, now)
+        found.append((entry.cron, nxt.strftime("%Y-%m-%d %H:%M:%S %Z") if nxt else "never"))
+    return found
 
 
 async def run_page(request: Request) -> Response:

@@ -158,3 +158,31 @@ async def test_log_in_with_an_api_key_and_log_out(system: System, browser: Brows
     await expect(page).to_have_url(system.url + "/login")
     await page.goto(system.url + "/agents")
     await expect(page).to_have_url(system.url + "/login?next=/agents")
+
+
+LONG = """name: Long log
+jobs:
+  talk:
+    steps:
+      - run: seq 1 2500
+"""
+
+
+async def test_a_long_log_is_paged(system: System, browser: Browser) -> None:
+    await system.project("vision")
+    await system.agent("box", projects=["vision"])
+    await system.pipeline("vision", LONG)
+    run_id = await system.start_run("vision", "Long log")
+    await system.wait_run(run_id)
+    page = await logged_in(system, browser)
+    await page.goto(f"{system.url}/runs/{run_id}")
+    log = page.locator("details.step .log")
+    await page.locator("details.step summary").click()
+    await expect(log.locator(".line").last).to_have_text("2500")
+    await expect(log.locator(".line")).to_have_count(1000)
+    await page.click("text=Show earlier lines")
+    await expect(log.locator(".line")).to_have_count(2000)
+    await page.click("text=Show earlier lines")
+    await expect(log.locator(".line")).to_have_count(2500)
+    await expect(log.locator(".line").first).to_have_text("1")
+    await expect(page.locator("text=Show earlier lines")).to_have_count(0)

@@ -110,18 +110,39 @@ function runPage(root) {
   const run = root.dataset.run, streams = {};
   const badge = document.getElementById("run-status");
   const took = (a, b) => (a && b ? `${(b - a).toFixed(1)}s` : "");
-  const follow = (job, step, pre) => {
+  const PAGE = 1000;
+  const lineDiv = (line) => {
+    const div = document.createElement("div");
+    div.className = "line";
+    div.innerHTML = ansi(line.text);
+    return div;
+  };
+  // Long logs are paged: the newest PAGE lines are replayed and followed live; earlier
+  // ones load a page at a time with "Show earlier lines".
+  const follow = async (job, step, pre) => {
     const key = `${job}/${step}`;
     if (streams[key]) return;
-    const source = new EventSource(`/api/runs/${run}/jobs/${encodeURIComponent(job)}/steps/${encodeURIComponent(step)}/logs/events`);
+    streams[key] = "starting";
+    const path = `/api/runs/${run}/jobs/${encodeURIComponent(job)}/steps/${encodeURIComponent(step)}/logs`;
+    const head = await api("GET", `${path}?from=1&limit=1`);
+    let first = Math.max(1, (head.data.last || 0) - PAGE + 1);
+    if (first > 1) {
+      const more = document.createElement("button");
+      more.className = "earlier";
+      more.textContent = "Show earlier lines";
+      more.addEventListener("click", async () => {
+        const from = Math.max(1, first - PAGE);
+        const page = await api("GET", `${path}?from=${from}&limit=${first - from}`);
+        more.after(...page.data.lines.map(lineDiv));
+        first = from;
+        if (first === 1) more.remove();
+      });
+      pre.appendChild(more);
+    }
+    const source = new EventSource(`${path}/events?from=${first}`);
     streams[key] = source;
     source.onmessage = (event) => {
-      const line = JSON.parse(event.data);
-      const div = document.createElement("div");
-      div.className = "line";
-      div.innerHTML = ansi(line.text);
-      pre.appendChild(div);
-      if (pre.childElementCount > 5000) pre.removeChild(pre.firstChild); // long logs: the newest 5,000 lines here; all via the CLI/API
+      pre.appendChild(lineDiv(JSON.parse(event.data)));
       pre.scrollTop = pre.scrollHeight;
     };
     source.addEventListener("end", () => source.close());
@@ -189,14 +210,21 @@ function runPage(root) {
 
 // --- agents: online dots kept live --------------------------------------------------
 function agentsPage(root) {
+  const ago = () => root.querySelectorAll("td.seen[data-at]").forEach((cell) => {
+    const at = Number(cell.dataset.at);
+    if (at) cell.textContent = `${Math.max(0, Math.round(Date.now() / 1000 - at))} s ago`;
+  });
   const refresh = async () => {
     const result = await api("GET", "/api/agents");
     if (result.ok) {
       for (const agent of result.data) {
         const dot = root.querySelector(`[data-agent="${agent.id}"] .dot`);
         if (dot) { dot.className = `dot ${agent.online ? "online" : "offline"}`; dot.title = agent.online ? "online" : "offline"; }
+        const seen = root.querySelector(`[data-agent="${agent.id}"] td.seen`);
+        if (seen && agent.last_seen) seen.dataset.at = agent.last_seen;
       }
     }
+    ago();
     setTimeout(refresh, 2000);
   };
   refresh();
