@@ -4,7 +4,6 @@ pipeline source saved with it, so editing a pipeline never changes a run under w
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,15 +22,11 @@ class BadPipeline(ValueError):
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(source: str, fmt: str, digest: str) -> tuple[Pipeline, Plan]:
+def plan_for(source: str, fmt: str) -> tuple[Pipeline, Plan]:
     result = validate_source(source, fmt)
     if result.pipeline is None or not result.ok:
         raise BadPipeline("; ".join(str(p) for p in result.problems))
     return result.pipeline, compile_plan(result.pipeline)
-
-
-def plan_for(source: str, fmt: str) -> tuple[Pipeline, Plan]:
-    return _plan(source, fmt, hashlib.sha256(source.encode()).hexdigest())
 
 
 def run_info(

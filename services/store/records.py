@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import time
@@ -106,7 +107,10 @@ class PipelineRecord:
         }
 
 
+@functools.lru_cache(maxsize=512)
 def validate_source(text: str, fmt: str) -> Result:
+    """Cached: pages and API calls that poll a run read the same stored source again and
+    again. Callers must not change the result."""
     return validate_text(text, "pipeline.json" if fmt == "json" else "pipeline.yaml")
 
 
