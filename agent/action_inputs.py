@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from runyard.engine.expressions import to_text
+from runyard.engine.text import to_text
 from schemas.action import Action, ActionInput
 
 

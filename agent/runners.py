@@ -27,7 +27,7 @@ from agent.action_inputs import ActionInputError, check_inputs
 from agent.actions import ActionCache, ActionError, LoadedAction
 from agent.process import LineSink, Throttle, run_process
 from runyard.engine.events import ResolvedStep
-from runyard.engine.expressions import to_text
+from runyard.engine.text import to_text
 from schemas.status import Status
 
 COMPAT = Path(__file__).resolve().parent / "compat"

@@ -6,9 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runyard.engine.expressions import render, to_text
+from runyard.engine.expressions import render
 from runyard.engine.plan import JobPlan, Plan
 from runyard.engine.state import JobState, RunState
+from runyard.engine.text import to_text
 from schemas.pipeline import Pipeline
 from schemas.status import Status
 

@@ -17,6 +17,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from runyard import expr_syntax
+from runyard.engine.text import to_text
 
 
 class ExpressionError(ValueError):
@@ -84,17 +85,6 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
 }
 
 _env = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
-
-
-def to_text(value: Any) -> str:
-    """How a value reads when put into text: JSON for structures, `true`/`false`."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list):
-        return json.dumps(value)
-    return str(value)
 
 
 @functools.lru_cache(maxsize=4096)

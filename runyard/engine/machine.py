@@ -29,10 +29,11 @@ from runyard.engine.events import (
     StepDone,
     StopJob,
 )
-from runyard.engine.expressions import ExpressionError, condition, evaluate, render, to_text
+from runyard.engine.expressions import ExpressionError, condition, evaluate, render
 from runyard.engine.plan import Plan
 from runyard.engine.script import prepare
 from runyard.engine.state import JobState, RunState, StepState
+from runyard.engine.text import to_text
 from schemas.pipeline import ActionRef
 from schemas.status import Status
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runyard.dag import topological_order
-from runyard.engine.expressions import to_text
+from runyard.engine.text import to_text
 from schemas.pipeline import Job, Pipeline
 
 

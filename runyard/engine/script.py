@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from runyard import expr_syntax
-from runyard.engine.expressions import ExpressionError, to_text
+from runyard.engine.expressions import ExpressionError
+from runyard.engine.text import to_text
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ from nats.js.errors import NotFoundError
 
 from runyard.engine.contexts import form_inputs
 from runyard.engine.events import Command, JobEnded, JobStarted, RunCancelled, StepDone
-from runyard.engine.expressions import ExpressionError, render, to_text
+from runyard.engine.expressions import ExpressionError, render
 from runyard.engine.machine import Engine, initial_state
+from runyard.engine.text import to_text
 from schemas import subjects
 from schemas.messages import (
     Heartbeat,

@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import click
 from click.testing import CliRunner
 
 from runyard.cli import cli
@@ -28,10 +29,14 @@ jobs:
 def test_every_command_has_help_with_an_example() -> None:
     runner = CliRunner()
 
-    def walk(group: object, path: list[str]) -> list[list[str]]:
+    def walk(group: click.Command, path: list[str]) -> list[list[str]]:
         found = [path]
-        for name, command in getattr(group, "commands", {}).items():
-            found += walk(command, [*path, name])
+        if isinstance(group, click.Group):
+            context = click.Context(group)
+            for name in group.list_commands(context):
+                command = group.get_command(context, name)
+                assert command is not None
+                found += walk(command, [*path, name])
         return found
 
     for path in walk(cli, []):
