@@ -7,14 +7,18 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 
 import click
 import uvicorn
+from nats.aio.client import Client
 
 from runyard import aio
-from services.dispatcher import service as dispatcher
-from services.logs import service as collector
-from services.scheduler import service as scheduler
+from services.dispatcher.service import Dispatcher
+from services.lifespan import Service, run_service
+from services.logs.service import Collector
+from services.scheduler.service import Scheduler
+from services.store.connection import Redis
 from services.trigger.app import create_app as trigger_app
 from services.web.app import create_app
 
@@ -31,12 +35,20 @@ def _logging() -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-async def _until_signal(main: object) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await main(stop)  # type: ignore[operator]
+def _background(
+    name: str, nats_url: str, redis_url: str, make: Callable[[Client, Redis], Service]
+) -> None:
+    """Run a background service until SIGINT or SIGTERM, on uvloop."""
+    _logging()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_service(name, nats_url, redis_url, stop, make)
+
+    aio.run(main())
 
 
 @click.group()
@@ -59,8 +71,7 @@ def serve_dispatcher(nats_url: str, redis_url: str) -> None:
     Example:
       runyard serve dispatcher --nats-url nats://nats:4222 --redis-url redis://valkey:6379/0
     """
-    _logging()
-    aio.run(_until_signal(lambda stop: dispatcher.serve(nats_url, redis_url, stop)))
+    _background("dispatcher", nats_url, redis_url, Dispatcher)
 
 
 @serve.command("logs")
@@ -73,8 +84,7 @@ def serve_logs(nats_url: str, redis_url: str) -> None:
     Example:
       RUNYARD_LOG_CAP=134217728 runyard serve logs
     """
-    _logging()
-    aio.run(_until_signal(lambda stop: collector.serve(nats_url, redis_url, stop)))
+    _background("logs", nats_url, redis_url, Collector)
 
 
 @serve.command("scheduler")
@@ -87,8 +97,7 @@ def serve_scheduler(nats_url: str, redis_url: str) -> None:
     Example:
       RUNYARD_SCHEDULE_GRACE=600 runyard serve scheduler
     """
-    _logging()
-    aio.run(_until_signal(lambda stop: scheduler.serve(nats_url, redis_url, stop)))
+    _background("scheduler", nats_url, redis_url, Scheduler)
 
 
 @serve.command("trigger")

@@ -50,7 +50,6 @@ from services.dispatcher.runs import BadPipeline, LiveRun, live_run, plan_for
 from services.store import orgs, records
 from services.store import runs as store
 from services.store.connection import Redis, strs
-from services.store.connection import connect as redis_connect
 from services.store.scripts import Scripts
 
 log = logging.getLogger("runyard.dispatcher")
@@ -623,17 +622,3 @@ def _group(
         log.warning("concurrency group of '%s': %s; using it as written", pipeline.name, exc)
         group = pipeline.concurrency.group
     return group, pipeline.concurrency.cancel_in_progress
-
-
-async def serve(nats_url: str, redis_url: str, stop: asyncio.Event) -> None:
-    nc = await bus.connect(nats_url, name="runyard-dispatcher")
-    r = redis_connect(redis_url)
-    dispatcher = Dispatcher(nc, r)
-    await dispatcher.start()
-    log.info("dispatcher ready")
-    try:
-        await stop.wait()
-    finally:
-        await dispatcher.stop()
-        await nc.drain()
-        await r.aclose()

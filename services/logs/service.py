@@ -20,7 +20,6 @@ from schemas import subjects
 from schemas.messages import LogBatch
 from services import bus
 from services.store.connection import Redis
-from services.store.connection import connect as redis_connect
 from services.store.logs import log_key, meta_key
 from services.store.scripts import Scripts
 
@@ -104,17 +103,3 @@ class Collector:
             args=[lines, self.cap, self.retention, batch.total or 0, int(batch.final)],
         )
         return int(added)
-
-
-async def serve(nats_url: str, redis_url: str, stop: asyncio.Event) -> None:
-    nc = await bus.connect(nats_url, name="runyard-logs")
-    r = redis_connect(redis_url)
-    collector = Collector(nc, r)
-    await collector.start()
-    log.info("log collector ready")
-    try:
-        await stop.wait()
-    finally:
-        await collector.stop()
-        await nc.drain()
-        await r.aclose()

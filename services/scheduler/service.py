@@ -8,7 +8,6 @@ entry fires at most once for the latest tick missed within the grace period
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from datetime import UTC, datetime
@@ -23,7 +22,6 @@ from services import bus
 from services.scheduler import ticks
 from services.store import records
 from services.store.connection import Redis
-from services.store.connection import connect as redis_connect
 from services.store.records import validate_source
 
 log = logging.getLogger("runyard.scheduler")
@@ -122,17 +120,3 @@ class Scheduler:
             )
         except Exception as exc:
             log.warning("tick %s of %s not published: %s", tick, entry.id, exc)
-
-
-async def serve(nats_url: str, redis_url: str, stop: asyncio.Event) -> None:
-    nc = await bus.connect(nats_url, name="runyard-scheduler")
-    r = redis_connect(redis_url)
-    scheduler = Scheduler(nc, r)
-    await scheduler.start()
-    log.info("scheduler ready")
-    try:
-        await stop.wait()
-    finally:
-        await scheduler.stop()
-        await nc.drain()
-        await r.aclose()
