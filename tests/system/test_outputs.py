@@ -90,41 +90,40 @@ jobs:
 """
 
 
-async def test_two_collectors_and_a_killed_one_store_each_line_once(system: System) -> None:
-    lines = 3000
-    second = system.collector()
+async def slow_printer(system: System, lines: int, pause: str) -> str:
+    """A run whose step prints `lines` lines, one every `pause` seconds; it has begun."""
     await system.project("p")
     await system.agent("a", projects=["p"])
-    await system.pipeline(
-        "p", PRINT_SLOWLY.replace("{lines}", str(lines)).replace("{pause}", "0.001")
-    )
+    source = PRINT_SLOWLY.replace("{lines}", str(lines)).replace("{pause}", pause)
+    await system.pipeline("p", source)
     run_id = await system.start_run("p", "Slow")
     await system.wait_run(run_id, status="running", timeout=20)
+    return run_id
+
+
+async def assert_every_line_once(system: System, run_id: str, lines: int) -> None:
+    assert (await system.wait_run(run_id, timeout=120))["status"] == "success"
+    await wait_log_ended(system, run_id, "print", "tick")
+    assert await stored_seqs(system, run_id, "print", "tick") == list(range(1, lines + 1))
+
+
+async def test_two_collectors_and_a_killed_one_store_each_line_once(system: System) -> None:
+    second = system.collector()
+    run_id = await slow_printer(system, 3000, "0.001")
     await asyncio.sleep(1)
     second.kill(signal.SIGKILL)
     await asyncio.sleep(0.5)
     system.collector()
-    assert (await system.wait_run(run_id, timeout=120))["status"] == "success"
-    await wait_log_ended(system, run_id, "print", "tick")
-    assert await stored_seqs(system, run_id, "print", "tick") == list(range(1, lines + 1))
+    await assert_every_line_once(system, run_id, 3000)
 
 
 async def test_a_killed_collector_loses_nothing(system: System) -> None:
-    lines = 2000
-    await system.project("p")
-    await system.agent("a", projects=["p"])
-    await system.pipeline(
-        "p", PRINT_SLOWLY.replace("{lines}", str(lines)).replace("{pause}", "0.001")
-    )
-    run_id = await system.start_run("p", "Slow")
-    await system.wait_run(run_id, status="running", timeout=20)
+    run_id = await slow_printer(system, 2000, "0.001")
     await asyncio.sleep(1)
     next(p for p in system.procs if p.name == "logs").kill(signal.SIGKILL)
     await asyncio.sleep(2)
     system.collector()
-    assert (await system.wait_run(run_id, timeout=120))["status"] == "success"
-    await wait_log_ended(system, run_id, "print", "tick")
-    assert await stored_seqs(system, run_id, "print", "tick") == list(range(1, lines + 1))
+    await assert_every_line_once(system, run_id, 2000)
 
 
 async def test_the_cap_ends_a_log_with_one_truncation_marker(system: System) -> None:
@@ -150,13 +149,7 @@ async def test_the_cap_ends_a_log_with_one_truncation_marker(system: System) -> 
 
 async def test_sse_replays_then_follows_every_line_once(system: System) -> None:
     lines = 300
-    await system.project("p")
-    await system.agent("a", projects=["p"])
-    await system.pipeline(
-        "p", PRINT_SLOWLY.replace("{lines}", str(lines)).replace("{pause}", "0.01")
-    )
-    run_id = await system.start_run("p", "Slow")
-    await system.wait_run(run_id, status="running", timeout=20)
+    run_id = await slow_printer(system, lines, "0.01")
     await asyncio.sleep(1.5)  # join mid-step
     seqs: list[int] = []
     path = f"/api/runs/{run_id}/jobs/print/steps/tick/logs/events"
