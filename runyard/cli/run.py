@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from collections import deque
 from typing import Any
 from urllib.parse import quote
 
 import click
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
 
 from runyard.cli import config
 from runyard.cli.client import Api, ApiFailed
@@ -16,6 +22,7 @@ from schemas.status import Status
 POLL = 0.25
 APPEAR = 30.0  # seconds to wait for the dispatcher to create the run
 LOG_SETTLE = 5.0  # seconds to wait for a finished step's last log lines
+LIVE_LINES = 8  # log lines under the live table
 
 
 @click.command()
@@ -47,7 +54,7 @@ def run(
     click.echo(f"run {run_id} started")
     if not watch:
         return
-    final = follow(api, run_id, click.echo)
+    final = live_view(api, run_id) if sys.stdout.isatty() else follow(api, run_id, click.echo)
     raise SystemExit(0 if final["status"] == Status.SUCCESS else 1)
 
 
@@ -58,12 +65,8 @@ def follow(api: Api, run_id: str, echo: Any, logs: bool = True) -> dict[str, Any
     tails: dict[str, LogTail] = {}
     deadline = time.monotonic() + APPEAR
     while True:
-        try:
-            current = api.call("GET", f"/api/runs/{run_id}")
-        except ApiFailed as exc:
-            if exc.status != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(POLL)
+        current = _current(api, run_id, deadline)
+        if current is None:
             continue
         final = Status(current["status"]).final
         for job in current["jobs"]:
@@ -84,6 +87,76 @@ def follow(api: Api, run_id: str, echo: Any, logs: bool = True) -> dict[str, Any
             echo(f"run #{current['number']} {current['status']}")
             return dict(current)
         time.sleep(POLL)
+
+
+def _current(api: Api, run_id: str, deadline: float) -> dict[str, Any] | None:
+    """The run, or None (after a pause) while it does not exist yet."""
+    try:
+        found: dict[str, Any] = api.call("GET", f"/api/runs/{run_id}")
+    except ApiFailed as exc:
+        if exc.status != 404 or time.monotonic() > deadline:
+            raise
+        time.sleep(POLL)
+        return None
+    return found
+
+
+def live_view(api: Api, run_id: str) -> dict[str, Any]:
+    """On a terminal: a table of jobs and steps redrawn in place, with the last lines of
+    the running steps' logs under it, until the run ends."""
+    colours = {
+        "success": "green",
+        "failure": "red",
+        "running": "yellow",
+        "cancelled": "magenta",
+        "timed-out": "red",
+        "agent-lost": "red",
+    }
+    tails: dict[str, LogTail] = {}
+    recent: deque[str] = deque(maxlen=LIVE_LINES)
+    deadline = time.monotonic() + APPEAR
+    with Live(refresh_per_second=8, transient=False) as live:
+        while True:
+            current = _current(api, run_id, deadline)
+            if current is None:
+                continue
+            table = Table(
+                box=None, title=f"{current['pipeline']} #{current['number']}", title_justify="left"
+            )
+            for heading in ("job / step", "status", "time", "outputs"):
+                table.add_column(heading)
+            for job in current["jobs"]:
+                table.add_row(
+                    Text(job["name"], style="bold"), _styled(job["status"], colours), _took(job), ""
+                )
+                for step in job["steps"]:
+                    table.add_row(
+                        f"  {step['name']}",
+                        _styled(step["status"], colours),
+                        _took(step),
+                        " ".join(f"{k}={v}" for k, v in step["outputs"].items()),
+                    )
+                    if step["status"] == Status.RUNNING:
+                        where = f"{job['key']}/{step['id']}"
+                        tail = tails.setdefault(where, LogTail(api, run_id, job["key"], step["id"]))
+                        tail.show(lambda line: recent.append(line.strip()))
+            final = Status(current["status"]).final
+            status = _styled(current["status"], colours)
+            live.update(
+                Group(table, Text("\n".join(recent), style="dim"), Text.assemble("run: ", status))
+            )
+            if final:
+                return current
+            time.sleep(POLL)
+
+
+def _styled(status: str, colours: dict[str, str]) -> Text:
+    return Text(status, style=colours.get(status, ""))
+
+
+def _took(item: dict[str, Any]) -> str:
+    start, end = item.get("started_at"), item.get("finished_at")
+    return f"{end - start:.1f}s" if start and end else ""
 
 
 def _once(seen: dict[str, str], key: str, line: str, echo: Any) -> None:

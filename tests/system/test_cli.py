@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
+import re
 import signal
 import subprocess
 import sys
@@ -127,3 +130,47 @@ async def test_an_agent_over_websocket(system: System) -> None:
     run = await system.wait_run(await system.start_run("p", "Echo", word="over-ws"))
     assert run["status"] == "success", run
     assert step_of(run, "say")["outputs"] == {"said": "over-ws"}
+
+
+async def test_run_watch_on_a_terminal_draws_a_live_table(system: System) -> None:
+    await system.project("p")
+    await asyncio.to_thread(login, system)
+    await system.agent("a", projects=["p"])
+    await system.pipeline("p", ECHO)
+    argv = [
+        sys.executable,
+        "-m",
+        "runyard",
+        "run",
+        "Echo",
+        "-p",
+        "p",
+        "--input",
+        "word=tty",
+        "--watch",
+    ]
+    status, output = await asyncio.to_thread(on_a_terminal, argv, system.env)
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", output)
+    assert status == 0, text
+    assert "Echo #1" in text
+    assert "said=tty" in text
+    assert "run: success" in text
+
+
+def on_a_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run `argv` on a pseudo-terminal to its end: (exit status, what it printed)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvpe(argv[0], argv, env)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the program ended and the terminal closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
