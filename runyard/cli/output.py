@@ -56,17 +56,20 @@ def listing(
         click.echo("\t".join(str(row.get(key, "")) for key, _ in columns))
 
 
+# statuses (and agents' states) in colour on a terminal
+COLOURS = {
+    "success": "green",
+    "failure": "red",
+    "running": "yellow",
+    "cancelled": "magenta",
+    "timed-out": "red",
+    "agent-lost": "red",
+    "online": "green",
+    "offline": "red",
+}
+
+
 def _cell(value: Any) -> str:
-    colours = {
-        "success": "green",
-        "failure": "red",
-        "running": "yellow",
-        "cancelled": "magenta",
-        "timed-out": "red",
-        "agent-lost": "red",
-        "online": "green",
-        "offline": "red",
-    }
     text = str(value) if value is not None else "-"
-    colour = colours.get(text)
+    colour = COLOURS.get(text)
     return f"[{colour}]{text}[/{colour}]" if colour else text.replace("[", r"\[")

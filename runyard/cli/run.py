@@ -16,6 +16,7 @@ from rich.text import Text
 
 from runyard.cli import config
 from runyard.cli.client import Api, ApiFailed
+from runyard.cli.output import COLOURS
 from runyard.cli.pipeline import parse_inputs
 from schemas.status import Status
 
@@ -104,14 +105,6 @@ def _current(api: Api, run_id: str, deadline: float) -> dict[str, Any] | None:
 def live_view(api: Api, run_id: str) -> dict[str, Any]:
     """On a terminal: a table of jobs and steps redrawn in place, with the last lines of
     the running steps' logs under it, until the run ends."""
-    colours = {
-        "success": "green",
-        "failure": "red",
-        "running": "yellow",
-        "cancelled": "magenta",
-        "timed-out": "red",
-        "agent-lost": "red",
-    }
     tails: dict[str, LogTail] = {}
     recent: deque[str] = deque(maxlen=LIVE_LINES)
     deadline = time.monotonic() + APPEAR
@@ -127,12 +120,12 @@ def live_view(api: Api, run_id: str) -> dict[str, Any]:
                 table.add_column(heading)
             for job in current["jobs"]:
                 table.add_row(
-                    Text(job["name"], style="bold"), _styled(job["status"], colours), _took(job), ""
+                    Text(job["name"], style="bold"), _styled(job["status"]), _took(job), ""
                 )
                 for step in job["steps"]:
                     table.add_row(
                         f"  {step['name']}",
-                        _styled(step["status"], colours),
+                        _styled(step["status"]),
                         _took(step),
                         " ".join(f"{k}={v}" for k, v in step["outputs"].items()),
                     )
@@ -141,7 +134,7 @@ def live_view(api: Api, run_id: str) -> dict[str, Any]:
                         tail = tails.setdefault(where, LogTail(api, run_id, job["key"], step["id"]))
                         tail.show(lambda line: recent.append(line.strip()))
             final = Status(current["status"]).final
-            status = _styled(current["status"], colours)
+            status = _styled(current["status"])
             live.update(
                 Group(table, Text("\n".join(recent), style="dim"), Text.assemble("run: ", status))
             )
@@ -150,8 +143,8 @@ def live_view(api: Api, run_id: str) -> dict[str, Any]:
             time.sleep(POLL)
 
 
-def _styled(status: str, colours: dict[str, str]) -> Text:
-    return Text(status, style=colours.get(status, ""))
+def _styled(status: str) -> Text:
+    return Text(status, style=COLOURS.get(status, ""))
 
 
 def _took(item: dict[str, Any]) -> str:
