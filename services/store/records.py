@@ -147,6 +147,12 @@ async def get_pipeline(r: Redis, project: str, name: str) -> PipelineRecord:
     )
 
 
+async def pipeline_versions(r: Redis, project: str, name: str) -> dict[int, str]:
+    """Every saved version's source, by version number."""
+    stored = strdict(await r.hgetall(key("pipeline", project, name, "versions")))
+    return {int(v): source for v, source in sorted(stored.items(), key=lambda x: int(x[0]))}
+
+
 async def list_pipelines(r: Redis, project: str) -> list[PipelineRecord]:
     names = sorted(strs(await r.smembers(key("pipelines", project))))
     return [await get_pipeline(r, project, n) for n in names]

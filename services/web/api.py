@@ -206,6 +206,12 @@ async def get_pipeline(request: Request) -> JSONResponse:
     return JSONResponse({**record.public(), "schedules": schedules})
 
 
+async def pipeline_versions(request: Request) -> JSONResponse:
+    current = await _pipeline(request)
+    found = await records.pipeline_versions(redis_of(request), current.project, current.name)
+    return JSONResponse([{"version": v, "source": s} for v, s in found.items()])
+
+
 async def delete_pipeline(request: Request) -> JSONResponse:
     current = await _pipeline(request)
     await require(request, current.project, "maintainer", "deleting pipelines")
@@ -527,6 +533,7 @@ routes = [
     Route("/api/projects/{project}/pipelines/{name}", get_pipeline),
     Route("/api/projects/{project}/pipelines/{name}", update_pipeline, methods=["PUT"]),
     Route("/api/projects/{project}/pipelines/{name}", delete_pipeline, methods=["DELETE"]),
+    Route("/api/projects/{project}/pipelines/{name}/versions", pipeline_versions),
     Route("/api/projects/{project}/pipelines/{name}/runs", list_runs),
     Route("/api/projects/{project}/pipelines/{name}/runs", start_run, methods=["POST"]),
     Route("/api/runs/{run}", get_run),

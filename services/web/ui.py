@@ -149,6 +149,7 @@ async def pipeline(request: Request) -> Response:
     manual = spec.triggers.manual if spec else None
     form = (manual.form if manual else None) or {}
     history = await store.list_runs(r, project, name, 50)
+    versions = sorted(await records.pipeline_versions(r, project, name), reverse=True)
     return await _page(
         request,
         "pipeline.html",
@@ -158,6 +159,24 @@ async def pipeline(request: Request) -> Response:
         form=json.dumps(form),
         schedules=_next_times(spec) if spec else [],
         webhook=await r.exists(key("webhook", project)),
+        versions=versions,
+        section="pipelines",
+    )
+
+
+async def version_page(request: Request) -> Response:
+    project, name = request.path_params["project"], request.path_params["name"]
+    version = int(request.path_params["version"])
+    found = await records.pipeline_versions(request.app.state.redis, project, name)
+    if version not in found:
+        return await _page(request, "error.html", message=f"'{name}' has no version {version}.")
+    return await _page(
+        request,
+        "version.html",
+        project=project,
+        name=name,
+        version=version,
+        source=found[version],
         section="pipelines",
     )
 
@@ -175,8 +194,15 @@ def _next_times(spec: Pipeline) -> list[tuple[str, str]]:
 async def run_page(request: Request) -> Response:
     run_id = request.path_params["run"]
     stored = await store.load_run(request.app.state.redis, run_id)
-    if stored is None:
-        return await _page(request, "error.html", message=f"No run '{run_id}'.")
+    if stored is None:  # just asked for: the dispatcher makes it within moments
+        waiting = {
+            "id": run_id,
+            "pipeline": None,
+            "number": None,
+            "status": "queued",
+            "project": None,
+        }
+        return await _page(request, "run.html", run=waiting, project=None, section="runs")
     summary = stored.summary()
     return await _page(request, "run.html", run=summary, project=summary["project"], section="runs")
 
@@ -223,6 +249,7 @@ routes = [
     Route("/p/{project}/pipelines/new", editor),
     Route("/p/{project}/pipelines/{name}/edit", editor),
     Route("/p/{project}/pipelines/{name}", pipeline),
+    Route("/p/{project}/pipelines/{name}/versions/{version:int}", version_page),
     Route("/runs/{run}", run_page),
     Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
 ]

@@ -57,6 +57,8 @@ async def test_update_keeps_versions_and_runs_keep_theirs(system: System) -> Non
         "PUT", "/api/projects/p/pipelines/Echo", json={"source": source.replace("one", "two")}
     )
     assert updated["version"] == 2
+    versions = await system.call("GET", "/api/projects/p/pipelines/Echo/versions")
+    assert [(v["version"], "two" in v["source"]) for v in versions] == [(1, False), (2, True)]
     rerun = await system.call("POST", f"/api/runs/{first['id']}/rerun")
     second = await system.wait_run(rerun["run"])
     assert second["status"] == "success"

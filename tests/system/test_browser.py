@@ -100,6 +100,14 @@ async def test_write_a_pipeline_run_it_and_watch_it(system: System, browser: Bro
     await page.screenshot(path=str(SHOTS / "run.png"))
     await page.click("text=Greeting")
     await expect(page.locator("table.grid .status").first).to_have_text("success")
+    await page.click("text=Edit")
+    await page.fill("#source", TYPO.replace("stepz", "steps").replace("hello", "hi"))
+    await expect(page.locator("#state")).to_have_text("valid")
+    await page.click("#save")
+    await expect(page.locator("h1")).to_have_text("Greeting")
+    await page.click("a[href$='/versions/1']")
+    await expect(page.locator("pre.source")).to_contain_text('echo "hello')
+    await page.go_back()
     page.on("dialog", lambda dialog: dialog.accept())
     await page.click("#webhook")
     await expect(page.locator("#webhook-secret")).to_contain_text("New secret (shown once): ")
@@ -186,3 +194,19 @@ async def test_a_long_log_is_paged(system: System, browser: Browser) -> None:
     await expect(log.locator(".line")).to_have_count(2500)
     await expect(log.locator(".line").first).to_have_text("1")
     await expect(page.locator("text=Show earlier lines")).to_have_count(0)
+
+
+async def test_a_run_page_opened_before_the_run_exists_waits_for_it(
+    system: System, browser: Browser
+) -> None:
+    await system.project("vision")
+    await system.agent("box", projects=["vision"])
+    await system.pipeline("vision", LONG)
+    page = await logged_in(system, browser)
+    system.procs[0].kill(signal.SIGKILL)  # no dispatcher: the run is not made yet
+    run_id = await system.start_run("vision", "Long log")
+    await page.goto(f"{system.url}/runs/{run_id}")
+    await expect(page.locator("#waiting")).to_be_visible()
+    system.dispatcher()
+    await expect(page.locator("h1")).to_have_text("Long log #1", timeout=30_000)
+    await expect(page.locator("#run-status")).to_have_text("success", timeout=30_000)

@@ -148,6 +148,10 @@ function runPage(root) {
     source.addEventListener("end", () => source.close());
   };
   const render = (data) => {
+    if (document.getElementById("waiting")) {  // it exists now: show its full page
+      location.reload();
+      return true;
+    }
     badge.textContent = data.status;
     badge.className = `status ${data.status}`;
     for (const job of data.jobs) {
