@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import orjson
 
 from schemas.subjects import key
-from services.store.connection import Redis, strdict
+from services.store.connection import Redis, strdict, strs
 
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 SESSION_TTL = 7 * 24 * 3600
@@ -109,3 +109,12 @@ async def session(r: Redis, token: str) -> tuple[Session, dict[str, str]] | None
 
 async def close_session(r: Redis, token: str) -> None:
     await r.delete(_session_key(token))
+
+
+async def list_users(r: Redis) -> list[dict[str, str]]:
+    found = []
+    for name in sorted(strs(await r.smembers(key("users")))):
+        user = strdict(await r.hgetall(key("user", name)))
+        if user:
+            found.append({k: v for k, v in user.items() if k != "password"})
+    return found

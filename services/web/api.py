@@ -417,6 +417,11 @@ async def create_user(request: Request) -> JSONResponse:
     return JSONResponse({"name": name}, status_code=201)
 
 
+async def list_users(request: Request) -> JSONResponse:
+    require_admin(request, "listing users")
+    return JSONResponse(await accounts.list_users(redis_of(request)))
+
+
 async def list_orgs(request: Request) -> JSONResponse:
     return JSONResponse(await orgs.list_orgs(redis_of(request)))
 
@@ -540,6 +545,7 @@ routes = [
     Route("/api/runs/{run}/cancel", cancel_run, methods=["POST"]),
     Route("/api/runs/{run}/rerun", rerun, methods=["POST"]),
     Route("/api/keys", create_key, methods=["POST"]),
+    Route("/api/users", list_users),
     Route("/api/users", create_user, methods=["POST"]),
     Route("/api/orgs", list_orgs),
     Route("/api/orgs", create_org, methods=["POST"]),

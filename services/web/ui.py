@@ -19,7 +19,7 @@ from starlette.templating import Jinja2Templates
 from runyard import cron
 from schemas.pipeline import Pipeline
 from schemas.subjects import key
-from services.store import accounts, records
+from services.store import accounts, orgs, records
 from services.store import runs as store
 
 HERE = Path(__file__).resolve().parent
@@ -236,12 +236,26 @@ async def project_runs(request: Request) -> Response:
     return await _page(request, "runs.html", project=project, runs=found[:100], section="runs")
 
 
+async def settings(request: Request) -> Response:
+    """Users, organizations and API keys (admins); changes go through the API."""
+    found = await _session(request)
+    if found is None:
+        return _to_login(request)
+    if found[1].get("role") != "admin":
+        return await _page(request, "error.html", message="Settings are for admins.")
+    r = request.app.state.redis
+    return await _page(
+        request, "settings.html", users=await accounts.list_users(r), orgs=await orgs.list_orgs(r)
+    )
+
+
 routes = [
     Route("/login", login_page),
     Route("/login", login, methods=["POST"]),
     Route("/logout", logout, methods=["POST"]),
     Route("/", home),
     Route("/agents", agents),
+    Route("/settings", settings),
     Route("/p/{project}", pipelines),
     Route("/p/{project}/agents", agents),
     Route("/p/{project}/runs", project_runs),

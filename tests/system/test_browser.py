@@ -210,3 +210,23 @@ async def test_a_run_page_opened_before_the_run_exists_waits_for_it(
     system.dispatcher()
     await expect(page.locator("h1")).to_have_text("Long log #1", timeout=30_000)
     await expect(page.locator("#run-status")).to_have_text("success", timeout=30_000)
+
+
+async def test_settings_add_a_user_and_make_a_key(system: System, browser: Browser) -> None:
+    page = await logged_in(system, browser)
+    await page.click("text=Settings")
+    user = page.locator("form[data-action=user]")
+    await user.locator("input[name=name]").fill("grace")
+    await user.locator("input[name=password]").fill("hopper-pw-1")
+    await user.locator("select[name=role]").select_option("maintainer")
+    await user.locator("button").click()
+    await expect(page.locator("td", has_text="grace")).to_be_visible()
+    key = page.locator("form[data-action=key]")
+    await key.locator("input[name=name]").fill("ci")
+    await key.locator("button").click()
+    await expect(page.locator("#new-key")).to_contain_text("New key (shown once): ryk_")
+    await page.screenshot(path=str(SHOTS / "settings.png"))
+    users = await system.call("GET", "/api/users")
+    assert {"name": "grace", "role": "maintainer"}.items() <= next(
+        u for u in users if u["name"] == "grace"
+    ).items()

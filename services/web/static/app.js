@@ -278,7 +278,28 @@ function manageAgents(dialog) {
   });
 }
 
+// --- settings (admins): users, organizations, API keys through the API -------------
+function settingsForms(root) {
+  const paths = { user: "/api/users", org: "/api/orgs", key: "/api/keys" };
+  for (const form of root.querySelectorAll("form[data-action]")) {
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const body = Object.fromEntries(new FormData(form).entries());
+      const result = await api("POST", paths[form.dataset.action], body);
+      const problems = document.getElementById("settings-problems");
+      if (!result.ok) { problems.innerHTML = `<li>${esc(result.data.error)}</li>`; return; }
+      if (form.dataset.action === "key") {
+        document.getElementById("new-key").textContent = `New key (shown once): ${result.data.key}`;
+      } else {
+        location.reload();
+      }
+    });
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  const settings = document.getElementById("settings");
+  if (settings) settingsForms(settings);
   document.querySelectorAll("svg.spark").forEach(sparkline);
   const hook = document.getElementById("webhook");
   if (hook) webhookButton(hook);
