@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import time
@@ -12,6 +13,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psutil
 from nats.js import JetStreamContext
 
 from schemas import subjects
@@ -57,6 +59,11 @@ async def test_a_killed_agent_is_lost_and_its_job_runs_elsewhere(
     assert job["attempt"] == 2
     assert job["agent"]["id"] != victim_id
     assert step_of(run, "work")["status"] == "success"
+    # its step ran in its own process group and outlived it: end it, as a supervisor would
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(victim.dir) in " ".join(proc.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error, OSError):  # gone meanwhile
+                os.killpg(proc.pid, signal.SIGKILL)
     # the killed agent comes back: the stale step it was given is not run again
     await system.start_agent(victim)
     await asyncio.sleep(3)
