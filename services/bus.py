@@ -1,11 +1,23 @@
-"""NATS plumbing shared by the services: connecting, and the streams of DESIGN.md §4."""
+"""NATS plumbing shared by the services: connecting, the streams of DESIGN.md §4, and
+the durable pull consumers the services work from."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ObjectStoreConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    ConsumerConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from schemas import subjects
@@ -40,3 +52,39 @@ async def ensure_streams(js: JetStreamContext) -> None:
     except BucketNotFoundError:
         bucket = ObjectStoreConfig(bucket=subjects.ARTIFACTS_BUCKET, ttl=subjects.RETENTION)
         await js.create_object_store(subjects.ARTIFACTS_BUCKET, config=bucket)
+
+
+log = logging.getLogger("runyard.bus")
+
+
+async def ensure_consumer(
+    js: JetStreamContext, stream: subjects.StreamSpec, durable: str, max_ack_pending: int
+) -> None:
+    """Create the durable consumer once; replicas and restarts bind to the same one."""
+    try:
+        await js.consumer_info(stream.name, durable)
+    except NotFoundError:
+        config = ConsumerConfig(durable_name=durable, ack_wait=30, max_ack_pending=max_ack_pending)
+        await js.add_consumer(stream.name, config)
+
+
+async def pull(
+    js: JetStreamContext,
+    stream: subjects.StreamSpec,
+    durable: str,
+    handle: Callable[[Msg], Awaitable[None]],
+) -> None:
+    """Fetch from a durable consumer one message at a time (no waiting to fill a
+    batch) and hand each to `handle`, forever; a lost connection only pauses it."""
+    sub = await js.pull_subscribe_bind(durable, stream.name)
+    while True:
+        try:
+            msgs = await sub.fetch(1, timeout=5)
+        except TimeoutError:
+            continue
+        except Exception as exc:  # disconnected: nats-py reconnects on its own
+            log.debug("fetch from %s: %s", durable, exc)
+            await asyncio.sleep(0.5)
+            continue
+        for msg in msgs:
+            await handle(msg)

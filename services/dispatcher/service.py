@@ -15,14 +15,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig
-from nats.js.errors import NotFoundError
 
 from runyard.engine.contexts import form_inputs
 from runyard.engine.events import Command, JobEnded, JobStarted, RunCancelled, StepDone
@@ -80,20 +79,14 @@ class Dispatcher:
 
     async def start(self) -> None:
         await bus.ensure_streams(self.js)
-        await self._consumer(subjects.EVENTS_STREAM, subjects.DISPATCHER_EVENTS_CONSUMER)
-        await self._consumer(subjects.AGENT_STREAM, subjects.DISPATCHER_AGENT_CONSUMER)
+        events = (subjects.EVENTS_STREAM, subjects.DISPATCHER_EVENTS_CONSUMER)
+        results = (subjects.AGENT_STREAM, subjects.DISPATCHER_AGENT_CONSUMER)
+        for stream, durable in (events, results):
+            await bus.ensure_consumer(self.js, stream, durable, max_ack_pending=10_000)
         # one worker takes trigger events, so runs are numbered and queued in their order
-        self._spawn(
-            self._consume(
-                subjects.EVENTS_STREAM, subjects.DISPATCHER_EVENTS_CONSUMER, self.on_event
-            )
-        )
+        self._spawn(bus.pull(self.js, *events, partial(self._acked, self.on_event)))
         for _ in range(WORKERS):
-            self._spawn(
-                self._consume(
-                    subjects.AGENT_STREAM, subjects.DISPATCHER_AGENT_CONSUMER, self.on_agent_event
-                )
-            )
+            self._spawn(bus.pull(self.js, *results, partial(self._acked, self.on_agent_event)))
         await self.nc.subscribe(
             subjects.HEARTBEATS_ALL, queue=subjects.DISPATCHER_QUEUE, cb=self.on_heartbeat
         )
@@ -108,38 +101,17 @@ class Dispatcher:
     def _spawn(self, coro: Awaitable[None]) -> None:
         self.tasks.append(asyncio.ensure_future(coro))
 
-    async def _consumer(self, stream: subjects.StreamSpec, durable: str) -> None:
+    async def _acked(self, handle: Callable[[Msg], Awaitable[None]], msg: Msg) -> None:
+        """Ack a message once handled; on an error, offer it again a moment later."""
         try:
-            await self.js.consumer_info(stream.name, durable)
-        except NotFoundError:
-            config = ConsumerConfig(durable_name=durable, ack_wait=30, max_ack_pending=10_000)
-            await self.js.add_consumer(stream.name, config)
-
-    async def _consume(
-        self, stream: subjects.StreamSpec, durable: str, handle: Callable[[Msg], Awaitable[None]]
-    ) -> None:
-        sub = await self.js.pull_subscribe_bind(durable, stream.name)
-        while True:
-            try:
-                msgs = await sub.fetch(1, timeout=5)
-            except TimeoutError:
-                continue
-            except Exception as exc:  # disconnected: nats-py reconnects on its own
-                log.debug("fetch from %s: %s", durable, exc)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                try:
-                    await handle(msg)
-                except Exception:
-                    log.exception(
-                        "handling a message on %s; it will be delivered again", msg.subject
-                    )
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=1)
-                    continue
-                with contextlib.suppress(Exception):
-                    await msg.ack()
+            await handle(msg)
+        except Exception:
+            log.exception("handling a message on %s; it will be delivered again", msg.subject)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1)
+            return
+        with contextlib.suppress(Exception):
+            await msg.ack()
 
     # --- changing a run -------------------------------------------------------------
 
@@ -411,10 +383,9 @@ class Dispatcher:
             "errors": errors,
         }
         await self.r.hset(store.run_key(event.run), f"finished:{event.job}", store.dumps(record))
-        await self.nc.publish(
-            subjects.run_changed(event.run),
-            RunChanged(run=event.run, status=Status.RUNNING, at=time.time()).encode(),
-        )
+        status = await self.r.hget(store.run_key(event.run), "status")
+        changed = RunChanged(run=event.run, status=Status(str(status or "running")), at=time.time())
+        await self.nc.publish(subjects.run_changed(event.run), changed.encode())
 
     async def _release(self, agent: str, m: str) -> bool:
         released = await self.scripts.release(
@@ -480,17 +451,20 @@ class Dispatcher:
             for agent in ids:
                 p.hmget(records.agent_key(agent), ["slots", "used", "labels"])
                 p.smembers(records.agent_key(agent, "projects"))
+                p.smembers(records.agent_key(agent, "orgs"))
             rows = await p.execute()
         found = []
         for i, agent in enumerate(ids):
-            (slots, used, labels), projects = rows[2 * i], rows[2 * i + 1]
+            (slots, used, labels), projects, member_of = rows[3 * i : 3 * i + 3]
             if slots is None:
                 continue
+            if member_of:  # an organization assigns the agent to all its projects
+                projects = set(projects) | await orgs.org_projects(self.r, strs(member_of))
             found.append(
                 placement.Candidate(
                     agent,
                     frozenset(orjson.loads(labels or "[]")),
-                    frozenset(await orgs.agent_projects(self.r, agent, set(projects))),
+                    frozenset(projects),
                     int(slots),
                     int(used or 0),
                 )

@@ -13,8 +13,6 @@ import os
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig
-from nats.js.errors import NotFoundError
 
 from schemas import subjects
 from schemas.messages import LogBatch
@@ -42,37 +40,16 @@ class Collector:
 
     async def start(self) -> None:
         await bus.ensure_streams(self.js)
-        stream = subjects.LOGS_STREAM.name
-        try:
-            await self.js.consumer_info(stream, subjects.LOG_COLLECTOR_CONSUMER)
-        except NotFoundError:
-            config = ConsumerConfig(
-                durable_name=subjects.LOG_COLLECTOR_CONSUMER, ack_wait=30, max_ack_pending=20_000
-            )
-            await self.js.add_consumer(stream, config)
+        durable = subjects.LOG_COLLECTOR_CONSUMER
+        await bus.ensure_consumer(self.js, subjects.LOGS_STREAM, durable, max_ack_pending=20_000)
         for _ in range(WORKERS):
-            self.tasks.append(asyncio.ensure_future(self._consume()))
+            pull = bus.pull(self.js, subjects.LOGS_STREAM, durable, self._handle)
+            self.tasks.append(asyncio.ensure_future(pull))
 
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-
-    async def _consume(self) -> None:
-        sub = await self.js.pull_subscribe_bind(
-            subjects.LOG_COLLECTOR_CONSUMER, subjects.LOGS_STREAM.name
-        )
-        while True:
-            try:
-                msgs = await sub.fetch(1, timeout=5)
-            except TimeoutError:
-                continue
-            except Exception as exc:
-                log.debug("fetch: %s", exc)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                await self._handle(msg)
 
     async def _handle(self, msg: Msg) -> None:
         try:

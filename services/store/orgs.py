@@ -107,9 +107,9 @@ async def assign_agent_to_org(r: Redis, agent: str, org: str, on: bool = True) -
         await r.srem(agent_key(agent, "orgs"), org)
 
 
-async def agent_projects(r: Redis, agent: str, direct: set[str]) -> set[str]:
-    """The agent's projects: its own, and every project of its organizations."""
-    found = set(direct)
-    for org in strs(await r.smembers(agent_key(agent, "orgs"))):
+async def org_projects(r: Redis, names: list[str]) -> set[str]:
+    """Every project of these organizations (an agent assigned to them serves these)."""
+    found: set[str] = set()
+    for org in names:
         found |= set(strs(await r.smembers(key("org", org, "projects"))))
     return found
