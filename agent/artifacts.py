@@ -31,6 +31,7 @@ def _sha256(path: Path) -> str:
 
 async def upload(
     js: JetStreamContext,
+    agent: str,
     workspace: Path,
     run: str,
     job: str,
@@ -44,7 +45,7 @@ async def upload(
     wanted = [s for s in specs if job_ok or s.if_failed]
     if not wanted:
         return stored, problems
-    store = await js.object_store(subjects.ARTIFACTS_BUCKET)
+    store = await js.object_store(subjects.agent_artifacts_bucket(agent))
     for spec in wanted:
         files = matching_files(workspace, spec.path)
         size = sum(p.stat().st_size for _, p in files)

@@ -3,12 +3,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import ssl
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 FILE = "agent.json"
+# The only RUNYARD_* settings an agent reads from its environment; launchers pass it
+# nothing else of theirs (a server's URLs, passwords and keys stay with the server).
+AGENT_SETTINGS = ("RUNYARD_ACTIONS_BASE", "RUNYARD_ALLOW_FILE_URLS", "RUNYARD_LOG")
+
+
+def agent_environment(environ: dict[str, str]) -> dict[str, str]:
+    """`environ` without any RUNYARD_* variable an agent has no business seeing."""
+    return {k: v for k, v in environ.items() if not k.startswith("RUNYARD_") or k in AGENT_SETTINGS}
+
+
+def fingerprint(pem: str) -> str:
+    """`SHA256:AB:CD:…` of a PEM certificate (as `openssl x509 -fingerprint` shows it)."""
+    der = ssl.PEM_cert_to_DER_cert(pem.strip())
+    return "SHA256:" + ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
 
 
 class ConfigError(RuntimeError):
@@ -26,6 +42,9 @@ class AgentConfig:
     name: str
     token: str
     nats_url: str
+    # PEM of the CA that signed the server's TLS certificate (a self-signed one made by
+    # `runyard up --public`); empty to trust the system's CAs.
+    ca: str = ""
 
     def save(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
@@ -42,7 +61,9 @@ class AgentConfig:
         path = directory / FILE
         try:
             data = json.loads(path.read_text())
-            return cls(data["id"], data["name"], data["token"], data["nats_url"])
+            return cls(
+                data["id"], data["name"], data["token"], data["nats_url"], data.get("ca", "")
+            )
         except FileNotFoundError:
             raise ConfigError(
                 f"no agent in {directory}: run `runyard agent create --name NAME` first"

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import ssl
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -22,8 +23,6 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig
-from nats.js.errors import NotFoundError
 
 from agent import artifacts, git, junit, metrics
 from agent.actions import ActionCache
@@ -31,20 +30,23 @@ from agent.collect import matching_files
 from agent.config import AgentConfig
 from agent.logship import StepLog
 from agent.runners import StepResult, StepRunner
+from agent.sandbox import Sandbox
 from agent.spool import Spool
 from runyard.engine.events import ResolvedStep
 from schemas import subjects
 from schemas.messages import (
+    AgentRemoved,
     ArtifactFile,
-    Cancel,
     Heartbeat,
     JobAssign,
     JobClaimed,
     JobFinish,
     JobFinished,
+    JobRevoked,
     StepAssign,
     StepFinished,
     TestSummary,
+    decode_control,
     decode_inbox,
 )
 from schemas.pipeline import ActionRef
@@ -54,23 +56,111 @@ log = logging.getLogger("runyard.agent")
 
 HEARTBEAT = 5.0
 IN_PROGRESS = 20.0  # well inside the inbox consumer's ack wait
-ACK_WAIT = 60.0
 JOURNAL_KEEP = 10_000
 SHUTDOWN = 30.0  # seconds for Ctrl-C: cancel steps (10 s grace), report, flush
+REFUSED_FOR = 60.0  # seconds of refused reconnects before the agent gives up
+RETRY_CONNECT = 2.0  # seconds between tries to reach a server that is not there yet
 
 
-async def connect(config: AgentConfig, url: str) -> Client:
-    """`nats://`, `tls://` or `ws://`; reconnects on its own for as long as it runs.
-    The agent's id and token are its NATS user and password where the server checks
-    them."""
+class Refused(RuntimeError):
+    """The server does not accept this agent's credentials (wrong token, or removed)."""
+
+
+def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
+    """Verify the server against the agent file's CA (else the system's CAs)."""
+    if not config.ca:
+        return None
+    return ssl.create_default_context(cadata=config.ca)
+
+
+def _options(config: AgentConfig) -> dict[str, Any]:
+    """How this agent identifies itself: its id and token are its NATS user and
+    password (checked by the server's auth callout), and replies come on its own inbox
+    prefix, the only one its identity may subscribe to."""
+    return {
+        "name": f"runyard-agent-{config.id}",
+        "user": config.id,
+        "password": config.token,
+        "inbox_prefix": subjects.agent_reply_prefix(config.id),
+        "tls": tls_context(config),
+        "connect_timeout": 5,
+    }
+
+
+def _is_refusal(error: BaseException | str) -> bool:
+    return "authorization violation" in str(error).lower()
+
+
+async def _probe(config: AgentConfig, url: str) -> list[str]:
+    """Connect once without reconnecting: [] when admitted, else what went wrong."""
+    probe = Client()
+    errors: list[str] = []
+
+    async def keep(exc: Exception) -> None:
+        errors.append(str(exc) or type(exc).__name__)
+
+    try:
+        await probe.connect(
+            url, allow_reconnect=False, max_reconnect_attempts=0, error_cb=keep, **_options(config)
+        )
+    except Exception as exc:
+        errors.append(str(exc) or type(exc).__name__)
+    finally:
+        admitted = probe.is_connected
+        await probe.close()
+    return [] if admitted else errors or ["closed while connecting"]
+
+
+async def admitted(config: AgentConfig, url: str, stop: asyncio.Event) -> bool:
+    """Wait until the server admits this agent (True), or `stop` is set (False);
+    `Refused` when it rejects the credentials. A server that cannot be reached yet is
+    retried, one log line a try."""
+    while not stop.is_set():
+        errors = await _probe(config, url)
+        if not errors:
+            return True
+        if any(_is_refusal(e) for e in errors):
+            raise Refused(
+                f"the server refused agent {config.id}: its token is wrong, the agent was "
+                "removed (create it again with `runyard agent create`), or the server "
+                "could not check it (see its dispatcher's log)"
+            )
+        log.warning("cannot reach NATS at %s (%s); retrying", url, errors[-1])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RETRY_CONNECT)
+    return False
+
+
+async def connect(config: AgentConfig, url: str, refused: asyncio.Event | None = None) -> Client:
+    """`nats://`, `tls://`, `ws://` or `wss://`; reconnects on its own for as long as
+    it runs (call `admitted` first: this waits for the server). `refused` is set once
+    reconnects stay refused for REFUSED_FOR seconds (the agent was removed)."""
+    since: list[float] = []
+
+    async def error(exc: Exception) -> None:
+        if _is_refusal(exc):
+            since.append(time.monotonic())
+            if refused is not None and since[-1] - since[0] >= REFUSED_FOR:
+                refused.set()
+            return
+        log.warning("NATS: %s", exc or type(exc).__name__)
+
+    async def reconnected() -> None:
+        since.clear()
+        log.info("reconnected to NATS")
+
+    async def disconnected() -> None:
+        log.warning("disconnected from NATS; reconnecting")
+
     return await nats.connect(
         url,
-        name=f"runyard-agent-{config.id}",
-        user=config.id,
-        password=config.token,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         allow_reconnect=True,
+        error_cb=error,
+        reconnected_cb=reconnected,
+        disconnected_cb=disconnected,
+        **_options(config),
     )
 
 
@@ -113,10 +203,18 @@ class Job:
     step: asyncio.Task[None] | None = None
     step_index: int | None = None
     step_msg: Msg | None = None
+    revoked: bool = False  # another agent holds the attempt now: report nothing
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, nc: Client, directory: Path, slots: int) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        nc: Client,
+        directory: Path,
+        slots: int,
+        sandbox: Sandbox | None = None,
+    ) -> None:
         self.config = config
         self.nc = nc
         self.js = nc.jetstream()
@@ -125,8 +223,9 @@ class Agent:
         self.spool = Spool(nc, directory / "spool")
         self.journal = Journal(directory / "state" / "done")
         cache = directory / "cache"
-        self.runner = StepRunner(ActionCache(cache / "actions"), cache)
+        self.runner = StepRunner(ActionCache(cache / "actions"), cache, sandbox)
         self.jobs: dict[str, Job] = {}
+        self.removed = asyncio.Event()  # the server said this agent no longer exists
         self.tasks: set[asyncio.Task[None]] = set()
         self.host = metrics.host_context(config.id, config.name)
 
@@ -172,23 +271,10 @@ class Agent:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("agent task failed", exc_info=exc)
 
-    async def _ensure_consumer(self) -> None:
-        name = subjects.agent_inbox_consumer(self.config.id)
-        try:
-            await self.js.consumer_info(subjects.INBOX_STREAM.name, name)
-        except NotFoundError:
-            config = ConsumerConfig(
-                durable_name=name,
-                filter_subject=subjects.agent_inbox(self.config.id),
-                ack_wait=ACK_WAIT,
-                max_ack_pending=1000,
-            )
-            await self.js.add_consumer(subjects.INBOX_STREAM.name, config)
-
     async def _fetch(self) -> None:
         while True:
             try:
-                await self._ensure_consumer()
+                # the server made the consumer when it admitted this agent
                 sub = await self.js.pull_subscribe_bind(
                     subjects.agent_inbox_consumer(self.config.id), subjects.INBOX_STREAM.name
                 )
@@ -297,6 +383,7 @@ class Agent:
         try:
             stored, problems = await artifacts.upload(
                 self.js,
+                self.config.id,
                 workspace,
                 finish.run,
                 finish.job,
@@ -310,16 +397,35 @@ class Agent:
         found.errors += problems
         return found
 
-    def _on_cancel(self, cancel: Cancel) -> None:
-        job = self.jobs.get(job_key(cancel.run, cancel.job, cancel.attempt))
-        if job is not None:
-            job.cancel.set()
-
     async def _on_control(self, msg: Msg) -> None:
         try:
-            self._on_cancel(Cancel.model_validate_json(msg.data))
+            control = decode_control(msg.data)
         except ValueError as exc:
             log.error("unreadable control message: %s", exc)
+            return
+        if isinstance(control, AgentRemoved):
+            log.error("this agent was removed on the server; stopping")
+            self.removed.set()
+            return
+        key = job_key(control.run, control.job, control.attempt)
+        job = self.jobs.get(key)
+        if isinstance(control, JobRevoked):
+            await self._revoked(key, job)
+        elif job is not None:
+            job.cancel.set()
+
+    async def _revoked(self, key: str, job: Job | None) -> None:
+        """The attempt went to another agent: stop it, say nothing more about it."""
+        log.warning("job %s was given to another agent; stopping it here", key)
+        self.journal.add(f"job:{key}")
+        if job is None:
+            return
+        job.revoked = True
+        job.cancel.set()
+        if job.step is not None:
+            await asyncio.gather(job.step, return_exceptions=True)
+        self.jobs.pop(key, None)
+        await asyncio.to_thread(shutil.rmtree, job.workspace, True)
 
     # --- steps ----------------------------------------------------------------------
 
@@ -358,6 +464,8 @@ class Agent:
             result = await self.runner.run(resolved(assign), job.workspace, sink, job.cancel)
         sink.flush(final=True)
         self.journal.add(step_key)
+        if job.revoked:
+            return
         finished = StepFinished(
             agent=self.config.id,
             run=assign.run,

@@ -1,11 +1,24 @@
 """The few git operations the agent needs, run as processes (no library: the user's git,
-with its credentials helpers and proxies, is what they expect to be used)."""
+with its credentials helpers and proxies, is what they expect to be used).
+
+URLs and refs come from webhook payloads, pipeline files and action references, so each
+is checked (`runyard.git_inputs`) and then passed after `--`, where git reads operands
+only; and git may use only the transports those checks allow, whatever a URL asks for."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 from pathlib import Path
+
+from runyard.git_inputs import (
+    ALLOW_LOCAL_SETTING,
+    LOCAL_SCHEME,
+    REMOTE_SCHEMES,
+    is_commit,
+    ref_problem,
+    url_problem,
+)
 
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ADVICE": "0"}
 
@@ -14,29 +27,53 @@ class GitError(RuntimeError):
     pass
 
 
-async def git(*args: str, cwd: Path | None = None) -> str:
+def allow_local() -> bool:
+    """Local repositories only when the operator says so (tests, one-machine setups)."""
+    return os.environ.get(ALLOW_LOCAL_SETTING, "").lower() in ("1", "true", "yes")
+
+
+def _environment() -> dict[str, str]:
+    """The agent's environment for git, with git's own allow-list of transports set to
+    ours: it overrides `protocol.*.allow` config, so `ext::`, `fd::` and other helpers
+    stay off even if a check above missed a spelling (and an inherited value is replaced)."""
+    protocols = [*REMOTE_SCHEMES, *([LOCAL_SCHEME] if allow_local() else [])]
+    return {**os.environ, **GIT_ENV, "GIT_ALLOW_PROTOCOL": ":".join(protocols)}
+
+
+def check(url: str, ref: str | None = None) -> None:
+    """Raise a GitError naming `url` or `ref` if git must not be given it."""
+    problem = url_problem(url, allow_local()) or (ref_problem(ref) if ref is not None else None)
+    if problem:
+        raise GitError(problem)
+
+
+async def git(*args: str, operands: tuple[str, ...] = (), cwd: Path | None = None) -> str:
+    """`git <args> -- <operands>`: URLs and refs go after `--`, never among options."""
+    argv = [*args, "--", *operands] if operands else list(args)
     proc = await asyncio.create_subprocess_exec(
         "git",
-        *args,
+        *argv,
         cwd=cwd,
-        env={**os.environ, **GIT_ENV},
+        env=_environment(),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
     if proc.returncode != 0:
-        message = err.decode(errors="replace").strip().splitlines()
-        raise GitError(f"git {args[0]} failed: {message[-1] if message else proc.returncode}")
+        lines = err.decode(errors="replace").strip().splitlines() or [str(proc.returncode)]
+        reason = next((line for line in lines if line.startswith("fatal: ")), lines[-1])
+        raise GitError(f"git {args[0]} failed: {reason.removeprefix('fatal: ')}")
     return out.decode().strip()
 
 
 async def resolve(url: str, ref: str | None) -> tuple[str, str]:
     """(ref to fetch, commit) for `ref` (tag, branch or commit; None: the default branch)."""
-    if ref and len(ref) == 40 and all(c in "0123456789abcdef" for c in ref):
+    check(url, ref)
+    if ref and is_commit(ref):
         return ref, ref
     wanted = ref or "HEAD"
-    listing = await git("ls-remote", url, wanted, f"{wanted}^{{}}")
+    listing = await git("ls-remote", operands=(url, wanted, f"{wanted}^{{}}"))
     refs: dict[str, str] = {}
     for line in listing.splitlines():
         sha, _, name = line.partition("\t")
@@ -49,9 +86,10 @@ async def resolve(url: str, ref: str | None) -> tuple[str, str]:
 
 async def fetch_checkout(url: str, ref: str, dest: Path) -> str:
     """Shallow-fetch `ref` (a name or a commit) from `url` into `dest`; the commit."""
+    check(url, ref)
     dest.mkdir(parents=True, exist_ok=True)
     if not (dest / ".git").exists():
         await git("init", "--quiet", cwd=dest)
-    await git("fetch", "--quiet", "--depth", "1", url, ref, cwd=dest)
+    await git("fetch", "--quiet", "--depth", "1", operands=(url, ref), cwd=dest)
     await git("checkout", "--quiet", "--force", "FETCH_HEAD", cwd=dest)
     return await git("rev-parse", "HEAD", cwd=dest)

@@ -69,6 +69,7 @@ class LocalRun:
         job: str | None = None,
         cache_dir: Path | None = None,
         printer: Printer = print,
+        secrets: dict[str, str] | None = None,
     ) -> None:
         plan = compile_plan(pipeline)
         self.plan = only_job(plan, job) if job else plan
@@ -83,6 +84,7 @@ class LocalRun:
             pipeline={"id": "local", "name": pipeline.name},
             event=local_event(event),
             inputs=form_inputs(pipeline, inputs),
+            secrets=secrets or {},
         )
         self.engine = Engine(self.plan, info)
         self.workdir = workdir

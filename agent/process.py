@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,8 +107,10 @@ async def run_process(
     cancel: asyncio.Event | None = None,
     grace: float = GRACE,
     throttle: Throttle | None = None,
+    preexec: Callable[[], None] | None = None,
 ) -> ProcessResult:
-    """Run `argv` to its end, its timeout, or `cancel` being set."""
+    """Run `argv` to its end, its timeout, or `cancel` being set; `preexec` runs in the
+    child before the program (the agent's sandbox)."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -117,9 +120,10 @@ async def run_process(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=preexec,
         )
-    except OSError as exc:
-        sink("err", f"cannot start {argv[0]}: {exc.strerror or exc}")
+    except (OSError, subprocess.SubprocessError) as exc:
+        sink("err", f"cannot start {argv[0]}: {getattr(exc, 'strerror', None) or exc}")
         return ProcessResult(Status.FAILURE, None)
     assert proc.stdout is not None and proc.stderr is not None
     progress = _Progress()

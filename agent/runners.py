@@ -26,7 +26,9 @@ from agent import outputs
 from agent.action_inputs import ActionInputError, check_inputs
 from agent.actions import ActionCache, ActionError, LoadedAction
 from agent.process import LineSink, Throttle, run_process
+from agent.sandbox import Sandbox
 from runyard.engine.events import ResolvedStep
+from runyard.engine.masking import Masker
 from runyard.engine.text import to_text
 from schemas.status import Status
 
@@ -56,25 +58,6 @@ def _datatorch_installed() -> bool:
 ADD_MASK = "::add-mask::"  # a step marks a value secret for the rest of its output
 
 
-class Masker:
-    """Replaces every secret value in a line with `***` (longest first, so a secret
-    that contains another is hidden whole)."""
-
-    def __init__(self, values: list[str]) -> None:
-        self.secrets: list[str] = []
-        for value in values:
-            self.add(value)
-
-    def add(self, value: str) -> None:
-        if value and value not in self.secrets:
-            self.secrets = sorted([*self.secrets, value], key=len, reverse=True)
-
-    def __call__(self, line: str) -> str:
-        for secret in self.secrets:
-            line = line.replace(secret, "***")
-        return line
-
-
 def base_env() -> dict[str, str]:
     """The agent's environment without its own settings (which may hold credentials)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
@@ -100,9 +83,12 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 class StepRunner:
-    def __init__(self, actions: ActionCache, cache_dir: Path) -> None:
+    def __init__(
+        self, actions: ActionCache, cache_dir: Path, sandbox: Sandbox | None = None
+    ) -> None:
         self.actions = actions
         self.cache_dir = cache_dir
+        self.sandbox = sandbox  # the agent's; local mode runs steps as they are
         self._docker: bool | None = None
 
     async def run(
@@ -170,8 +156,10 @@ class StepRunner:
             timeout=step.timeout,
             cancel=cancel,
             throttle=throttle,
+            preexec=self.sandbox.preexec(workspace) if self.sandbox else None,
         )
         found.update(outputs.read_file(output_file))
+        found = mask.data(found)  # outputs are shown and passed on: hide secrets there too
         if cache_file and done.status == Status.SUCCESS:
             _write_atomically(cache_file, json.dumps(found))
         error = {Status.TIMED_OUT: "the step timed out", Status.CANCELLED: "cancelled"}.get(

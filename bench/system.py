@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, agent_environment
 from bench.common import running_stack
 from services.stack import Stack, die_with_parent, free_port
 from services.store import records
@@ -42,15 +42,13 @@ class BenchSystem:
         self.agent_pids: dict[str, int] = {}
         self.env = {
             **os.environ,
-            "RUNYARD_NATS_URL": stack.nats_url,
-            "RUNYARD_REDIS_URL": stack.redis_url,
             "RUNYARD_LOG": "WARNING",
             "RUNYARD_SECRET_KEY": os.environ.get("RUNYARD_SECRET_KEY") or new_key(),
         }
         port = free_port()
-        self.spawn("dispatcher", "serve", "dispatcher")
-        self.spawn("logs", "serve", "logs")
-        self.spawn("web", "serve", "web", "--port", str(port))
+        self.service("dispatcher")
+        self.service("logs")
+        self.service("web", "--port", str(port))
         key = asyncio.run(_api_key(stack.redis_url))
         self.http = httpx.Client(
             base_url=f"http://127.0.0.1:{port}",
@@ -59,7 +57,14 @@ class BenchSystem:
         )
         self.wait_until(lambda: self.http.get("/api/health").status_code == 200, "web API")
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def service(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        env = {**self.env, **self.stack.service_env(name)}
+        return self.spawn(name, "serve", name, *args, env=env)
+
+    def spawn(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A `runyard` process: a service with `env`, an agent with an agent's only."""
         parent = os.getpid()
         with (self.tmp / f"{name}-{len(self.procs)}.log").open("wb") as log:
             self.procs.append(
@@ -67,7 +72,7 @@ class BenchSystem:
                     [sys.executable, "-m", "runyard", *args],
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=self.env,
+                    env=env if env is not None else agent_environment(self.env),
                     start_new_session=True,
                     preexec_fn=lambda: die_with_parent(parent),
                 )
@@ -93,7 +98,7 @@ class BenchSystem:
     def agent(self, name: str, project: str, slots: int = 1) -> str:
         made = self.call("POST", "/api/agents", json={"name": name, "projects": [project]})
         directory = self.tmp / f"agent-{name}"
-        AgentConfig(made["id"], name, made["token"], made["nats_url"]).save(directory)
+        AgentConfig(made["id"], name, made["token"], made["nats_url"], made["ca"]).save(directory)
         proc = self.spawn(
             f"agent-{name}", "agent", "start", "--slots", str(slots), "--dir", str(directory)
         )

@@ -122,7 +122,7 @@ def main() -> None:
         return
     with bench_project() as (system, project, _):
         port = free_port()
-        system.spawn("trigger", "serve", "trigger", "--port", str(port))
+        system.service("trigger", "--port", str(port))
         system.call("PUT", f"/api/projects/{project}/webhook", json={"secret": SECRET})
         source = {
             "name": "On push",

@@ -65,6 +65,11 @@ class TriggerEvent(Message):
     paths_known: bool = Field(True, description="False when the host sends no changed files")
     actor: str | None = None
     pull_request: PullRequestInfo | None = None
+    fork: bool = Field(
+        False,
+        description="the code is a fork's pull request (or a run of one started this): "
+        "the run gets no secrets unless its pipeline opts in",
+    )
     inputs: dict[str, Any] = {}
     payload: dict[str, Any] = Field({}, description="the raw payload, for ${{ event.* }}")
     upstream_run: str | None = None
@@ -244,6 +249,27 @@ class Cancel(Message):
     grace: float = 10.0
 
 
+class JobRevoked(Message):
+    """This agent no longer holds the attempt (it was lost, then came back): kill the
+    job's processes and report nothing more for it."""
+
+    type: Literal["job.revoked"] = "job.revoked"
+    run: str
+    job: str
+    attempt: int
+
+
+class AgentRemoved(Message):
+    """This agent was removed on the server: its credentials no longer work, so it
+    stops instead of reconnecting in vain."""
+
+    type: Literal["agent.removed"] = "agent.removed"
+    agent: str
+
+
+ControlMessage = Annotated[Cancel | JobRevoked | AgentRemoved, Field(discriminator="type")]
+
+
 class RunCancel(Message):
     """Cancel a run (API → dispatcher, through RY_EVENTS so it survives a restart)."""
 
@@ -286,6 +312,7 @@ EventsMessage = Annotated[TriggerEvent | RunCancel, Field(discriminator="type")]
 _inbox = TypeAdapter[InboxMessage](InboxMessage)
 _agent_events = TypeAdapter[AgentEvent](AgentEvent)
 _events = TypeAdapter[EventsMessage](EventsMessage)
+_control = TypeAdapter[ControlMessage](ControlMessage)
 
 
 def decode_inbox(data: bytes) -> JobAssign | StepAssign | JobFinish:
@@ -298,3 +325,7 @@ def decode_event(data: bytes) -> TriggerEvent | RunCancel:
 
 def decode_agent_event(data: bytes) -> JobClaimed | StepFinished | JobFinished:
     return _agent_events.validate_json(data)
+
+
+def decode_control(data: bytes) -> Cancel | JobRevoked | AgentRemoved:
+    return _control.validate_json(data)

@@ -15,6 +15,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     field_validator,
     model_validator,
@@ -89,6 +90,11 @@ class PullRequest(Model):
     types: list[PullRequestType] = ["opened", "synchronize", "reopened"]
     paths: StrList = []
     paths_ignore: StrList = Field([], alias="paths-ignore")
+    secrets: StrictBool = Field(
+        False,
+        description="give runs of a fork's pull request the project's secrets (default "
+        "false: the fork's code could read them and send them anywhere)",
+    )
 
 
 class Webhook(Model):
@@ -100,6 +106,11 @@ class PipelineTrigger(Model):
 
     name: str
     status: Literal["success", "failure", "any"] = "success"
+    secrets: StrictBool = Field(
+        False,
+        description="give this run the project's secrets when the upstream run built a "
+        "fork's pull request (default false, as for pull_request)",
+    )
 
 
 class AnnotatorButton(Model):

@@ -44,6 +44,17 @@ def agent_control(agent: str) -> str:
     return f"{PREFIX}.agent.{agent}.ctl"
 
 
+def agent_reply_prefix(agent: str) -> str:
+    """An agent's request inbox prefix: the only replies its NATS identity may receive."""
+    return f"_INBOX_{agent}"
+
+
+# Agents removed or revoked (core NATS; the dispatcher cuts their connections off).
+AGENTS_REVOKED = f"{PREFIX}.agents.revoked"
+# nats-server's auth callout requests (in the callout's own account).
+AUTH_CALLOUT = "$SYS.REQ.USER.AUTH"
+
+
 def run_changed(run: str) -> str:
     return f"{PREFIX}.runs.{run}.changed"
 
@@ -96,7 +107,14 @@ def agent_inbox_consumer(agent: str) -> str:
     return f"agent-{agent}"
 
 
-ARTIFACTS_BUCKET = "ry-artifacts"
+ARTIFACTS_BUCKET = "ry-artifacts"  # runs stored before per-agent buckets
+
+
+def agent_artifacts_bucket(agent: str) -> str:
+    """Each agent uploads into its own bucket: its NATS identity can write nowhere else."""
+    return f"ry-art-{agent}"
+
+
 # How long logs and artifacts of a run are kept (objects expire by the bucket's TTL,
 # log streams by their Redis expiry).
 RETENTION = 30 * DAY

@@ -26,8 +26,14 @@ class Setup:
 
 
 async def bootstrap(
-    redis_url: str, nats_url: str, api_key: str | None, examples: Path | None, agent_dir: Path
+    redis_url: str,
+    nats_url: str,
+    api_key: str | None,
+    examples: Path | None,
+    agent_dir: Path,
+    ca: str = "",
 ) -> Setup:
+    """`nats_url` and `ca` (PEM, for TLS) are what the local agent connects with."""
     r = connect(redis_url)
     try:
         if api_key is None or await records.check_api_key(r, api_key) is None:
@@ -35,7 +41,7 @@ async def bootstrap(
         password_file = await _admin(r, agent_dir.parent / "admin-password")
         await records.create_project(r, EXAMPLES_PROJECT)
         loaded, problems = await _load_examples(r, examples)
-        agent = await _local_agent(r, nats_url, agent_dir)
+        agent = await _local_agent(r, nats_url, ca, agent_dir)
     finally:
         await r.aclose()
     return Setup(api_key, password_file, loaded, problems, agent)
@@ -80,17 +86,17 @@ async def _load_examples(r: Redis, folder: Path | None) -> tuple[list[str], list
     return loaded, problems
 
 
-async def _local_agent(r: Redis, nats_url: str, directory: Path) -> AgentConfig:
+async def _local_agent(r: Redis, nats_url: str, ca: str, directory: Path) -> AgentConfig:
     """The agent registered by an earlier `up` in this data directory, or a new one."""
     try:
         known = AgentConfig.load(directory)
         if await records.agent_token_ok(r, known.id, known.token):
-            config = AgentConfig(known.id, known.name, known.token, nats_url)
+            config = AgentConfig(known.id, known.name, known.token, nats_url, ca)
             config.save(directory)
             return config
     except ConfigError:
         pass
     agent_id, token = await records.create_agent(r, "local", [], [EXAMPLES_PROJECT])
-    config = AgentConfig(agent_id, "local", token, nats_url)
+    config = AgentConfig(agent_id, "local", token, nats_url, ca)
     config.save(directory)
     return config

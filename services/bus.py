@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import ssl
 from collections.abc import Awaitable, Callable
 
 import nats
@@ -24,8 +26,16 @@ from schemas import subjects
 
 
 async def connect(url: str, name: str = "runyard") -> Client:
-    """A connection that keeps reconnecting for as long as the process lives."""
-    return await nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    """A connection that keeps reconnecting for as long as the process lives; TLS is
+    verified against `RUNYARD_NATS_CA` (a PEM file) when set, else the system's CAs."""
+    ca = os.environ.get("RUNYARD_NATS_CA")
+    return await nats.connect(
+        url,
+        name=name,
+        tls=ssl.create_default_context(cafile=ca) if ca else None,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+    )
 
 
 def stream_config(spec: subjects.StreamSpec) -> StreamConfig:

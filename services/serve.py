@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 import uvicorn
@@ -18,6 +19,7 @@ from services.dispatcher.service import Dispatcher
 from services.lifespan import Service, run_service
 from services.logs.service import Collector
 from services.scheduler.service import Scheduler
+from services.store import crypto
 from services.store.connection import Redis
 from services.trigger.app import create_app as trigger_app
 from services.web.app import create_app
@@ -71,6 +73,10 @@ def serve_dispatcher(nats_url: str, redis_url: str) -> None:
     Example:
       runyard serve dispatcher --nats-url nats://nats:4222 --redis-url redis://valkey:6379/0
     """
+    try:
+        crypto.keyring()  # runs need their project's secrets: refuse to start without
+    except crypto.KeyMissing as exc:
+        raise click.ClickException(str(exc)) from None
     _background("dispatcher", nats_url, redis_url, Dispatcher)
 
 
@@ -125,10 +131,22 @@ def serve_trigger(nats_url: str, redis_url: str, host: str, port: int) -> None:
     "--public-nats-url",
     envvar="RUNYARD_PUBLIC_NATS_URL",
     default=None,
-    help="the NATS URL new agents are given (default: --nats-url)",
+    help="the NATS URL new agents are given (default: --nats-url without its credentials)",
+)
+@click.option(
+    "--nats-ca",
+    envvar="RUNYARD_NATS_CA",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="the CA certificate (PEM) new agents verify the NATS server with",
 )
 def serve_web(
-    nats_url: str, redis_url: str, host: str, port: int, public_nats_url: str | None
+    nats_url: str,
+    redis_url: str,
+    host: str,
+    port: int,
+    public_nats_url: str | None,
+    nats_ca: Path | None,
 ) -> None:
     """The REST API (and web UI) over HTTP.
 
@@ -137,5 +155,6 @@ def serve_web(
       runyard serve web --host 0.0.0.0 --port 8400
     """
     _logging()
-    app = create_app(nats_url, redis_url, public_nats_url)
+    ca = nats_ca.read_text() if nats_ca else ""
+    app = create_app(nats_url, redis_url, public_nats_url, ca)
     uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")

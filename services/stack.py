@@ -26,6 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from services.credentials import (
+    AUTH_USER,
+    SYSTEM_USER,
+    Credentials,
+    TlsFiles,
+    nats_config,
+    valkey_acl,
+    with_user,
+    without_user,
+)
+from services.tls import server_files
+
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 _PR_SET_PDEATHSIG = 1
@@ -91,6 +103,7 @@ class Server:
     argv: list[str]
     port: int
     log: Path
+    env: dict[str, str] | None = None  # None: this process's environment
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -99,6 +112,7 @@ class Server:
             self.process = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
+                env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -123,7 +137,7 @@ class Server:
             return ""
 
 
-def _answers(host: str, port: int, probe: bytes | None, expect: bytes) -> bool:
+def _answers(host: str, port: int, probe: bytes | None, expect: tuple[bytes, ...]) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5) as sock:
             if probe:
@@ -141,35 +155,48 @@ class Stack:
     host: str = "127.0.0.1"
     nats_port: int = 0
     valkey_port: int = 0
+    # `runyard up --public HOST`: NATS listens on every interface, with TLS (a private
+    # CA under data_dir/tls) on both listeners; agents are given HOST in their URL.
+    public_host: str = ""
+    tls: TlsFiles | None = None
+    # The operator's own identity (tests, benches, bootstrap); services get their own
+    # through `service_env`, agents only `agent_nats_url` and their token.
     nats_url: str = ""
-    ws_url: str = ""  # the same NATS over WebSocket, for agents behind HTTP-only proxies
     redis_url: str = ""
+    local_nats_url: str = ""  # without credentials, as services on this machine reach it
+    agent_nats_url: str = ""  # without credentials, as agents reach it
+    ws_url: str = ""  # the same NATS over WebSocket, for agents behind HTTP-only proxies
+    creds: Credentials = field(default_factory=Credentials)
+    started_nats: bool = False
+    started_valkey: bool = False
     servers: list[Server] = field(default_factory=list)
 
+    def _private(self, name: str, text: str) -> Path:
+        path = self.data_dir / name
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        return path
+
     def _nats(self) -> Server:
-        port = self.nats_port or free_port(self.host)
+        listen = "0.0.0.0" if self.public_host else self.host
+        port = self.nats_port or free_port(listen)
         store = self.data_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
-        ws_port = free_port(self.host)
-        config = self.data_dir / "nats.conf"
-        config.write_text(
-            f"websocket {{\n  host: {self.host}\n  port: {ws_port}\n  no_tls: true\n}}\n"
+        ws_port = free_port(listen)
+        if self.public_host:
+            names = list(dict.fromkeys([self.public_host, self.host, "localhost"]))
+            self.tls = server_files(self.data_dir / "tls", names)
+        config = self._private(
+            "nats.conf", nats_config(self.creds, listen, port, ws_port, self.tls)
         )
-        self.ws_url = f"ws://{self.host}:{ws_port}"
-        argv = [
-            nats_binary(),
-            "-c",
-            str(config),
-            "-js",
-            "-a",
-            self.host,
-            "-p",
-            str(port),
-            "-sd",
-            str(store),
-            "-n",
-            "runyard",
-        ]
+        scheme = ("tls", "wss") if self.tls else ("nats", "ws")
+        reached = self.public_host or self.host
+        self.local_nats_url = f"{scheme[0]}://{self.host}:{port}"
+        self.agent_nats_url = f"{scheme[0]}://{reached}:{port}"
+        self.ws_url = f"{scheme[1]}://{reached}:{ws_port}"
+        argv = [nats_binary(), "-c", str(config), "-js", "-sd", str(store), "-n", "runyard"]
         return Server("nats-server", argv, port, self.data_dir / "nats.log")
 
     def _valkey(self) -> Server:
@@ -184,6 +211,8 @@ class Stack:
             self.host,
             "--dir",
             str(store),
+            "--aclfile",
+            str(self._private("valkey.acl", valkey_acl(self.creds))),
             "--appendonly",
             "yes",
             "--save",
@@ -193,7 +222,7 @@ class Stack:
         ]
         return Server("valkey-server", argv, port, self.data_dir / "valkey.log")
 
-    def _launch(self, server: Server, probe: bytes | None, expect: bytes) -> None:
+    def _launch(self, server: Server, probe: bytes | None, expect: tuple[bytes, ...]) -> None:
         self.servers.append(server)
         server.start()
         deadline = time.monotonic() + START_TIMEOUT
@@ -216,15 +245,18 @@ class Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.nats_url = os.environ.get("RUNYARD_NATS_URL", "")
+            self.agent_nats_url = self.local_nats_url = without_user(self.nats_url)
             if not self.nats_url:
-                nats = self._nats()
-                self._launch(nats, None, b"INFO")
-                self.nats_url = f"nats://{self.host}:{nats.port}"
+                self._launch(self._nats(), None, (b"INFO",))
+                self.started_nats = True
+                self.nats_url = with_user(self.local_nats_url, "ops", self.creds.nats["ops"])
             self.redis_url = os.environ.get("RUNYARD_REDIS_URL", "")
             if not self.redis_url:
                 valkey = self._valkey()
-                self._launch(valkey, b"PING\r\n", b"+PONG")
-                self.redis_url = f"redis://{self.host}:{valkey.port}/0"
+                self._launch(valkey, b"PING\r\n", (b"+PONG", b"-NOAUTH"))
+                self.started_valkey = True
+                url = f"redis://{self.host}:{valkey.port}/0"
+                self.redis_url = with_user(url, "ops", self.creds.valkey["ops"])
         except BaseException:
             self.stop()
             raise
@@ -234,6 +266,29 @@ class Stack:
         """Stop every server this stack started, newest first; safe to call twice."""
         while self.servers:
             self.servers.pop().stop()
+
+    def service_env(self, service: str) -> dict[str, str]:
+        """The environment a service runs with: its own NATS and Valkey identities (and,
+        for the dispatcher, the auth callout's). Servers this stack did not start are
+        reached as the operator configured them, through the inherited environment."""
+        env: dict[str, str] = {}
+        if self.started_nats:
+            local = self.local_nats_url
+            env["RUNYARD_NATS_URL"] = with_user(local, service, self.creds.nats[service])
+            if service == "dispatcher":
+                env["RUNYARD_NATS_AUTH_URL"] = with_user(
+                    local, AUTH_USER, self.creds.nats[AUTH_USER]
+                )
+                env["RUNYARD_NATS_SYS_URL"] = with_user(
+                    local, SYSTEM_USER, self.creds.nats[SYSTEM_USER]
+                )
+                env["RUNYARD_NATS_ISSUER_SEED"] = self.creds.issuer_seed.decode()
+            if self.tls:
+                env["RUNYARD_NATS_CA"] = str(self.tls.ca)
+        if self.started_valkey:
+            plain = without_user(self.redis_url)
+            env["RUNYARD_REDIS_URL"] = with_user(plain, service, self.creds.valkey[service])
+        return env
 
     @property
     def pids(self) -> list[int]:

@@ -15,20 +15,22 @@ from urllib.parse import quote
 
 import click
 
+from agent.config import agent_environment, fingerprint
 from runyard.cli import config
 from runyard.cli.client import Api
 from runyard.cli.run import follow
 from schemas.status import Status
 from services.bootstrap import EXAMPLES_PROJECT, bootstrap
+from services.credentials import without_user
 from services.stack import Server, Stack, StackError
 from services.store.crypto import new_key
 
 SERVICE_START = 20.0  # seconds for the API to answer and the agent to come online
 
 
-def _service(data_dir: Path, name: str, *args: str) -> Server:
+def _service(data_dir: Path, name: str, env: dict[str, str], *args: str) -> Server:
     argv = [sys.executable, "-m", "runyard", *args]
-    return Server(name, argv, 0, data_dir / "logs" / f"{name}.log")
+    return Server(name, argv, 0, data_dir / "logs" / f"{name}.log", env)
 
 
 def _wait_for(what: str, check: Callable[[], bool], servers: list[Server]) -> None:
@@ -45,7 +47,7 @@ def _wait_for(what: str, check: Callable[[], bool], servers: list[Server]) -> No
 
 
 def _secret_key(data_dir: Path) -> str:
-    """The key webhook secrets are encrypted with, made once per data directory."""
+    """The key stored secrets are encrypted with, made once per data directory."""
     path = data_dir / "secret.key"
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -59,31 +61,55 @@ def _start_services(
 ) -> str:
     """Start every service and the local agent; returns the web URL."""
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
-    os.environ["RUNYARD_NATS_URL"] = stack.nats_url
-    os.environ["RUNYARD_REDIS_URL"] = stack.redis_url
-    os.environ.setdefault("RUNYARD_SECRET_KEY", _secret_key(data_dir))
     saved = config.load()
     url = f"http://127.0.0.1:{port}"
     agent_dir = data_dir / "agent"
     setup = asyncio.run(
         bootstrap(
             stack.redis_url,
-            stack.nats_url,
+            stack.local_nats_url,
             saved.get("api_key") if saved.get("host") == url else None,
             examples,
             agent_dir,
+            stack.tls.ca.read_text() if stack.tls else "",
         )
     )
     for problem in setup.problems:
         click.echo(f"example skipped: {problem}", err=True)
     config.save({"host": url, "api_key": setup.api_key, "project": EXAMPLES_PROJECT})
+    key = os.environ.get("RUNYARD_SECRET_KEY") or _secret_key(data_dir)
+
+    def env(name: str) -> dict[str, str]:
+        return {**os.environ, **stack.service_env(name), "RUNYARD_SECRET_KEY": key}
+
+    # the local agent gets its own credentials (in its dir) and nothing of the server's
+    agent_env = agent_environment(dict(os.environ))
     services = [
-        _service(data_dir, "dispatcher", "serve", "dispatcher"),
-        _service(data_dir, "logs", "serve", "logs"),
-        _service(data_dir, "scheduler", "serve", "scheduler"),
-        _service(data_dir, "trigger", "serve", "trigger", "--port", str(hooks_port)),
-        _service(data_dir, "web", "serve", "web", "--port", str(port)),
-        _service(data_dir, "agent", "agent", "start", "--slots", "2", "--dir", str(agent_dir)),
+        _service(data_dir, "dispatcher", env("dispatcher"), "serve", "dispatcher"),
+        _service(data_dir, "logs", env("logs"), "serve", "logs"),
+        _service(data_dir, "scheduler", env("scheduler"), "serve", "scheduler"),
+        _service(
+            data_dir, "trigger", env("trigger"), "serve", "trigger", "--port", str(hooks_port)
+        ),
+        _service(
+            data_dir,
+            "web",
+            env("web"),
+            *("serve", "web", "--port", str(port)),
+            f"--public-nats-url={stack.agent_nats_url}",
+        ),
+        _service(
+            data_dir,
+            "agent",
+            agent_env,
+            "agent",
+            "start",
+            "--slots",
+            "2",
+            "--dir",
+            str(agent_dir),
+            *(f"--hide={p}" for p in _hidden_from_steps(data_dir, agent_dir)),
+        ),
     ]
     for server in services:
         stack.servers.append(server)
@@ -98,6 +124,13 @@ def _start_services(
     click.echo(f"loaded {len(setup.loaded)} example pipeline(s) into project '{EXAMPLES_PROJECT}'")
     click.echo(f"log in to {url} as admin, password in {setup.admin_password_file}")
     return url
+
+
+def _hidden_from_steps(data_dir: Path, agent_dir: Path) -> list[Path]:
+    """What the local agent's steps must not see: the server's data directory (keys,
+    passwords, server data) and the CLI's login, though they share this user."""
+    hidden = [p for p in data_dir.iterdir() if p != agent_dir]
+    return [*hidden, config.path()]
 
 
 def _run_example(name: str) -> None:
@@ -185,7 +218,29 @@ def _terminal_foreground() -> Iterator[None]:
     show_default=True,
     help="the example pipeline to run once everything is up ('' for none)",
 )
-def up(data_dir: Path, port: int, hooks_port: int, examples: Path, example: str) -> None:
+@click.option(
+    "--public",
+    "public_host",
+    default="",
+    metavar="HOST",
+    help="let agents on other machines connect: NATS listens on every interface with "
+    "TLS (a CA made under --data-dir), and new agents are told to reach HOST",
+)
+@click.option(
+    "--nats-port",
+    default=None,
+    type=int,
+    help="NATS port for agents  [default: 4222 with --public, else any free port]",
+)
+def up(
+    data_dir: Path,
+    port: int,
+    hooks_port: int,
+    examples: Path,
+    example: str,
+    public_host: str,
+    nats_port: int | None,
+) -> None:
     """Start Runyard on this machine: NATS and Valkey, the dispatcher, log collector,
     scheduler, webhook receiver, web API and one local agent (2 slots); load the
     examples, run one, and stay up until Ctrl-C.
@@ -197,9 +252,17 @@ def up(data_dir: Path, port: int, hooks_port: int, examples: Path, example: str)
       runyard up --data-dir /var/lib/runyard --port 8400
     """
     try:
-        with _terminal_foreground(), Stack(data_dir.resolve()) as stack:
-            click.echo(f"NATS   {stack.nats_url}")
-            click.echo(f"Valkey {stack.redis_url}")
+        stack = Stack(
+            data_dir.resolve(),
+            public_host=public_host,
+            nats_port=nats_port if nats_port is not None else 4222 if public_host else 0,
+        )
+        with _terminal_foreground(), stack:
+            click.echo(f"NATS   {stack.agent_nats_url} (agents), {stack.ws_url} (WebSocket)")
+            if stack.tls:
+                ca = stack.tls.ca.read_text()
+                click.echo(f"TLS    CA {stack.tls.ca}, fingerprint {fingerprint(ca)}")
+            click.echo(f"Valkey {without_user(stack.redis_url)} (password-protected)")
             url = _start_services(stack, data_dir.resolve(), port, hooks_port, examples)
             click.echo(f"Webhooks at http://127.0.0.1:{hooks_port}/hooks/<host>/<project>")
             if example:

@@ -13,7 +13,10 @@ from tests.conftest import ROOT
 
 
 def run_bench(script: str, stack: Stack, out: Path, *args: str) -> list[dict[str, object]]:
-    env = {**os.environ, "RUNYARD_NATS_URL": stack.nats_url, "RUNYARD_REDIS_URL": stack.redis_url}
+    # each bench starts its own servers, with the credentials only that stack knows
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RUNYARD_NATS_URL", "RUNYARD_REDIS_URL")
+    }
     done = subprocess.run(
         [sys.executable, f"bench/{script}", "--json", str(out), *args],
         cwd=ROOT,

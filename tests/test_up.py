@@ -75,6 +75,7 @@ def up_env(tmp_path: Path) -> dict[str, str]:
     return {
         "RUNYARD_CONFIG": str(tmp_path / "config.json"),
         "RUNYARD_ACTIONS_BASE": datatorch_actions(tmp_path / "actions"),
+        "RUNYARD_ALLOW_FILE_URLS": "1",
     }
 
 

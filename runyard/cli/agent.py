@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from agent.config import AgentConfig, ConfigError, default_dir
+from agent.config import AgentConfig, ConfigError, default_dir, fingerprint
 from runyard.cli.client import Api
 from runyard.cli.output import JSON, listing, when
 
@@ -41,8 +41,19 @@ def agent() -> None:
 @click.option("--name", required=True, help="how the agent shows in lists")
 @click.option("--labels", default="", help="comma-separated labels jobs ask for in runs-on")
 @click.option("--project", "projects", multiple=True, help="assign to a project (repeatable)")
+@click.option(
+    "--ca-fingerprint",
+    default=None,
+    help="refuse the server's CA unless it has this fingerprint (as `runyard up` printed it)",
+)
 @DIR
-def create(name: str, labels: str, projects: tuple[str, ...], directory: Path) -> None:
+def create(
+    name: str,
+    labels: str,
+    projects: tuple[str, ...],
+    ca_fingerprint: str | None,
+    directory: Path,
+) -> None:
     """Register an agent with the server and keep its credentials in --dir.
 
     \b
@@ -55,8 +66,17 @@ def create(name: str, labels: str, projects: tuple[str, ...], directory: Path) -
         "projects": list(projects),
     }
     made = Api().call("POST", "/api/agents", json=body)
-    path = AgentConfig(made["id"], name, made["token"], made["nats_url"]).save(directory)
+    ca = made.get("ca") or ""
+    if ca_fingerprint and (not ca or fingerprint(ca) != ca_fingerprint.strip().upper()):
+        raise click.ClickException(
+            f"the server's CA is {fingerprint(ca) if ca else 'missing'}, not "
+            f"{ca_fingerprint}: not saving agent {made['id']} (remove it on the server)"
+        )
+    config = AgentConfig(made["id"], name, made["token"], made["nats_url"], ca)
+    path = config.save(directory)
     click.echo(f"agent {made['id']} created; credentials in {path}")
+    if ca:
+        click.echo(f"it verifies the server's TLS with the CA {fingerprint(ca)}")
     click.echo(f"start it with: runyard agent start --dir {directory}")
 
 
@@ -65,8 +85,14 @@ def create(name: str, labels: str, projects: tuple[str, ...], directory: Path) -
     "--slots", default=1, show_default=True, type=click.IntRange(1, 256), help="jobs run at once"
 )
 @click.option("--nats-url", default=None, help="override the NATS URL from the agent file")
+@click.option(
+    "--hide",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="a path steps must not see (repeatable; the agent's own secrets always are)",
+)
 @DIR
-def start(slots: int, nats_url: str | None, directory: Path) -> None:
+def start(slots: int, nats_url: str | None, hide: tuple[Path, ...], directory: Path) -> None:
     """Connect to the server and run jobs until Ctrl-C (running steps are cancelled and
     reported before it exits).
 
@@ -81,27 +107,54 @@ def start(slots: int, nats_url: str | None, directory: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # the standard loop: uvloop spawns processes about 2 ms slower, and spawning is
     # what an agent does most
-    asyncio.run(_start(config, nats_url or config.nats_url, directory, slots))
+    from agent.daemon import Refused
+
+    try:
+        asyncio.run(_start(config, nats_url or config.nats_url, directory, slots, hide))
+    except Refused as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo("agent stopped")
 
 
-async def _start(config: AgentConfig, url: str, directory: Path, slots: int) -> None:
+async def _start(
+    config: AgentConfig, url: str, directory: Path, slots: int, hide: tuple[Path, ...]
+) -> None:
     if not url.startswith(("ws://", "wss://")):
         # nats-py imports aiohttp (its WebSocket transport) whenever it can; an agent
         # on TCP or TLS is about 15 MiB smaller without it
         sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]
-    from agent.daemon import Agent, connect  # the runners load only for this command
+    from agent.daemon import Agent, Refused, admitted, connect  # runners load only here
+    from agent.sandbox import Sandbox
+
+    sandbox = Sandbox(directory, hide)
+    if (why := sandbox.probe()) is not None:
+        logging.getLogger("runyard.agent").warning(
+            "steps run WITHOUT isolation (user namespaces are not available: %s); they "
+            "can read this agent's token and anything else its user can",
+            why,
+        )
 
     stop = asyncio.Event()
+    refused = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    nc = await connect(config, url)
+    if not await admitted(config, url, stop):
+        return
+    nc = await connect(config, url, refused)
+    agent = Agent(config, nc, directory, slots, sandbox)
+    gone = [asyncio.ensure_future(e.wait()) for e in (refused, agent.removed)]
+    for watch in gone:
+        watch.add_done_callback(lambda _: stop.set())
     try:
-        await Agent(config, nc, directory, slots).run(stop)
+        await agent.run(stop)
     finally:
+        for watch in gone:
+            watch.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(nc.close(), 5)
+    if refused.is_set() or agent.removed.is_set():
+        raise Refused(f"the server no longer accepts agent {config.id}: it was removed")
 
 
 def _agent_row(a: dict[str, Any]) -> dict[str, Any]:

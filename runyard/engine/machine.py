@@ -12,6 +12,7 @@ is cancelled is cancelled.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from runyard.engine import contexts as ctx
@@ -30,6 +31,7 @@ from runyard.engine.events import (
     StopJob,
 )
 from runyard.engine.expressions import ExpressionError, condition, evaluate, render
+from runyard.engine.masking import Masker
 from runyard.engine.plan import Plan
 from runyard.engine.script import prepare
 from runyard.engine.state import JobState, RunState, StepState
@@ -70,6 +72,11 @@ class Engine:
         self.plan = plan
         self.info = info
         self.state = state or initial_state(plan, str(info.run.get("id", "run")))
+
+    @functools.cached_property
+    def masker(self) -> Masker:
+        """Hides the run's secrets in what the state records (it is stored and shown)."""
+        return Masker(self.info.secrets.values())
 
     # --- entry points ---------------------------------------------------------------
 
@@ -222,7 +229,7 @@ class Engine:
                 step.started_at = step.finished_at = at
                 continue
             step.status = Status.RUNNING
-            step.inputs = resolved.inputs
+            step.inputs = self.masker.data(resolved.inputs)
             return [RunStep(job.key, job.attempt, resolved)]
         return self._steps_over(job, at)
 
@@ -291,7 +298,8 @@ class Engine:
             status = Status.SUCCESS
         contexts = ctx.step_contexts(self.plan, self.state, self.info, job, len(job.steps))
         try:
-            job.outputs = render(dict(self.plan.jobs[job.key].spec.outputs), contexts)
+            outputs = render(dict(self.plan.jobs[job.key].spec.outputs), contexts)
+            job.outputs = self.masker.data(outputs)
         except ExpressionError as exc:
             job.error = f"job '{job.name}' outputs: {exc}"
             status = Status.FAILURE if status == Status.SUCCESS else status

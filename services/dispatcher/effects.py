@@ -53,6 +53,7 @@ class RunFacts:
     sha: str | None
     ref: str | None
     artifact_limit: int = ARTIFACT_LIMIT
+    fork: bool = False  # it builds a fork's code: chained runs inherit that
 
 
 @dataclass
@@ -248,6 +249,7 @@ def _chain(state: RunState, facts: RunFacts, status: Status, now: float) -> tupl
         payload={"pipeline": facts.pipeline, "status": str(status), "run": facts.id},
         upstream_run=facts.id,
         upstream_outputs=outputs,
+        fork=facts.fork,
         created_at=now,
     )
     return event.id, subjects.events("pipeline", facts.project), event.encode()

@@ -56,6 +56,21 @@ def run_info(
     )
 
 
+def run_secrets(
+    pipeline: Pipeline, event: dict[str, Any], secrets: dict[str, str]
+) -> dict[str, str]:
+    """A fork's code reads every secret as an empty string (so nothing is masked either)
+    unless the trigger that brought it opts in with `secrets: true`: it could read them
+    and send them anywhere."""
+    if not event.get("fork"):
+        return secrets
+    triggers = pipeline.triggers
+    trigger = {"pull_request": triggers.pull_request, "pipeline": triggers.pipeline}.get(
+        event.get("kind", "")
+    )
+    return secrets if trigger is not None and trigger.secrets else dict.fromkeys(secrets, "")
+
+
 def facts_for(run_id: str, pipeline: Pipeline, project: str, event: dict[str, Any]) -> RunFacts:
     repo = pipeline.repository
     return RunFacts(
@@ -65,6 +80,7 @@ def facts_for(run_id: str, pipeline: Pipeline, project: str, event: dict[str, An
         repository=repo.url if repo else event.get("repository"),
         sha=event.get("sha"),
         ref=(event.get("ref") or (repo.ref if repo else None)),
+        fork=bool(event.get("fork")),
     )
 
 
@@ -90,7 +106,7 @@ def live_run(stored: StoredRun, secrets: dict[str, str]) -> LiveRun:
             "project": f["project"],
             "version": int(f["version"]),
         },
-        secrets,
+        run_secrets(pipeline, event, secrets),
     )
     state = RunState.model_validate_json(f["state"])
     facts = facts_for(stored.id, pipeline, f["project"], event)

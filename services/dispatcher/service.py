@@ -34,6 +34,7 @@ from schemas.messages import (
     JobClaimed,
     JobFinish,
     JobFinished,
+    JobRevoked,
     RunCancel,
     RunChanged,
     StepFinished,
@@ -45,8 +46,9 @@ from schemas.pipeline import Pipeline
 from schemas.status import Status
 from services import bus
 from services.dispatcher import effects, matching, placement
+from services.dispatcher.admission import Admission, Settings
 from services.dispatcher.runs import BadPipeline, LiveRun, live_run, plan_for
-from services.store import orgs, records
+from services.store import crypto, orgs, records
 from services.store import runs as store
 from services.store.connection import Redis, strs
 from services.store.scripts import Scripts
@@ -74,6 +76,8 @@ class Dispatcher:
         self.placing = asyncio.Lock()
         self.seen_outbox: set[str] = set()
         self.tasks: list[asyncio.Task[None]] = []
+        settings = Settings.from_env()
+        self.admission = Admission(settings, self.js, r) if settings else None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -92,11 +96,34 @@ class Dispatcher:
         )
         self._spawn(self._ticker())
         self._spawn(self._placer())
+        self._spawn(self._reseal_secrets())
+        if self.admission is not None:
+            await self.admission.start(self.nc)
+        else:
+            log.warning("no RUNYARD_NATS_AUTH_URL: this dispatcher admits no agents")
 
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.admission is not None:
+            await self.admission.stop()
+
+    async def _reseal_secrets(self) -> None:
+        """Secrets stored in plain text by an earlier version, or under a key being
+        rotated out, are sealed under the current key once at start (docs/security.md)."""
+        try:
+            done = await records.reseal_all(self.r)
+        except crypto.KeyMissing as exc:
+            log.error("stored secrets were not checked: %s", exc)
+            return
+        if done.resealed or done.unreadable:
+            log.warning(
+                "secrets at rest: %d sealed again under RUNYARD_SECRET_KEY; %d no key opens%s",
+                done.resealed,
+                len(done.unreadable),
+                f" ({', '.join(done.unreadable)})" if done.unreadable else "",
+            )
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         self.tasks.append(asyncio.ensure_future(coro))
@@ -320,12 +347,36 @@ class Dispatcher:
         except ValueError as exc:
             log.error("dropping an unreadable agent event on %s: %s", msg.subject, exc)
             return
+        if not await self._from_holder(msg.subject, event):
+            return
         if isinstance(event, JobClaimed):
             await self._claimed(event)
         elif isinstance(event, StepFinished):
             await self.change(event.run, lambda e, now: e.apply(_step_done(event)))
         else:
             await self._job_finished(event)
+
+    async def _from_holder(
+        self, subject: str, event: JobClaimed | StepFinished | JobFinished
+    ) -> bool:
+        """Only the agent that holds this attempt may report on it. nats-server lets an
+        agent publish on its own subject alone, so the subject names the sender."""
+        sender = _subject_agent(subject)
+        m = effects.member(event.run, event.job, event.attempt)
+        holder = await self.r.hget(store.PLACEMENTS, m)
+        if sender == event.agent and holder is not None and str(holder) == sender:
+            return True
+        log.warning(
+            "dropped %s for %s from agent %s: the attempt is held by %s",
+            event.type,
+            m,
+            sender,
+            holder or "nobody",
+        )
+        if sender and sender == event.agent:  # a stale holder: it must stop that job
+            revoked = JobRevoked(run=event.run, job=event.job, attempt=event.attempt)
+            await self.nc.publish(subjects.agent_control(sender), revoked.encode())
+        return False
 
     async def _claimed(self, event: JobClaimed) -> None:
         stale = True
@@ -361,13 +412,16 @@ class Dispatcher:
 
     async def _record_outputs(self, event: JobFinished) -> None:
         """Artifacts, test summary and their problems, kept with the run by job."""
-        files, errors = list(event.artifacts), list(event.errors)
+        prefix = f"{event.run}/{event.job}/"
+        bucket = subjects.agent_artifacts_bucket(event.agent)
+        files = [f for f in event.artifacts if f.object.startswith(prefix)]
+        errors = list(event.errors)
         size = sum(f.size for f in files)
         if size:
             total = await self.r.hincrby(store.run_key(event.run), "artifact_bytes", size)
             if total > RUN_ARTIFACT_LIMIT:
                 await self.r.hincrby(store.run_key(event.run), "artifact_bytes", -size)
-                objects = await self.js.object_store(subjects.ARTIFACTS_BUCKET)
+                objects = await self.js.object_store(bucket)
                 for f in files:
                     with contextlib.suppress(Exception):
                         await objects.delete(f.object)
@@ -378,7 +432,7 @@ class Dispatcher:
                 files = []
         record = {
             "attempt": event.attempt,
-            "artifacts": [f.model_dump() for f in files],
+            "artifacts": [{**f.model_dump(), "bucket": bucket} for f in files],
             "tests": event.tests.model_dump() if event.tests else None,
             "errors": errors,
         }
@@ -399,6 +453,9 @@ class Dispatcher:
     async def on_heartbeat(self, msg: Msg) -> None:
         try:
             hb = Heartbeat.model_validate_json(msg.data)
+            if hb.agent != _subject_agent(msg.subject):
+                log.warning("dropped a heartbeat for %s sent on %s", hb.agent, msg.subject)
+                return
             fields = {
                 "last_seen": str(time.time()),
                 "slots": str(hb.slots),
@@ -430,6 +487,8 @@ class Dispatcher:
         except Exception as exc:
             log.warning("heartbeat on %s: %s", msg.subject, exc)
             return
+        if came == -1 and self.admission is not None:  # removed while connected
+            await self.admission.revoke(hb.agent)
         if came == 1 or (came == 0 and hb.free_slots > 0):
             self.kick.set()
 
@@ -568,6 +627,12 @@ class Dispatcher:
         stale = {i: e for i, e in entries.items() if i in self.seen_outbox}
         self.seen_outbox = set(entries) - set(stale)
         await self._send_outbox([(i, *effects.unpack(e)) for i, e in stale.items()])
+
+
+def _subject_agent(subject: str) -> str:
+    """`ry.agent.<id>.…` → `<id>`."""
+    parts = subject.split(".")
+    return parts[2] if len(parts) > 3 and parts[1] == "agent" else ""
 
 
 def _applying(event: JobEnded) -> Apply:

@@ -4,7 +4,7 @@ also Forgejo —, `bitbucket`) and `POST /hooks/generic/<project>/<pipeline>`.
 A delivery is checked (size, content type, project, signature) before anything else is
 read; a rejected one never reaches NATS. An accepted one is published with its
 delivery id as `Nats-Msg-Id` (the stream drops a redelivery) and answered 202 once
-JetStream has stored it."""
+JetStream has stored it, with the `problems` its runs will meet (a refused clone URL)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ async def receive(request: Request) -> JSONResponse:
     await js.publish(
         subjects.events(event.kind, project), event.encode(), headers={"Nats-Msg-Id": event.id}
     )
-    return JSONResponse({"event": event.id}, status_code=202)
+    problems = {"problems": found.problems} if found.problems else {}
+    return JSONResponse({"event": event.id, **problems}, status_code=202)
 
 
 def _event(
@@ -132,6 +133,7 @@ def _event(
         paths_known=found.paths_known,
         actor=found.actor,
         pull_request=PullRequestInfo.model_validate(pr) if pr else None,
+        fork=found.fork,
         payload=payload,
         created_at=time.time(),
     )

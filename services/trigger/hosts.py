@@ -1,7 +1,12 @@
 """Each git host's deliveries → one normalised trigger (no I/O): which event it is, its
 delivery id, and the fields of `TriggerEvent` (kind, repository, ref, branch or tag,
-commit, before, changed paths, actor, pull request). Pings and events Runyard does not
-act on become an `Ignored` with a reason; so does a deleted branch or tag."""
+commit, before, changed paths, actor, pull request, whether it comes from a fork). Pings
+and events Runyard does not act on become an `Ignored` with a reason; so does a deleted
+branch or tag.
+
+A clone URL git must not be given (an option, a helper transport, a local path) does not
+refuse the delivery: it becomes one of the trigger's `problems`, and the agents, which
+check it again, fail the run's checkout with the same sentence."""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from runyard.git_inputs import url_problem
 
 ZERO_SHA = "0" * 40
 HOSTS = ("github", "gitlab", "gitea", "bitbucket", "generic")
@@ -49,6 +56,8 @@ class Trigger:
     paths_known: bool = True
     actor: str | None = None
     pull_request: dict[str, Any] | None = None
+    fork: bool = False
+    problems: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -120,6 +129,15 @@ def _push(
     )
 
 
+def _other_repository(head: dict[str, Any], base: dict[str, Any]) -> bool:
+    """A pull request's head is another repository than its base (a fork), or unknown (a
+    deleted fork). Identity, not `repo.fork`: that flag is also set on a fork's own
+    branches, whose pull requests come from the project itself."""
+    head_id = head.get("repo_id") or (head.get("repo") or {}).get("id")  # Gitea sends repo_id
+    base_id = base.get("repo_id") or (base.get("repo") or {}).get("id")
+    return head_id is None or head_id != base_id
+
+
 def _github_like(event: str, p: dict[str, Any]) -> Trigger | Ignored:
     """GitHub, and Gitea/Forgejo, which send GitHub's shapes."""
     repo = p.get("repository") or {}
@@ -156,6 +174,7 @@ def _github_like(event: str, p: dict[str, Any]) -> Trigger | Ignored:
                 "head": head.get("ref", ""),
                 "head_sha": head.get("sha"),
             },
+            fork=_other_repository(head, base),
         )
     if event == "release":
         release = p.get("release") or {}
@@ -190,6 +209,7 @@ def _gitlab(event: str, p: dict[str, Any]) -> Trigger | Ignored:
         sha = (attrs.get("last_commit") or {}).get("id")
         action = GITLAB_ACTIONS.get(attrs.get("action", ""), attrs.get("action", ""))
         source = (attrs.get("source") or {}).get("git_http_url") or url
+        source_id = attrs.get("source_project_id")
         return Trigger(
             kind="pull_request",
             repository=source,
@@ -205,6 +225,8 @@ def _gitlab(event: str, p: dict[str, Any]) -> Trigger | Ignored:
                 "head": attrs.get("source_branch", ""),
                 "head_sha": sha,
             },
+            # a merge request from a fork has the fork as its source project
+            fork=source_id is None or source_id != attrs.get("target_project_id"),
         )
     return Ignored(f"'{event}' events start nothing")
 
@@ -245,9 +267,15 @@ def normalise(host: str, event: str, payload: dict[str, Any]) -> Trigger | Ignor
     if event in ("ping", "diagnostics:ping"):  # GitHub's ping, Bitbucket's test button
         return Ignored("ping")
     if host in ("github", "gitea"):
-        return _github_like(event, payload)
-    if host == "gitlab":
-        return _gitlab(event, payload)
-    if host == "bitbucket":
-        return _bitbucket(event, payload)
-    return Trigger(kind="webhook", paths_known=False)
+        found = _github_like(event, payload)
+    elif host == "gitlab":
+        found = _gitlab(event, payload)
+    elif host == "bitbucket":
+        found = _bitbucket(event, payload)
+    else:
+        return Trigger(kind="webhook", paths_known=False)
+    if isinstance(found, Trigger) and found.repository is not None:
+        # a payload never names a repository on the agent's own disk
+        problem = url_problem(found.repository, allow_local=False)
+        found.problems = [problem] if problem else []
+    return found

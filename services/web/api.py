@@ -89,7 +89,10 @@ async def set_secret(request: Request) -> JSONResponse:
     if not name.replace("_", "").isalnum():
         raise ApiError(422, "a secret name is letters, digits and '_'")
     value = field(await json_body(request), "value", str)
-    await records.set_secret(redis_of(request), project, name, value)
+    try:
+        await records.set_secret(redis_of(request), project, name, value)
+    except crypto.KeyMissing as exc:
+        raise ApiError(503, str(exc)) from None
     return JSONResponse({"name": name})
 
 
@@ -488,6 +491,7 @@ async def create_agent(request: Request) -> JSONResponse:
             "name": name,
             "token": token,
             "nats_url": request.app.state.public_nats_url,
+            "ca": request.app.state.nats_ca,
         },
         status_code=201,
     )
@@ -514,6 +518,8 @@ async def agent_metrics(request: Request) -> JSONResponse:
 async def delete_agent(request: Request) -> JSONResponse:
     agent = await _agent(request)
     await records.delete_agent(redis_of(request), agent.id)
+    # the dispatcher cuts its connections off; its reconnects are refused from now on
+    await nats_of(request).publish(subjects.AGENTS_REVOKED, agent.id.encode())
     return JSONResponse({"deleted": agent.id})
 
 

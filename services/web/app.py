@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.credentials import without_user
 from services.lifespan import connections
 from services.store import accounts, records
 from services.web import api, outputs, ui
@@ -95,9 +96,17 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
-def create_app(nats_url: str, redis_url: str, public_nats_url: str | None = None) -> Starlette:
+def create_app(
+    nats_url: str, redis_url: str, public_nats_url: str | None = None, nats_ca: str = ""
+) -> Starlette:
+    """`public_nats_url` and `nats_ca` (a CA's PEM) are what new agents are given; the
+    default URL is this service's own without its credentials."""
     lifespan = connections(
-        nats_url, redis_url, "runyard-web", public_nats_url=public_nats_url or nats_url
+        nats_url,
+        redis_url,
+        "runyard-web",
+        public_nats_url=public_nats_url or without_user(nats_url),
+        nats_ca=nats_ca,
     )
     return Starlette(
         routes=[Route("/api/health", health), *api.routes, *outputs.routes, *ui.routes],

@@ -127,7 +127,8 @@ async def download_artifact(request: Request) -> StreamingResponse:
     )
     if item is None:
         raise ApiError(404, f"run {stored.id} has no artifact file {job}/{artifact}/{path}")
-    objects = await nats_of(request).jetstream().object_store(subjects.ARTIFACTS_BUCKET)
+    bucket = item.get("bucket", subjects.ARTIFACTS_BUCKET)
+    objects = await nats_of(request).jetstream().object_store(bucket)
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
     writer = _QueueWriter(asyncio.get_running_loop(), queue)
 

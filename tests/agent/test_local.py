@@ -30,6 +30,7 @@ def actions_base(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(autouse=True)
 def _actions_env(actions_base: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNYARD_ACTIONS_BASE", actions_base)
+    monkeypatch.setenv("RUNYARD_ALLOW_FILE_URLS", "1")  # local bare repositories
 
 
 def run(text: str, tmp_path: Path, lines: list[str] | None = None, **kwargs: Any) -> RunState:

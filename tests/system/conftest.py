@@ -29,17 +29,17 @@ async def system(
 ) -> AsyncIterator[System]:
     env = {
         **os.environ,
-        "RUNYARD_NATS_URL": stack.nats_url,
-        "RUNYARD_REDIS_URL": stack.redis_url,
         "RUNYARD_ACTIONS_BASE": actions_base,
+        "RUNYARD_ALLOW_FILE_URLS": "1",  # the actions live in local bare repositories
         "RUNYARD_CONFIG": str(tmp_path / "cli.json"),
         "RUNYARD_SECRET_KEY": SECRET_KEY,
     }
     found = System(stack, tmp_path, env)
     try:
-        found.dispatcher()
+        dispatcher = found.dispatcher()
         found.collector()
         await found.web()
+        await found.ready(dispatcher)
         yield found
     finally:
         found.stop()

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, agent_environment
 from services.stack import Stack, die_with_parent, free_port
 from services.store import records
 from services.store.connection import connect
@@ -64,7 +64,9 @@ class System:
 
     # --- processes ------------------------------------------------------------------
 
-    def spawn(self, name: str, *args: str) -> Proc:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+        """A `runyard` process; a service gets `env` (its own identities), an agent only
+        what an agent may see."""
         log = self.tmp / f"{name}-{len(self.procs)}.log"
         with log.open("wb") as out:
             parent = os.getpid()
@@ -72,7 +74,7 @@ class System:
                 [sys.executable, "-m", "runyard", *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env=env if env is not None else agent_environment(self.env),
                 start_new_session=True,
                 preexec_fn=lambda: die_with_parent(parent),  # none outlives a killed pytest
             )
@@ -80,18 +82,30 @@ class System:
         self.procs.append(proc)
         return proc
 
+    def service(self, name: str, *args: str) -> Proc:
+        env = {**self.env, **self.stack.service_env(name)}
+        return self.spawn(name, "serve", name, *args, env=env)
+
     def dispatcher(self) -> Proc:
-        return self.spawn("dispatcher", "serve", "dispatcher")
+        return self.service("dispatcher")
+
+    async def ready(self, proc: Proc, timeout: float = 20) -> None:
+        """Until a background service has started (it answers agents' admissions)."""
+
+        async def started() -> bool:
+            return f"{proc.name} ready" in proc.output()
+
+        await self.wait_for(started, timeout, f"{proc.name} to start")
 
     def scheduler(self) -> Proc:
-        return self.spawn("scheduler", "serve", "scheduler")
+        return self.service("scheduler")
 
     def collector(self) -> Proc:
-        return self.spawn("logs", "serve", "logs")
+        return self.service("logs")
 
     async def web(self) -> None:
         port = free_port()
-        self.spawn("web", "serve", "web", "--port", str(port))
+        self.service("web", "--port", str(port))
         self.url = f"http://127.0.0.1:{port}"
         r = connect(self.stack.redis_url)
         self.key = await records.create_api_key(r, "tests")
@@ -112,7 +126,7 @@ class System:
     async def trigger(self) -> str:
         """Start the webhook receiver; its base URL."""
         port = free_port()
-        self.spawn("trigger", "serve", "trigger", "--port", str(port))
+        self.service("trigger", "--port", str(port))
         url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=url) as client:
             for _ in range(200):
@@ -141,7 +155,7 @@ class System:
             },
         )
         directory = self.tmp / f"agent-{name}"
-        AgentConfig(made["id"], name, made["token"], made["nats_url"]).save(directory)
+        AgentConfig(made["id"], name, made["token"], made["nats_url"], made["ca"]).save(directory)
         agent = AgentProc(made["id"], directory)
         if start:
             await self.start_agent(agent, slots)

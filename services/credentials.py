@@ -1,0 +1,132 @@
+"""Credentials of the embedded stack and the server configs that check them.
+
+Every `runyard up` (and test session) makes fresh random passwords, one identity per
+service on NATS and on Valkey, and the account key that signs agents' NATS identities.
+The configs written to disk hold only bcrypt (NATS) and SHA-256 (Valkey) hashes; the
+plain passwords exist only in memory and in the environment of the service that uses
+them, never in an agent's. Agents authenticate through the auth callout
+(services/dispatcher/admission.py) with their own id and token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import bcrypt
+import nkeys
+
+from services import natsjwt
+
+# NATS accounts: services and agents live in RY (JetStream on); the callout's own user
+# in AUTH; kicking revoked agents needs the system account.
+ACCOUNT = "RY"
+AUTH_ACCOUNT = "AUTH"
+SYSTEM_ACCOUNT = "SYS"
+AUTH_USER = "auth"
+SYSTEM_USER = "sys"
+# `ops` is the operator's own identity (the CLI's bootstrap, tests, benches).
+SERVICES = ("dispatcher", "logs", "scheduler", "trigger", "web", "ops")
+# Valkey: services may touch only Runyard's keys and never administer the server.
+SERVICE_ACL = "~ry:* &* +@all -@admin -@dangerous"
+OPS_ACL = "~* &* +@all"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass
+class Credentials:
+    issuer_seed: bytes = field(default_factory=lambda: natsjwt.new_seed(nkeys.PREFIX_BYTE_ACCOUNT))
+    nats: dict[str, str] = field(
+        default_factory=lambda: {u: _password() for u in (*SERVICES, AUTH_USER, SYSTEM_USER)}
+    )
+    valkey: dict[str, str] = field(default_factory=lambda: {u: _password() for u in SERVICES})
+
+    @property
+    def issuer(self) -> str:
+        return natsjwt.public_key(self.issuer_seed)
+
+
+def _password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _bcrypt(password: str) -> str:
+    # nats-server reads the `$2a$` spelling; for passwords this short `$2b$` is the same.
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(10)).decode()
+    return "$2a$" + hashed[4:]
+
+
+def with_user(url: str, user: str, password: str) -> str:
+    """`nats://host:port` → `nats://user:password@host:port` (any scheme)."""
+    parts = urlsplit(url)
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def without_user(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _users(names: list[str], creds: Credentials) -> str:
+    rows = ", ".join(f'{{user: "{n}", password: "{_bcrypt(creds.nats[n])}"}}' for n in names)
+    return f"[ {rows} ]"
+
+
+def nats_config(
+    creds: Credentials, host: str, port: int, ws_port: int, tls: TlsFiles | None = None
+) -> str:
+    """The embedded nats-server's config: three accounts, the auth callout for every
+    other connection (agents), TLS on both listeners when `tls` is given."""
+    bypass = ", ".join([*SERVICES, AUTH_USER, SYSTEM_USER])
+    tls_block = (
+        f'tls {{\n    cert_file: "{tls.cert}"\n    key_file: "{tls.key}"\n  }}\n'
+        if tls
+        else "no_tls: true\n"
+    )
+    client_tls = (
+        f'tls {{\n  cert_file: "{tls.cert}"\n  key_file: "{tls.key}"\n  timeout: 5\n}}\n'
+        if tls
+        else ""
+    )
+    return f"""# Written by runyard at every start; holds only password hashes.
+listen: "{host}:{port}"
+{client_tls}websocket {{
+  listen: "{host}:{ws_port}"
+  {tls_block}}}
+accounts {{
+  {ACCOUNT} {{ jetstream: enabled, users: {_users(list(SERVICES), creds)} }}
+  {AUTH_ACCOUNT} {{ users: {_users([AUTH_USER], creds)} }}
+  {SYSTEM_ACCOUNT} {{ users: {_users([SYSTEM_USER], creds)} }}
+}}
+system_account: {SYSTEM_ACCOUNT}
+authorization {{
+  timeout: 5
+  auth_callout {{
+    issuer: {creds.issuer}
+    account: {AUTH_ACCOUNT}
+    auth_users: [ {bypass} ]
+  }}
+}}
+"""
+
+
+def valkey_acl(creds: Credentials) -> str:
+    """The ACL file: no default user, one user per service, by password hash only."""
+    lines = ["user default off"]
+    for name, password in creds.valkey.items():
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        rules = OPS_ACL if name == "ops" else SERVICE_ACL
+        lines.append(f"user {name} on #{digest} resetchannels {rules}")
+    return "\n".join(lines) + "\n"
