@@ -63,7 +63,8 @@ RETRY_CONNECT = 2.0  # seconds between tries to reach a server that is not there
 
 
 class Refused(RuntimeError):
-    """The server does not accept this agent's credentials (wrong token, or removed)."""
+    """The server does not accept this agent's credentials (wrong token, or removed),
+    or the agent does not accept the server (its certificate does not verify)."""
 
 
 def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
@@ -124,6 +125,11 @@ async def admitted(config: AgentConfig, url: str, stop: asyncio.Event) -> bool:
                 f"the server refused agent {config.id}: its token is wrong, the agent was "
                 "removed (create it again with `runyard agent create`), or the server "
                 "could not check it (see its dispatcher's log)"
+            )
+        if any("CERTIFICATE_VERIFY_FAILED" in e for e in errors):
+            raise Refused(
+                f"the server at {url} is not the one this agent was made for: its TLS "
+                f"certificate does not verify against the CA in agent.json ({errors[-1]})"
             )
         log.warning("cannot reach NATS at %s (%s); retrying", url, errors[-1])
         with contextlib.suppress(TimeoutError):

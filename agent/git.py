@@ -35,12 +35,12 @@ def allow_local() -> bool:
 def _environment() -> dict[str, str]:
     """The agent's environment for git, with git's own allow-list of transports set to
     ours: it overrides `protocol.*.allow` config, so `ext::`, `fd::` and other helpers
-    stay off even if a check above missed a spelling (and an inherited value is replaced)."""
+    stay off even if a check missed a spelling (and an inherited value is replaced)."""
     protocols = [*REMOTE_SCHEMES, *([LOCAL_SCHEME] if allow_local() else [])]
     return {**os.environ, **GIT_ENV, "GIT_ALLOW_PROTOCOL": ":".join(protocols)}
 
 
-def check(url: str, ref: str | None = None) -> None:
+def _check(url: str, ref: str | None = None) -> None:
     """Raise a GitError naming `url` or `ref` if git must not be given it."""
     problem = url_problem(url, allow_local()) or (ref_problem(ref) if ref is not None else None)
     if problem:
@@ -69,7 +69,7 @@ async def git(*args: str, operands: tuple[str, ...] = (), cwd: Path | None = Non
 
 async def resolve(url: str, ref: str | None) -> tuple[str, str]:
     """(ref to fetch, commit) for `ref` (tag, branch or commit; None: the default branch)."""
-    check(url, ref)
+    _check(url, ref)
     if ref and is_commit(ref):
         return ref, ref
     wanted = ref or "HEAD"
@@ -86,7 +86,7 @@ async def resolve(url: str, ref: str | None) -> tuple[str, str]:
 
 async def fetch_checkout(url: str, ref: str, dest: Path) -> str:
     """Shallow-fetch `ref` (a name or a commit) from `url` into `dest`; the commit."""
-    check(url, ref)
+    _check(url, ref)
     dest.mkdir(parents=True, exist_ok=True)
     if not (dest / ".git").exists():
         await git("init", "--quiet", cwd=dest)

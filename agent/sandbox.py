@@ -97,6 +97,7 @@ class Sandbox:
 
         def enter() -> None:
             uid, gid = os.getuid(), os.getgid()
+            cwd = Path.cwd()  # set before this runs: it still points below the covers
             _enter_userns(0, uid, 0, gid)
             _mount(None, "/", None, MS_REC | MS_PRIVATE)
             for path in hidden:
@@ -110,6 +111,7 @@ class Sandbox:
                 _mount(cache, cache, None, MS_BIND | MS_REC)
                 _mount(None, cache, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
             _enter_userns(uid, 0, gid, 0)  # locks the mounts above; back to our own uid
+            os.chdir(cwd)  # through the mounts now, so `..` cannot walk under them
 
         return enter
 

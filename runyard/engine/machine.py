@@ -74,7 +74,7 @@ class Engine:
         self.state = state or initial_state(plan, str(info.run.get("id", "run")))
 
     @functools.cached_property
-    def masker(self) -> Masker:
+    def _masker(self) -> Masker:
         """Hides the run's secrets in what the state records (it is stored and shown)."""
         return Masker(self.info.secrets.values())
 
@@ -229,7 +229,7 @@ class Engine:
                 step.started_at = step.finished_at = at
                 continue
             step.status = Status.RUNNING
-            step.inputs = self.masker.data(resolved.inputs)
+            step.inputs = self._masker.data(resolved.inputs)
             return [RunStep(job.key, job.attempt, resolved)]
         return self._steps_over(job, at)
 
@@ -299,7 +299,7 @@ class Engine:
         contexts = ctx.step_contexts(self.plan, self.state, self.info, job, len(job.steps))
         try:
             outputs = render(dict(self.plan.jobs[job.key].spec.outputs), contexts)
-            job.outputs = self.masker.data(outputs)
+            job.outputs = self._masker.data(outputs)
         except ExpressionError as exc:
             job.error = f"job '{job.name}' outputs: {exc}"
             status = Status.FAILURE if status == Status.SUCCESS else status

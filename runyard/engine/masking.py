@@ -12,8 +12,8 @@ exact text, so each of these is replaced by `***` (docs/logs-artifacts.md, "Mask
   the three alignments, the characters that only the secret's bytes decide, which
   also appear when it is encoded inside a longer text (as GitHub Actions does).
 
-One Aho-Corasick automaton finds every shape of every secret in one pass over the text,
-so masking costs the same per line whether a step has one secret or hundreds.
+An Aho-Corasick automaton finds every shape of every secret in one pass over the text,
+so masking costs about the same per line whether a step has one secret or hundreds.
 """
 
 from __future__ import annotations

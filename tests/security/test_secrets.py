@@ -44,12 +44,12 @@ def inner(stream: str, before: int, length: int) -> str:
 
 
 @pytest.fixture
-def keys(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def first_key(monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh current key in the environment, and none being rotated out."""
     current = crypto.new_key()
     monkeypatch.setenv("RUNYARD_SECRET_KEY", current)
     monkeypatch.delenv("RUNYARD_OLD_SECRET_KEYS", raising=False)
-    return [current]
+    return current
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ async def raw_secrets(redis: aioredis.Redis, project: str) -> bytes:
 
 
 async def test_a_stored_secret_is_nowhere_in_valkey_in_plain_text(
-    store: Redis, redis: aioredis.Redis, keys: list[str], monkeypatch: pytest.MonkeyPatch
+    store: Redis, redis: aioredis.Redis, first_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await records.create_project(store, "p")
     await records.set_secret(store, "p", "KEY", KEY_TEXT)
@@ -89,7 +89,7 @@ async def test_a_stored_secret_is_nowhere_in_valkey_in_plain_text(
 
 
 async def test_plain_text_from_before_is_read_then_sealed(
-    store: Redis, redis: aioredis.Redis, keys: list[str]
+    store: Redis, redis: aioredis.Redis, first_key: str
 ) -> None:
     await records.create_project(store, "p")
     await redis.hset(key("secrets", "p"), "TOKEN", TOKEN)  # as an earlier version stored it
@@ -100,7 +100,7 @@ async def test_plain_text_from_before_is_read_then_sealed(
 
 
 async def test_rotating_the_key_loses_nothing(
-    store: Redis, redis: aioredis.Redis, keys: list[str], monkeypatch: pytest.MonkeyPatch
+    store: Redis, redis: aioredis.Redis, first_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for project in ("busy", "idle", "old"):
         await records.create_project(store, project)
@@ -111,7 +111,7 @@ async def test_rotating_the_key_loses_nothing(
     before = await raw_secrets(redis, "idle")
 
     monkeypatch.setenv("RUNYARD_SECRET_KEY", crypto.new_key())
-    monkeypatch.setenv("RUNYARD_OLD_SECRET_KEYS", f"{crypto.new_key()}, {keys[0]}")
+    monkeypatch.setenv("RUNYARD_OLD_SECRET_KEYS", f"{crypto.new_key()}, {first_key}")
     assert await records.secrets_of(store, "busy") == {"TOKEN": TOKEN}  # sealed again on read
     done = await records.reseal_all(store)
     assert (done.resealed, done.unreadable) == (3, [])  # idle, old, busy's webhook

@@ -105,7 +105,7 @@ class System:
 
     async def web(self) -> None:
         port = free_port()
-        self.service("web", "--port", str(port))
+        self.service("web", "--port", str(port), f"--public-nats-url={self.stack.agent_nats_url}")
         self.url = f"http://127.0.0.1:{port}"
         r = connect(self.stack.redis_url)
         self.key = await records.create_api_key(r, "tests")
