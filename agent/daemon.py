@@ -108,7 +108,8 @@ async def _probe(config: AgentConfig, url: str) -> list[str]:
         errors.append(str(exc) or type(exc).__name__)
     finally:
         admitted = probe.is_connected
-        await probe.close()
+        with contextlib.suppress(Exception):  # nats-py's close hangs after a TLS failure
+            await asyncio.wait_for(probe.close(), 2)
     return [] if admitted else errors or ["closed while connecting"]
 
 
