@@ -4,6 +4,7 @@ pipeline source saved with it, so editing a pipeline never changes a run under w
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,24 @@ def run_info(
     )
 
 
+_SECRETS_WORD = re.compile(r"\bsecrets\b")
+_NAMED = re.compile(r"""\s*(?:\.\s*([A-Za-z_][\w-]*)|\[\s*(['"])(.*?)\2\s*\])""")
+_YAML_KEY = re.compile(r"\s*:")
+
+
+def named_secrets(source: str, secrets: dict[str, str]) -> dict[str, str]:
+    """The secrets a pipeline's text names (`secrets.NAME`, `secrets['NAME']`): all a
+    run of it may receive, so an agent never holds another pipeline's secrets. Any other
+    use of `secrets` (e.g. `toJSON(secrets)`) needs them all."""
+    names: set[str] = set()
+    for found in _SECRETS_WORD.finditer(source):
+        if named := _NAMED.match(source, found.end()):
+            names.add(named.group(1) or named.group(3))
+        elif not _YAML_KEY.match(source, found.end()):  # not a key such as `secrets: true`
+            return secrets
+    return {k: v for k, v in secrets.items() if k in names}
+
+
 def run_secrets(
     pipeline: Pipeline, event: dict[str, Any], secrets: dict[str, str]
 ) -> dict[str, str]:
@@ -106,7 +125,7 @@ def live_run(stored: StoredRun, secrets: dict[str, str]) -> LiveRun:
             "project": f["project"],
             "version": int(f["version"]),
         },
-        run_secrets(pipeline, event, secrets),
+        run_secrets(pipeline, event, named_secrets(f["source"], secrets)),
     )
     state = RunState.model_validate_json(f["state"])
     facts = facts_for(stored.id, pipeline, f["project"], event)

@@ -110,3 +110,21 @@ def test_stop_and_finish() -> None:
 def test_pack_round_trip() -> None:
     assert effects.unpack(effects.pack("ry.x", b'{"a": 1}')) == ("ry.x", b'{"a": 1}')
     assert effects.parse_member("r|j~2|3|7") == ("r", "j~2", 3, ["7"])
+
+
+def test_a_run_receives_only_the_secrets_its_pipeline_names() -> None:
+    from services.dispatcher.runs import named_secrets
+
+    stored = {"A": "1", "B_2": "2", "c-3": "3", "D": "4"}
+    source = """
+triggers: {pull_request: {secrets: true}}
+jobs:
+  j:
+    steps:
+      - run: echo ${{ secrets.A }} ${{ secrets . B_2 }}
+      - run: echo ${{ secrets['c-3'] }} ${{ secrets.MISSING }}
+"""
+    assert named_secrets(source, stored) == {"A": "1", "B_2": "2", "c-3": "3"}
+    assert named_secrets("run: echo hi", stored) == {}
+    assert named_secrets("run: echo ${{ toJSON(secrets) }}", stored) == stored
+    assert named_secrets("run: ${{ secrets[input.which] }}", stored) == stored

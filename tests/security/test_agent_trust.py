@@ -429,3 +429,32 @@ def test_the_local_agent_of_up_inherits_no_server_credentials() -> None:
         "RUNYARD_ACTIONS_BASE": "file:///actions/",
         "PATH": "/usr/bin",
     }
+
+
+async def test_an_agent_receives_only_the_secrets_its_pipeline_names(system: System) -> None:
+    await system.project("p")
+    for name, value in (("USED", "used-value-1"), ("OTHER", "other-value-2")):
+        await system.call("PUT", f"/api/projects/p/secrets/{name}", json={"value": value})
+    agent = await system.agent("box", projects=["p"])
+    ops = await bus.connect(system.stack.nats_url, name="tests-ops")
+    seen: list[bytes] = []
+
+    async def keep(msg: Msg) -> None:
+        seen.append(msg.data)
+
+    await ops.subscribe(subjects.agent_inbox(agent.id), cb=keep)
+    source = """
+name: One secret
+jobs:
+  j:
+    steps:
+      - id: s
+        run: test -n "${{ secrets.USED }}"
+"""
+    run_id = await system.start_run("p", await system.pipeline("p", source))
+    done = await system.wait_run(run_id, 30)
+    await ops.close()
+    assert done["status"] == "success", done
+    sent = b"".join(seen)
+    assert b"used-value-1" in sent  # what the step needs does travel (masked, in env)
+    assert b"other-value-2" not in sent
