@@ -88,6 +88,10 @@ def _options(config: AgentConfig) -> dict[str, Any]:
     }
 
 
+def _servers(url: str) -> list[str]:
+    return [u.strip() for u in url.split(",")]  # a cluster: several, comma-separated
+
+
 def _is_refusal(error: BaseException | str) -> bool:
     return "authorization violation" in str(error).lower()
 
@@ -102,7 +106,11 @@ async def _probe(config: AgentConfig, url: str) -> list[str]:
 
     try:
         await probe.connect(
-            url, allow_reconnect=False, max_reconnect_attempts=0, error_cb=keep, **_options(config)
+            _servers(url),
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            error_cb=keep,
+            **_options(config),
         )
     except Exception as exc:
         errors.append(str(exc) or type(exc).__name__)
@@ -160,7 +168,7 @@ async def connect(config: AgentConfig, url: str, refused: asyncio.Event | None =
         log.warning("disconnected from NATS; reconnecting")
 
     return await nats.connect(
-        url,
+        _servers(url),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         allow_reconnect=True,

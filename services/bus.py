@@ -26,11 +26,12 @@ from schemas import subjects
 
 
 async def connect(url: str, name: str = "runyard") -> Client:
-    """A connection that keeps reconnecting for as long as the process lives; TLS is
+    """A connection that keeps reconnecting for as long as the process lives (to any
+    server of `url`, which may list several, comma-separated); TLS is
     verified against `RUNYARD_NATS_CA` (a PEM file) when set, else the system's CAs."""
     ca = os.environ.get("RUNYARD_NATS_CA")
     return await nats.connect(
-        url,
+        [u.strip() for u in url.split(",")],  # a cluster: several servers, comma-separated
         name=name,
         tls=ssl.create_default_context(cafile=ca) if ca else None,
         max_reconnect_attempts=-1,

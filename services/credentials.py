@@ -84,12 +84,33 @@ def _users(names: list[str], creds: Credentials) -> str:
     return f"[ {rows} ]"
 
 
+def nats_auth(creds: Credentials) -> str:
+    """The accounts, users and auth callout of a Runyard NATS server (embedded, or each
+    node of a cluster through `include`): services and agents share account RY; every
+    connection that is not a service's goes to the callout (agents)."""
+    bypass = ", ".join([*SERVICES, AUTH_USER, SYSTEM_USER])
+    return f"""accounts {{
+  {ACCOUNT} {{ jetstream: enabled, users: {_users(list(SERVICES), creds)} }}
+  {AUTH_ACCOUNT} {{ users: {_users([AUTH_USER], creds)} }}
+  {SYSTEM_ACCOUNT} {{ users: {_users([SYSTEM_USER], creds)} }}
+}}
+system_account: {SYSTEM_ACCOUNT}
+authorization {{
+  timeout: 5
+  auth_callout {{
+    issuer: {creds.issuer}
+    account: {AUTH_ACCOUNT}
+    auth_users: [ {bypass} ]
+  }}
+}}
+"""
+
+
 def nats_config(
     creds: Credentials, host: str, port: int, ws_port: int, tls: TlsFiles | None = None
 ) -> str:
-    """The embedded nats-server's config: three accounts, the auth callout for every
-    other connection (agents), TLS on both listeners when `tls` is given."""
-    bypass = ", ".join([*SERVICES, AUTH_USER, SYSTEM_USER])
+    """The embedded nats-server's config: `nats_auth`, and TLS on both listeners when
+    `tls` is given."""
     tls_block = (
         f'tls {{\n    cert_file: "{tls.cert}"\n    key_file: "{tls.key}"\n  }}\n'
         if tls
@@ -105,21 +126,26 @@ listen: "{host}:{port}"
 {client_tls}websocket {{
   listen: "{host}:{ws_port}"
   {tls_block}}}
-accounts {{
-  {ACCOUNT} {{ jetstream: enabled, users: {_users(list(SERVICES), creds)} }}
-  {AUTH_ACCOUNT} {{ users: {_users([AUTH_USER], creds)} }}
-  {SYSTEM_ACCOUNT} {{ users: {_users([SYSTEM_USER], creds)} }}
-}}
-system_account: {SYSTEM_ACCOUNT}
-authorization {{
-  timeout: 5
-  auth_callout {{
-    issuer: {creds.issuer}
-    account: {AUTH_ACCOUNT}
-    auth_users: [ {bypass} ]
-  }}
-}}
-"""
+{nats_auth(creds)}"""
+
+
+def service_env(creds: Credentials, service: str, nats_url: str, redis_url: str) -> dict[str, str]:
+    """A service's own identities on NATS and Valkey (and, for the dispatcher, the auth
+    callout's), given the servers' URLs without credentials; `nats_url` may list
+    several servers, comma-separated."""
+
+    def nats(user: str) -> str:
+        return ",".join(with_user(u.strip(), user, creds.nats[user]) for u in nats_url.split(","))
+
+    env = {
+        "RUNYARD_NATS_URL": nats(service),
+        "RUNYARD_REDIS_URL": with_user(redis_url, service, creds.valkey[service]),
+    }
+    if service == "dispatcher":
+        env["RUNYARD_NATS_AUTH_URL"] = nats(AUTH_USER)
+        env["RUNYARD_NATS_SYS_URL"] = nats(SYSTEM_USER)
+        env["RUNYARD_NATS_ISSUER_SEED"] = creds.issuer_seed.decode()
+    return env
 
 
 def valkey_acl(creds: Credentials) -> str:

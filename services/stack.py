@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from services import credentials
 from services.credentials import (
-    AUTH_USER,
-    SYSTEM_USER,
     Credentials,
     TlsFiles,
     nats_config,
@@ -271,23 +270,16 @@ class Stack:
         """The environment a service runs with: its own NATS and Valkey identities (and,
         for the dispatcher, the auth callout's). Servers this stack did not start are
         reached as the operator configured them, through the inherited environment."""
-        env: dict[str, str] = {}
-        if self.started_nats:
-            local = self.local_nats_url
-            env["RUNYARD_NATS_URL"] = with_user(local, service, self.creds.nats[service])
-            if service == "dispatcher":
-                env["RUNYARD_NATS_AUTH_URL"] = with_user(
-                    local, AUTH_USER, self.creds.nats[AUTH_USER]
-                )
-                env["RUNYARD_NATS_SYS_URL"] = with_user(
-                    local, SYSTEM_USER, self.creds.nats[SYSTEM_USER]
-                )
-                env["RUNYARD_NATS_ISSUER_SEED"] = self.creds.issuer_seed.decode()
-            if self.tls:
-                env["RUNYARD_NATS_CA"] = str(self.tls.ca)
-        if self.started_valkey:
-            plain = without_user(self.redis_url)
-            env["RUNYARD_REDIS_URL"] = with_user(plain, service, self.creds.valkey[service])
+        full = credentials.service_env(
+            self.creds, service, self.local_nats_url, without_user(self.redis_url)
+        )
+        env = {
+            k: v
+            for k, v in full.items()
+            if (self.started_valkey if k == "RUNYARD_REDIS_URL" else self.started_nats)
+        }
+        if self.started_nats and self.tls:
+            env["RUNYARD_NATS_CA"] = str(self.tls.ca)
         return env
 
     @property

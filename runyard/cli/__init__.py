@@ -10,6 +10,7 @@ import click
 COMMANDS = {
     "agent": "runyard.cli.agent:agent",
     "artifacts": "runyard.cli.outputs:artifacts",
+    "credentials": "services.deploy:credentials",
     "login": "runyard.cli.login:login",
     "logout": "runyard.cli.login:logout",
     "logs": "runyard.cli.outputs:logs",
