@@ -68,7 +68,9 @@ def decode(token: str | bytes, issuer: str | None = None) -> dict[str, Any]:
         signature = _unb64(sig)
     except ValueError as exc:
         raise JwtError(f"malformed token: {exc}") from None
-    if not isinstance(claims, dict) or header.get("alg") != HEADER["alg"]:
+    if not (isinstance(header, dict) and isinstance(claims, dict)):
+        raise JwtError("not a JWT: its header and claims must be objects")
+    if header.get("alg") != HEADER["alg"]:
         raise JwtError("not an ed25519-nkey JWT")
     signer = str(claims.get("iss", ""))
     if issuer is not None and signer != issuer:

@@ -141,14 +141,24 @@ class Admission:
     async def _on_request(self, msg: Msg) -> None:
         try:
             request = natsjwt.decode(msg.data)
-            if request.get("nats", {}).get("type") != "authorization_request":
+            nats = request.get("nats")
+            if not isinstance(nats, dict) or nats.get("type") != "authorization_request":
                 raise natsjwt.JwtError("not an authorization request")
+            if not str(request.get("iss", "")).startswith("N"):  # a server's nkey
+                raise natsjwt.JwtError("not signed by a server")
+            opts, client = nats.get("connect_opts"), nats.get("client_info")
+            opts = opts if isinstance(opts, dict) else {}
+            client = client if isinstance(client, dict) else {}
+            server = nats.get("server_id")
+            if not isinstance(nats.get("user_nkey"), str) or not (
+                isinstance(server, dict) and isinstance(server.get("id"), str)
+            ):
+                raise natsjwt.JwtError("no user nkey or server id to answer")
         except (natsjwt.JwtError, TypeError, KeyError) as exc:
             log.warning("unreadable authorization request: %s", exc)
             return
-        agent, error = await self._decide(request["nats"].get("connect_opts") or {})
+        agent, error = await self._decide(opts)
         if error:
-            client = request["nats"].get("client_info") or {}
             log.warning("refused a connection from %s: %s", client.get("host", "?"), error)
         await msg.respond(response(request, self.settings.issuer_seed, agent, error).encode())
 
