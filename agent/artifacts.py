@@ -1,32 +1,63 @@
-"""A finished job's artifacts → the NATS object store (`ry-artifacts`).
+"""A finished job's artifacts → the agent's own bucket of the NATS object store.
 
 Each matching file is one object, `<run>/<job>/<artifact>/<path>`, stored with its
 SHA-256 (the object store checks it again on every read). An artifact bigger than the
-limit is refused whole, with a message, rather than stored in part."""
+limit is refused whole, with a message, rather than stored in part.
+
+The agent writes the object store's chunk and meta messages itself instead of through
+nats-py's `ObjectStore.put`, which reads the bucket back: an agent's NATS identity may
+not read any stream, since a read answers on a reply subject the reader chooses, which
+would let it publish stored bytes of its own on subjects it may not publish on."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 from nats.js import JetStreamContext
-from nats.js.api import ObjectMeta
 
 from agent.collect import matching_files
 from schemas import subjects
 from schemas.messages import ArtifactFile, ArtifactSpec
+
+CHUNK = 128 * 1024  # the object store's default chunk size
 
 
 def object_name(run: str, job: str, artifact: str, path: str) -> str:
     return f"{run}/{job}/{artifact}/{path}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+async def put(js: JetStreamContext, bucket: str, name: str, path: Path) -> tuple[int, str]:
+    """Store `path` as object `name` (the object store's own layout: chunks on
+    `$O.<bucket>.C.<nuid>`, then the meta message that makes them an object, rolled up
+    on its subject); (size, SHA-256 hex)."""
+    nuid = uuid.uuid4().hex
+    chunks = f"$O.{bucket}.C.{nuid}"
+    sha = hashlib.sha256()
+    size = count = 0
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        while chunk := f.read(CHUNK):
+            sha.update(chunk)
+            await js.publish(chunks, chunk)
+            size, count = size + len(chunk), count + 1
+    meta = {
+        "name": name,
+        "description": f"sha256={sha.hexdigest()}",
+        "bucket": bucket,
+        "nuid": nuid,
+        "size": size,
+        "chunks": count,
+        "mtime": datetime.now(UTC).isoformat(),
+        "digest": "SHA-256=" + base64.urlsafe_b64encode(sha.digest()).decode(),
+        "options": {"max_chunk_size": CHUNK},
+    }
+    key = base64.urlsafe_b64encode(name.encode()).decode()
+    await js.publish(f"$O.{bucket}.M.{key}", orjson.dumps(meta), headers={"Nats-Rollup": "sub"})
+    return size, sha.hexdigest()
 
 
 async def upload(
@@ -45,7 +76,7 @@ async def upload(
     wanted = [s for s in specs if job_ok or s.if_failed]
     if not wanted:
         return stored, problems
-    store = await js.object_store(subjects.agent_artifacts_bucket(agent))
+    bucket = subjects.agent_artifacts_bucket(agent)
     for spec in wanted:
         files = matching_files(workspace, spec.path)
         size = sum(p.stat().st_size for _, p in files)
@@ -59,14 +90,8 @@ async def upload(
             continue
         for rel, path in files:
             name = object_name(run, job, spec.name, rel)
-            digest = _sha256(path)
-            with path.open("rb") as f:
-                info = await store.put(
-                    name, f, meta=ObjectMeta(name=name, description=f"sha256={digest}")
-                )
+            size, digest = await put(js, bucket, name, path)
             stored.append(
-                ArtifactFile(
-                    artifact=spec.name, path=rel, object=name, size=info.size or 0, sha256=digest
-                )
+                ArtifactFile(artifact=spec.name, path=rel, object=name, size=size, sha256=digest)
             )
     return stored, problems

@@ -63,7 +63,7 @@ def agent_permissions(agent: str) -> dict[str, Any]:
     """Exactly what one agent may do (DESIGN.md §10); everything else is denied."""
     inbox = subjects.INBOX_STREAM.name
     durable = subjects.agent_inbox_consumer(agent)
-    bucket = "OBJ_" + subjects.agent_artifacts_bucket(agent)
+    objects = subjects.agent_artifacts_bucket(agent)
     return {
         "pub": {
             "allow": [
@@ -73,11 +73,11 @@ def agent_permissions(agent: str) -> dict[str, Any]:
                 f"$JS.API.CONSUMER.INFO.{inbox}.{durable}",
                 f"$JS.API.CONSUMER.MSG.NEXT.{inbox}.{durable}",
                 f"$JS.ACK.{inbox}.{durable}.>",
-                f"$JS.API.STREAM.INFO.{bucket}",
-                f"$JS.API.STREAM.MSG.GET.{bucket}",
-                f"$JS.API.STREAM.PURGE.{bucket}",
-                f"$JS.API.DIRECT.GET.{bucket}.>",
-                f"$O.{subjects.agent_artifacts_bucket(agent)}.>",
+                # writes into its own bucket; never a read (MSG.GET, DIRECT.GET): a
+                # read answers on a reply subject of the reader's choice, with bytes
+                # the reader stored, i.e. a publish on any subject
+                f"$O.{objects}.C.*",
+                f"$O.{objects}.M.*",
             ]
         },
         "sub": {

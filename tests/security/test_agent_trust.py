@@ -458,3 +458,37 @@ jobs:
     sent = b"".join(seen)
     assert b"used-value-1" in sent  # what the step needs does travel (masked, in env)
     assert b"other-value-2" not in sent
+
+
+async def test_an_agent_cannot_reflect_its_own_bytes_onto_other_subjects(
+    system: System, raw: Raw
+) -> None:
+    """A stream read answers on the reply subject the reader names: with bytes the agent
+    stored itself, that would be a publish on any subject (e.g. a forged trigger)."""
+    await system.project("victim")
+    attacker = await system.agent("attacker", start=False)
+    nc = await raw.connect(attacker)
+    ops = await bus.connect(system.stack.nats_url, name="tests-ops")
+    landed: list[Msg] = []
+
+    async def keep(msg: Msg) -> None:
+        landed.append(msg)
+
+    await ops.subscribe(f"{subjects.PREFIX}.>", cb=keep)
+    bucket = subjects.agent_artifacts_bucket(attacker.id)
+    stream = f"OBJ_{bucket}"
+    payload = b'{"type": "trigger", "id": "forged", "kind": "push", "project": "victim"}'
+    target = f"{subjects.PREFIX}.events.push.victim"
+    await nc.publish(f"$O.{bucket}.C.x", payload)  # its own bucket: allowed
+    for subject, body in (
+        (f"$JS.API.DIRECT.GET.{stream}.$O.{bucket}.C.x", b""),
+        (f"$JS.API.DIRECT.GET.{stream}", b'{"last_by_subj": "$O.' + bucket.encode() + b'.C.x"}'),
+        (f"$JS.API.STREAM.MSG.GET.{stream}", b'{"seq": 1}'),
+        (f"$JS.API.STREAM.INFO.{stream}", b""),
+    ):
+        await nc.publish(subject, body, reply=target)
+    await nc.flush()
+    await asyncio.sleep(1.5)
+    await ops.close()
+    assert not [m for m in landed if m.subject == target], [m.data for m in landed]
+    assert len(raw.violations()) == 4, raw.errors
