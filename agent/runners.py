@@ -134,6 +134,7 @@ class StepRunner:
             **step.env,
             "RUNYARD_OUTPUT": str(output_file),
             "RUNYARD_WORKSPACE": str(workspace),
+            **(self.sandbox.env(workspace) if self.sandbox else {}),
         }
         cwd = (workspace / step.working_directory) if step.working_directory else workspace
         if not cwd.is_dir():

@@ -2,12 +2,16 @@
 
 A step runs as the agent's user, so without help it could read the agent's token
 (`agent.json`), forge messages into its spool, rewrite cached actions other projects
-run, read other jobs' workspaces, or — on the machine `runyard up` runs on — the
-server's keys and passwords. Before a step's program starts, its process enters a new
-user and mount namespace where:
+run, plant a `~/.gitconfig` the agent's own git then obeys, read other jobs'
+workspaces, or — on the machine `runyard up` runs on — the server's keys and
+passwords. Before a step's program starts, its process enters a new user and mount
+namespace where:
 
-- every hidden path (the agent's credentials, spool and state, and the paths given
-  with `--hide`) is covered by an empty read-only tmpfs (a file by /dev/null);
+- the whole file system is read-only, except this job's workspace, `/tmp` and an
+  empty `/dev/shm` of the step's own; steps get `HOME=<workspace>/.runyard/home`;
+- every hidden path (the agent's credentials, spool and state, well-known credential
+  files in the user's home such as `~/.ssh` and `~/.netrc`, and the paths given with
+  `--hide`) is covered by an empty read-only tmpfs (a file by /dev/null);
 - `work/` shows only this job's own workspace; the action cache is read-only;
 - it then enters a second, nested pair of namespaces, which locks those mounts (a
   less privileged namespace cannot unmount them to look underneath) and maps the
@@ -15,6 +19,8 @@ user and mount namespace where:
 - other processes' `/proc/<pid>/environ`, `mem` and `root` are out of reach, since
   they are in a more privileged user namespace (ptrace access is refused).
 
+Not covered: steps share the agent's process ids, so a step can signal other processes
+of the same user (run agents as a user of their own, apart from the server's).
 Where user namespaces are not allowed (some hardened kernels), `probe()` says why and
 steps run without this isolation; `runyard agent start` logs that once.
 """
@@ -37,6 +43,16 @@ MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+SYS_MOUNT_SETATTR = 442  # the same number on every architecture (the generic table)
+# Credentials that commonly sit in a user's home; steps must not read them.
+HOME_SECRETS = (
+    ".ssh", ".netrc", ".git-credentials", ".config/git/credentials", ".config/runyard",
+    ".docker", ".aws", ".azure", ".config/gcloud", ".kube", ".gnupg", ".pypirc", ".npmrc",
+    ".config/gh", ".password-store",
+)  # fmt: skip
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -60,6 +76,25 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
     )
 
 
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _read_only(path: str, on: bool, recursive: bool) -> None:
+    """Set (or clear) read-only on the mount at `path` (and every mount below it)."""
+    attr = _MountAttr(MOUNT_ATTR_RDONLY if on else 0, 0 if on else MOUNT_ATTR_RDONLY, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    result = _libc.syscall(
+        SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr)
+    )
+    _check(result, f"mount_setattr {path}")
+
+
 def _enter_userns(inner_uid: int, outer_uid: int, inner_gid: int, outer_gid: int) -> None:
     _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare")
     Path("/proc/self/setgroups").write_text("deny")
@@ -73,43 +108,61 @@ class Sandbox:
     def __init__(self, agent_dir: Path, hidden: Sequence[Path] = ()) -> None:
         self.work = agent_dir / "work"
         self.cache = agent_dir / "cache"
+        for path in (self.work, self.cache):
+            path.mkdir(parents=True, exist_ok=True)
         own = [agent_dir / "agent.json", agent_dir / "spool", agent_dir / "state"]
-        self.hidden = [p.resolve() for p in [*own, *hidden]]
+        home = [Path.home() / p for p in HOME_SECRETS]
+        self.hidden = [p.resolve() for p in [*own, *home, *hidden]]
         self.enabled = True
 
     def probe(self) -> str | None:
         """None when steps can be isolated here, else the reason they cannot."""
+        workspace = self.work / ".probe"
+        workspace.mkdir(exist_ok=True)
         try:
             subprocess.run(
-                ["/bin/true"], check=True, preexec_fn=self.preexec(self.work), close_fds=True
+                ["/bin/true"], check=True, preexec_fn=self.preexec(workspace), close_fds=True
             )
         except (subprocess.SubprocessError, OSError) as exc:
             self.enabled = False
             return str(exc)
         return None
 
+    def env(self, workspace: Path) -> dict[str, str]:
+        """Where a step writes what it would write to its home and temp directories."""
+        if not self.enabled:
+            return {}
+        home = workspace / ".runyard" / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        return {"HOME": str(home)}
+
     def preexec(self, workspace: Path) -> Callable[[], None] | None:
         if not self.enabled:
             return None
-        hidden = [str(p) for p in self.hidden if p.exists() and p != self.work]
-        work, cache = str(self.work), str(self.cache)
-        own = str(workspace.resolve())
+        own = workspace.resolve()
+        work, cache = str(self.work.resolve()), str(self.cache.resolve())
+        if not str(own).startswith(work + "/"):
+            raise ValueError(f"a step's workspace must be inside {work}: {own}")
+        hidden = [str(p) for p in self.hidden if p.exists()]
 
         def enter() -> None:
             uid, gid = os.getuid(), os.getgid()
             cwd = Path.cwd()  # set before this runs: it still points below the covers
             _enter_userns(0, uid, 0, gid)
             _mount(None, "/", None, MS_REC | MS_PRIVATE)
+            # /tmp its own mount (with what is mounted below it), so it can stay writable
+            _mount("/tmp", "/tmp", None, MS_BIND | MS_REC)
             for path in hidden:
                 if Path(path).is_dir():
                     _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
                 else:
                     _mount("/dev/null", path, None, MS_BIND)
-            if Path(work).is_dir():
-                _only_own_workspace(work, own)
-            if Path(cache).is_dir():
-                _mount(cache, cache, None, MS_BIND | MS_REC)
-                _mount(None, cache, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+            _only_own_workspace(work, str(own))
+            _mount(cache, cache, None, MS_BIND | MS_REC)
+            _read_only("/", on=True, recursive=True)  # nothing else may be changed
+            for writable in (str(own), "/tmp", "/proc"):  # /proc: for the uid map below
+                _read_only(writable, on=False, recursive=False)
+            _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m")
             _enter_userns(uid, 0, gid, 0)  # locks the mounts above; back to our own uid
             os.chdir(cwd)  # through the mounts now, so `..` cannot walk under them
 
@@ -118,10 +171,8 @@ class Sandbox:
 
 def _only_own_workspace(work: str, own: str) -> None:
     """Cover `work/` with an empty tmpfs that holds only this job's workspace."""
-    keep = os.open(own, os.O_PATH | os.O_DIRECTORY) if own.startswith(work + "/") else -1
+    keep = os.open(own, os.O_PATH | os.O_DIRECTORY)
     _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, "size=4k,mode=755")
-    if keep >= 0:
-        Path(own).mkdir(parents=True, exist_ok=True)
-        _mount(f"/proc/self/fd/{keep}", own, None, MS_BIND | MS_REC)
-        os.close(keep)
-    _mount(None, work, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    Path(own).mkdir(parents=True, exist_ok=True)
+    _mount(f"/proc/self/fd/{keep}", own, None, MS_BIND | MS_REC)
+    os.close(keep)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -379,6 +380,12 @@ attempt("the agent's spool", lambda: os.listdir(sys.argv[4]))
 job_dir, run_dir = os.path.split(os.getcwd())[1], os.path.split(os.path.dirname(os.getcwd()))[1]
 attempt("another job's workspace", lambda: others("..", job_dir))
 attempt("another run's workspace", lambda: others("../..", run_dir))
+def write(path):
+    with open(path, "w") as out:
+        out.write("[core]\\n  sshCommand = sh /tmp/payload.sh\\n")
+    return path
+attempt("a file the agent's own git reads (home)", lambda: write(sys.argv[5]))
+attempt("the action cache", lambda: write(sys.argv[6]))
 attempt("valkey without a password", valkey)
 attempt("nats without a credential", nats_anon)
 sys.exit(1 if leaks else 0)
@@ -393,7 +400,15 @@ async def test_a_step_cannot_reach_the_server_or_the_agents_credentials(
     (tmp_path / "probe.py").write_text(PROBE)
     valkey_port = system.stack.redis_url.rsplit(":", 1)[1].split("/")[0]
     nats_port = system.stack.local_nats_url.rsplit(":", 1)[1]
-    argv = [valkey_port, nats_port, str(agent.dir / "agent.json"), str(agent.dir / "spool")]
+    planted = Path.home() / f".runyard-probe-{uuid.uuid4().hex}"
+    argv = [
+        valkey_port,
+        nats_port,
+        str(agent.dir / "agent.json"),
+        str(agent.dir / "spool"),
+        str(planted),
+        str(agent.dir / "cache" / "planted"),
+    ]
     source = f"""
 name: Probe
 jobs:
@@ -406,7 +421,10 @@ jobs:
         run: python3 {tmp_path / "probe.py"} {" ".join(argv)}
 """
     run_id = await system.start_run("p", await system.pipeline("p", source))
-    done = await system.wait_run(run_id, 60)
+    try:
+        done = await system.wait_run(run_id, 60)
+    finally:
+        planted.unlink(missing_ok=True)
     page = await system.call("GET", f"/api/runs/{run_id}/jobs/probe/steps/probe/logs")
     lines = [line["text"] for line in page["lines"]]
     assert [x for x in lines if x.startswith("blocked:")], lines
