@@ -40,6 +40,7 @@ AGENT_ID = re.compile(r"a[0-9a-f]{12}")  # records.create_agent's ids; nothing e
 INBOX_ACK_WAIT = 60.0  # seconds the agent has to ack work before it is offered again
 JWT_LIFETIME = 24 * 3600  # a connection re-authenticates at least daily
 QUEUE = "admission"
+SWEEP = 15.0  # seconds between looks for connected agents that no longer exist
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class Admission:
         self.auth: Client | None = None
         self.sys: Client | None = None
         self.ready: set[str] = set()  # agents whose consumer and bucket exist
+        self.sweeper: asyncio.Future[None] | None = None
 
     async def start(self, nc: Client) -> None:
         self.auth = await bus.connect(self.settings.auth_url, name="runyard-admission")
@@ -131,8 +133,12 @@ class Admission:
             self.sys = await bus.connect(self.settings.sys_url, name="runyard-revocation")
         self.nc = nc
         await nc.subscribe(subjects.AGENTS_REVOKED, cb=self._on_revoked)
+        self.sweeper = asyncio.ensure_future(self._sweep())
 
     async def stop(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            await asyncio.gather(self.sweeper, return_exceptions=True)
         for client in (self.auth, self.sys):
             if client is not None:
                 with contextlib.suppress(Exception):
@@ -209,29 +215,54 @@ class Admission:
         if self.nc is not None:  # so that it stops rather than reconnecting in vain
             await self.nc.publish(subjects.agent_control(agent), AgentRemoved(agent=agent).encode())
             await self.nc.flush()
+        for server, conn in await self._connections({"user": agent}):
+            await self._kick(server, conn["cid"], agent)
+
+    async def _sweep(self) -> None:
+        """Cut off agents connected without a record: removed while no dispatcher was
+        listening for `ry.agents.revoked` (their JWT would otherwise last a day)."""
+        while True:
+            try:
+                users = {str(c.get("authorized_user", "")) for _, c in await self._connections({})}
+                agents = sorted(u for u in users if AGENT_ID.fullmatch(u))
+                async with self.r.pipeline(transaction=False) as pipe:
+                    for agent in agents:
+                        pipe.exists(records.agent_key(agent))
+                    known = await pipe.execute()
+                for agent, exists in zip(agents, known, strict=True):
+                    if not exists:
+                        await self.revoke(agent)
+            except Exception as exc:  # the store or NATS is away: try again later
+                log.warning("sweeping agents' connections: %s", exc)
+            await asyncio.sleep(SWEEP)
+
+    async def _connections(self, query: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """(server id, connection) of the agents' account's connections on every server."""
         if self.sys is None:
-            return
-        query = orjson.dumps({"acc": ACCOUNT, "user": agent, "auth": True})  # open ones
+            return []
+        body = orjson.dumps({"acc": ACCOUNT, "auth": True, "limit": 100_000, **query})
         replies: asyncio.Queue[Msg] = asyncio.Queue()
         inbox = self.sys.new_inbox()
         sub = await self.sys.subscribe(inbox, cb=replies.put)
+        found: list[tuple[str, dict[str, Any]]] = []
         try:
-            await self.sys.publish("$SYS.REQ.SERVER.PING.CONNZ", query, reply=inbox)
+            await self.sys.publish("$SYS.REQ.SERVER.PING.CONNZ", body, reply=inbox)
             while True:
                 try:
                     reply = await asyncio.wait_for(replies.get(), 0.5)
                 except TimeoutError:
                     break
-                await self._kick(orjson.loads(reply.data), agent)
+                connz = orjson.loads(reply.data)
+                server = connz.get("server", {}).get("id", "")
+                conns = (connz.get("data") or {}).get("connections") or []
+                found += [(server, c) for c in conns]
         finally:
             await sub.unsubscribe()
+        return found
 
-    async def _kick(self, connz: dict[str, Any], agent: str) -> None:
+    async def _kick(self, server: str, cid: int, agent: str) -> None:
         assert self.sys is not None
-        server = connz.get("server", {}).get("id", "")
-        for conn in (connz.get("data") or {}).get("connections") or []:
-            if conn.get("authorized_user") == agent or conn.get("name_tag") == agent:
-                kick = orjson.dumps({"cid": conn["cid"]})
-                with contextlib.suppress(Exception):
-                    await self.sys.request(f"$SYS.REQ.SERVER.{server}.KICK", kick, timeout=2)
-                log.warning("agent %s cut off (connection %s)", agent, conn["cid"])
+        with contextlib.suppress(Exception):
+            body = orjson.dumps({"cid": cid})
+            await self.sys.request(f"$SYS.REQ.SERVER.{server}.KICK", body, timeout=2)
+        log.warning("agent %s cut off (connection %s)", agent, cid)

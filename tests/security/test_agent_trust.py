@@ -510,3 +510,20 @@ async def test_an_agent_cannot_reflect_its_own_bytes_onto_other_subjects(
     await ops.close()
     assert not [m for m in landed if m.subject == target], [m.data for m in landed]
     assert len(raw.violations()) == 4, raw.errors
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_an_agent_removed_while_no_dispatcher_listened_is_cut_off(
+    system: System, raw: Raw
+) -> None:
+    spare = await system.agent("spare", start=False)
+    nc = await raw.connect(spare, reconnect=True)
+    dispatcher = next(p for p in system.procs if p.name == "dispatcher")
+    dispatcher.kill()
+    await system.call("DELETE", f"/api/agents/{spare.id}")  # nobody hears the revocation
+    assert connected(nc)
+    await system.ready(system.dispatcher())  # a new dispatcher sweeps the connections
+    started = time.monotonic()
+    while connected(nc):
+        assert time.monotonic() - started < 20, "a removed agent stayed connected"
+        await asyncio.sleep(0.1)
