@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from schemas import subjects
 from schemas.messages import LogBatch
 from services import bus
+from services.store import runs
 from services.store.connection import Redis
 from services.store.logs import log_key, meta_key
 from services.store.scripts import Scripts
@@ -27,13 +28,16 @@ WORKERS = 2
 CAP = int(os.environ.get("RUNYARD_LOG_CAP", 64 << 20))  # bytes per step
 RETENTION = int(os.environ.get("RUNYARD_LOG_RETENTION", subjects.RETENTION))  # seconds
 RETRY_GAP = 0.2  # seconds before a batch that came early is offered again
+HOLDERS = 10_000  # attempts whose holder is remembered
 
 
 class Collector:
     def __init__(self, nc: Client, r: Redis, cap: int = CAP, retention: int = RETENTION) -> None:
         self.nc = nc
         self.js = nc.jetstream()
+        self.r = r
         self.scripts = Scripts(r)
+        self.holders: dict[tuple[str, str, int], str] = {}  # attempts checked, newest last
         self.cap = cap
         self.retention = retention
         self.tasks: list[asyncio.Task[None]] = []
@@ -59,6 +63,10 @@ class Collector:
             with contextlib.suppress(Exception):
                 await msg.term()
             return
+        if not await self._from_holder(msg.subject, batch):
+            with contextlib.suppress(Exception):
+                await msg.term()
+            return
         try:
             added = await self.store(batch)
         except Exception:
@@ -71,6 +79,27 @@ class Collector:
                 await msg.nak(delay=RETRY_GAP)
             else:
                 await msg.ack()
+
+    async def _from_holder(self, subject: str, batch: LogBatch) -> bool:
+        """Lines are stored only from the agent that holds (or held) the attempt, on its
+        own subject (which nats-server lets only that agent publish on)."""
+        where = (batch.run, batch.job, batch.attempt)
+        expected = subjects.agent_logs(batch.agent, batch.run, batch.job, batch.step)
+        if subject == expected and self.holders.get(where) == batch.agent:
+            return True
+        holder = await runs.ran_on(self.r, *where) if subject == expected else None
+        if holder == batch.agent:
+            self.holders[where] = holder
+            while len(self.holders) > HOLDERS:
+                self.holders.pop(next(iter(self.holders)))
+            return True
+        log.warning(
+            "dropped log lines for %s on %s: the attempt is held by %s",
+            "/".join(map(str, where)),
+            subject,
+            holder or "nobody",
+        )
+        return False
 
     async def store(self, batch: LogBatch) -> int:
         where = (batch.run, batch.job, batch.attempt, batch.step)

@@ -116,3 +116,33 @@ async def list_runs(
         ).summary()
         for run_id, row in zip(ids, rows, strict=True)
     ]
+
+
+def placement(run: str, job: str, attempt: int) -> str:
+    """A job attempt's member of PLACEMENTS (the dispatcher's queue and timer members
+    share the form)."""
+    return f"{run}|{job}|{attempt}"
+
+
+async def ran_on(r: Redis, run: str, job: str, attempt: int) -> str | None:
+    """The agent that holds, or held, a job attempt: its placement while it runs, else
+    what the run's state recorded of it (a finished or retried attempt)."""
+    holder = await r.hget(PLACEMENTS, placement(run, job, attempt))
+    if holder is not None:
+        return str(holder)
+    state = await r.hget(run_key(run), "state")
+    if state is None:
+        return None
+    for found in orjson.loads(state).get("jobs") or []:
+        if found.get("key") != job:
+            continue
+        if found.get("attempt") == attempt:
+            return _agent_id((found.get("host") or {}).get("agent"))
+        for earlier in found.get("attempts") or []:
+            if earlier.get("attempt") == attempt:
+                return _agent_id(earlier.get("agent"))
+    return None
+
+
+def _agent_id(context: object) -> str | None:
+    return str(context.get("id")) if isinstance(context, dict) and context.get("id") else None

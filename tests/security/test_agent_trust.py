@@ -21,7 +21,14 @@ from redis.exceptions import NoPermissionError, ResponseError
 
 from agent.config import AgentConfig
 from schemas import subjects
-from schemas.messages import ArtifactFile, JobFinished, StepAssign, StepFinished
+from schemas.messages import (
+    ArtifactFile,
+    JobFinished,
+    LogBatch,
+    LogLine,
+    StepAssign,
+    StepFinished,
+)
 from schemas.status import Status
 from services import bus
 from services.credentials import with_user, without_user
@@ -527,3 +534,25 @@ async def test_an_agent_removed_while_no_dispatcher_listened_is_cut_off(
     while connected(nc):
         assert time.monotonic() - started < 20, "a removed agent stayed connected"
         await asyncio.sleep(0.1)
+
+
+async def test_an_agent_cannot_write_into_another_agents_log(system: System, raw: Raw) -> None:
+    await system.project("p")
+    await system.agent("worker", projects=["p"])
+    other = await system.agent("other", start=False)
+    run_id = await system.start_run("p", await system.pipeline("p", LONG_JOB))
+    await system.wait_run(run_id, 30, status="running")
+    nc = await raw.connect(other)  # while the first step sleeps, before its real line
+    forged = LogBatch(
+        agent=other.id,
+        run=run_id,
+        job="build",
+        step="first",
+        lines=[LogLine(seq=1, at=0, stream="out", text="forged")],
+    )
+    await nc.publish(subjects.agent_logs(other.id, run_id, "build", "first"), forged.encode())
+    await nc.flush()
+    done = await system.wait_run(run_id, 30)
+    assert done["status"] == "success"
+    page = await system.call("GET", f"/api/runs/{run_id}/jobs/build/steps/first/logs")
+    assert "forged" not in [line["text"] for line in page["lines"]], page
