@@ -103,13 +103,13 @@ class Masker:
         return "".join(parts)
 
     def data(self, value: Any) -> Any:
-        """`value` with every string in it masked (step inputs and outputs)."""
+        """`value` with every string in it masked, keys too (step inputs and outputs)."""
         if not self._searches:
             return value
         if isinstance(value, str):
             return self(value)
         if isinstance(value, dict):
-            return {k: self.data(v) for k, v in value.items()}
+            return {self.data(k): self.data(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self.data(v) for v in value]
         return value

@@ -102,6 +102,7 @@ def test_data_masks_every_string_inside() -> None:
     mask = Masker(["hunter2"])
     given_ = {"a": "pw=hunter2", "b": ["hunter2", 7, None], "c": {"d": "hunter2!"}}
     assert mask.data(given_) == {"a": "pw=***", "b": ["***", 7, None], "c": {"d": "***!"}}
+    assert mask.data({"hunter2": 1, "x-hunter2": 2}) == {"***": 1, "x-***": 2}  # names too
 
 
 # --- properties -----------------------------------------------------------------------
