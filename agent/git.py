@@ -27,6 +27,11 @@ class GitError(RuntimeError):
     pass
 
 
+class GitFailed(GitError):
+    """git itself failed (a host it cannot reach, a repository that is not there), as
+    opposed to a URL or ref refused before git ran."""
+
+
 def allow_local() -> bool:
     """Local repositories only when the operator says so (tests, one-machine setups)."""
     return os.environ.get(ALLOW_LOCAL_SETTING, "").lower() in ("1", "true", "yes")
@@ -61,10 +66,28 @@ async def git(*args: str, operands: tuple[str, ...] = (), cwd: Path | None = Non
     )
     out, err = await proc.communicate()
     if proc.returncode != 0:
-        lines = err.decode(errors="replace").strip().splitlines() or [str(proc.returncode)]
-        reason = next((line for line in lines if line.startswith("fatal: ")), lines[-1])
-        raise GitError(f"git {args[0]} failed: {reason.removeprefix('fatal: ')}")
+        raise GitFailed(f"git {args[0]} failed: {said(err, proc.returncode)}")
     return out.decode().strip()
+
+
+MAX_REASON = 2000  # characters of git's stderr kept in an error
+
+
+def said(stderr: bytes, returncode: int | None) -> str:
+    """Everything git wrote to stderr, as one paragraph: `fatal:` and `error:` dropped,
+    each message after `; `, wrapped lines joined (git's "Please make sure you have the
+    correct access rights / and the repository exists." is one sentence)."""
+    text = ""
+    for raw in stderr.decode(errors="replace").splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        starts = line.startswith(("fatal: ", "error: ", "remote: ", "warning: ", "hint: "))
+        line = line.removeprefix("fatal: ").removeprefix("error: ")
+        gap = "; " if starts and text and not text.endswith((".", ":", ";")) else " "
+        text = f"{text}{gap}{line}" if text else line
+    text = text or f"exit status {returncode}"
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 
 async def resolve(url: str, ref: str | None) -> tuple[str, str]:

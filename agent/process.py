@@ -3,19 +3,25 @@ timeout and cancel stop the whole group (TERM, then KILL after a grace period).
 
 When the step's main process exits, whatever it left running in its group is killed
 too: a step's background processes end with the step, and no child outlives it.
+
+With a `Tracker` (the agent's; agent/reaper.py) the step also dies with the agent: its
+main process gets a parent-death signal, and the tracker learns its process group so
+the agent's watchdog can end it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from schemas.status import Status
 
@@ -27,6 +33,38 @@ LineSink = Callable[[str, str], None]  # (stream "out" | "err", line without new
 # Awaited after each chunk read: returns once the sink can take more (backpressure; the
 # step blocks writing to a full pipe meanwhile).
 Throttle = Callable[[], Awaitable[None]]
+PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
+
+
+class Tracker(Protocol):
+    """Follows one step's processes for the agent (agent/guard.py)."""
+
+    def started(self, pid: int) -> None:
+        """The step's main process runs: `pid` is also its process group."""
+
+
+def _die_with(parent: int) -> None:
+    """In the child, last before exec: SIGKILL when the parent (its thread) dies."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died already
+        os._exit(1)
+
+
+def _child_setup(
+    tracker: Tracker | None, preexec: Callable[[], None] | None
+) -> Callable[[], None] | None:
+    if tracker is None:
+        return preexec
+    parent = os.getpid()
+
+    def setup() -> None:
+        if preexec is not None:
+            preexec()
+        _die_with(parent)
+
+    return setup
 
 
 @dataclass(frozen=True)
@@ -108,6 +146,7 @@ async def run_process(
     grace: float = GRACE,
     throttle: Throttle | None = None,
     preexec: Callable[[], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> ProcessResult:
     """Run `argv` to its end, its timeout, or `cancel` being set; `preexec` runs in the
     child before the program (the agent's sandbox)."""
@@ -120,11 +159,13 @@ async def run_process(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=preexec,
+            preexec_fn=_child_setup(tracker, preexec),
         )
     except (OSError, subprocess.SubprocessError) as exc:
         sink("err", f"cannot start {argv[0]}: {getattr(exc, 'strerror', None) or exc}")
         return ProcessResult(Status.FAILURE, None)
+    if tracker is not None:
+        tracker.started(proc.pid)
     assert proc.stdout is not None and proc.stderr is not None
     progress = _Progress()
     pumps = asyncio.gather(

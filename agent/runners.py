@@ -25,7 +25,7 @@ from typing import Any
 from agent import outputs
 from agent.action_inputs import ActionInputError, check_inputs
 from agent.actions import ActionCache, ActionError, LoadedAction
-from agent.process import LineSink, Throttle, run_process
+from agent.process import LineSink, Throttle, Tracker, run_process
 from agent.sandbox import Sandbox
 from runyard.engine.events import ResolvedStep
 from runyard.engine.masking import Masker
@@ -98,9 +98,11 @@ class StepRunner:
         sink: LineSink,
         cancel: asyncio.Event | None = None,
         throttle: Throttle | None = None,
+        tracker: Tracker | None = None,
     ) -> StepResult:
+        """`tracker` (the agent's) follows the step's processes so they die with it."""
         started = time.time()
-        result = await self._run(step, workspace, sink, cancel, throttle)
+        result = await self._run(step, workspace, sink, cancel, throttle, tracker)
         result.started_at, result.finished_at = started, time.time()
         return result
 
@@ -111,6 +113,7 @@ class StepRunner:
         sink: LineSink,
         cancel: asyncio.Event | None,
         throttle: Throttle | None,
+        tracker: Tracker | None,
     ) -> StepResult:
         mask = Masker(step.mask)
         found: dict[str, Any] = {}
@@ -158,6 +161,7 @@ class StepRunner:
             cancel=cancel,
             throttle=throttle,
             preexec=self.sandbox.preexec(workspace) if self.sandbox else None,
+            tracker=tracker,
         )
         found.update(outputs.read_file(output_file))
         found = mask.data(found)  # outputs are shown and passed on: hide secrets there too
@@ -182,6 +186,7 @@ class StepRunner:
             loaded = await self.actions.load(step.action, workspace)
             inputs = check_inputs(loaded.action, step.inputs)
         except (ActionError, ActionInputError) as exc:
+            emit("err", str(exc))  # the step's log says it too, not only its status line
             return StepResult(Status.FAILURE, error=str(exc))
         cache_file = self._cache_file(loaded, inputs) if step.cache or loaded.action.cache else None
         if cache_file and cache_file.exists():

@@ -53,6 +53,7 @@ class Spool:
         self._next_segment = max((int(p.stem) for p in self._segments()), default=0) + 1
         self._task: asyncio.Task[None] | None = None
         self._disk_backlog = bool(self._segments())  # kept up to date, not globbed per put
+        self.stored: dict[str, int] = {}  # stream → sequence of the last message it stored
 
     def _segments(self) -> list[Path]:
         return sorted(self.dir.glob("*.seg"))
@@ -157,9 +158,10 @@ class Spool:
     async def _send(self, item: Outgoing) -> None:
         while True:
             try:
-                await self.js.publish(
+                ack = await self.js.publish(
                     item.subject, item.data, headers={"Nats-Msg-Id": item.msg_id}, timeout=5
                 )
+                self.stored[ack.stream] = max(ack.seq, self.stored.get(ack.stream, 0))
                 break
             except asyncio.CancelledError:
                 raise

@@ -232,7 +232,17 @@ class Heartbeat(Message):
     agent: str
     slots: int
     free_slots: int
-    jobs: list[str] = Field([], description="run/job/attempt keys running now")
+    jobs: list[str] = Field([], description="run|job|attempt keys this agent holds now")
+    inbox_checked: float | None = Field(
+        None,
+        description="seconds since the agent last found its inbox empty on its current "
+        "connection (None: not yet): every assignment published before then has reached it",
+    )
+    events_seq: int | None = Field(
+        None,
+        description="RY_AGENT's sequence number of the last event this agent had stored "
+        "when it sent the heartbeat (None: none yet)",
+    )
     metrics: Metrics
     at: float
 
@@ -250,8 +260,9 @@ class Cancel(Message):
 
 
 class JobRevoked(Message):
-    """This agent no longer holds the attempt (it was lost, then came back): kill the
-    job's processes and report nothing more for it."""
+    """This agent no longer holds the attempt (it was lost, then came back, or the
+    attempt ended without it): kill the job's processes at once and report nothing more
+    for it. Sent in answer to a late event or a heartbeat that lists the attempt."""
 
     type: Literal["job.revoked"] = "job.revoked"
     run: str

@@ -14,6 +14,9 @@ class Status(StrEnum):
     SKIPPED = "skipped"
     TIMED_OUT = "timed-out"
     AGENT_LOST = "agent-lost"
+    # the agent stopped (killed, restarted) while the step ran: the attempt ends and is
+    # retried like `agent-lost`; a step never runs twice within one attempt
+    INTERRUPTED = "interrupted"
 
     @property
     def final(self) -> bool:

@@ -33,6 +33,15 @@ SERVICES = ("dispatcher", "logs", "scheduler", "trigger", "web", "ops")
 # Valkey: services may touch only Runyard's keys and never administer the server.
 SERVICE_ACL = "~ry:* &* +@all -@admin -@dangerous"
 OPS_ACL = "~* &* +@all"
+# Seconds a connection has to be admitted (the auth callout's answer included). While
+# no dispatcher answers the callout (one restarting), a nats-py client that is
+# reconnecting must be refused before nats-server's first PING to it (2 s): a client
+# that reads that PING while connecting takes itself for connected, and the refusal
+# that follows closes it for good, stranding the agent. Refused in time, it tries
+# again, and is admitted once a dispatcher answers. TLS handshakes count against the
+# same timer, so listeners with TLS (agents on other networks) keep 5 s.
+AUTH_TIMEOUT = 1.5
+TLS_AUTH_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -84,10 +93,11 @@ def _users(names: list[str], creds: Credentials) -> str:
     return f"[ {rows} ]"
 
 
-def nats_auth(creds: Credentials) -> str:
+def nats_auth(creds: Credentials, timeout: float = TLS_AUTH_TIMEOUT) -> str:
     """The accounts, users and auth callout of a Runyard NATS server (embedded, or each
     node of a cluster through `include`): services and agents share account RY; every
-    connection that is not a service's goes to the callout (agents)."""
+    connection that is not a service's goes to the callout (agents). `timeout`: see
+    AUTH_TIMEOUT."""
     bypass = ", ".join([*SERVICES, AUTH_USER, SYSTEM_USER])
     return f"""accounts {{
   {ACCOUNT} {{ jetstream: enabled, users: {_users(list(SERVICES), creds)} }}
@@ -96,7 +106,7 @@ def nats_auth(creds: Credentials) -> str:
 }}
 system_account: {SYSTEM_ACCOUNT}
 authorization {{
-  timeout: 5
+  timeout: {timeout:g}
   auth_callout {{
     issuer: {creds.issuer}
     account: {AUTH_ACCOUNT}
@@ -126,7 +136,7 @@ listen: "{host}:{port}"
 {client_tls}websocket {{
   listen: "{host}:{ws_port}"
   {tls_block}}}
-{nats_auth(creds)}"""
+{nats_auth(creds, TLS_AUTH_TIMEOUT if tls else AUTH_TIMEOUT)}"""
 
 
 def service_env(creds: Credentials, service: str, nats_url: str, redis_url: str) -> dict[str, str]:

@@ -7,11 +7,13 @@ Per test: `nc`/`js` start from freshly created streams, `redis` from an empty da
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import HealthCheck, settings
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -21,6 +23,15 @@ from services import bus
 from services.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Property tests' budgets (tests/fuzzing.py): modest by default, `HYPOTHESIS_PROFILE=long`
+# for a long hunt. No deadline: a busy machine must not fail a test; the fuzz tests bound
+# each example's CPU time instead.
+settings.register_profile(
+    "runyard", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("long", settings.get_profile("runyard"), max_examples=5000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "runyard"))
 
 
 @pytest.fixture(scope="session")

@@ -76,3 +76,21 @@ def test_webhooks_bench_smoke(stack: Stack, tmp_path: Path) -> None:
     )
     assert [r["name"] for r in rows] == ["signed GitHub push → 202"]
     assert rows[0]["n"] == 20
+
+
+def test_chaos_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "chaos.json"
+    small = ["--runs", "2", "--steps", "2", "--lines", "3", "--faults", "dispatcher,collector"]
+    done = subprocess.run(
+        [sys.executable, "bench/chaos.py", "--json", str(out), *small],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "duplicate effects" in done.stdout and "recovery s" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["fault"] for r in rows] == ["dispatcher", "collector"]
+    assert all(r["runs"] == 2 for r in rows)

@@ -91,8 +91,22 @@ def create(
     type=click.Path(path_type=Path),
     help="a path steps must not see (repeatable; the agent's own secrets always are)",
 )
+@click.option(
+    "--keep-workspaces",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="keep a finished job's workspace this long (for a look) before removing it",
+)
 @DIR
-def start(slots: int, nats_url: str | None, hide: tuple[Path, ...], directory: Path) -> None:
+def start(
+    slots: int,
+    nats_url: str | None,
+    hide: tuple[Path, ...],
+    keep_workspaces: float,
+    directory: Path,
+) -> None:
     """Connect to the server and run jobs until Ctrl-C (running steps are cancelled and
     reported before it exits).
 
@@ -107,23 +121,32 @@ def start(slots: int, nats_url: str | None, hide: tuple[Path, ...], directory: P
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # the standard loop: uvloop spawns processes about 2 ms slower, and spawning is
     # what an agent does most
-    from agent.daemon import Refused
+    from agent.connection import Refused
 
     try:
-        asyncio.run(_start(config, nats_url or config.nats_url, directory, slots, hide))
+        url = nats_url or config.nats_url
+        asyncio.run(_start(config, url, directory, slots, hide, keep_workspaces))
     except Refused as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("agent stopped")
 
 
 async def _start(
-    config: AgentConfig, url: str, directory: Path, slots: int, hide: tuple[Path, ...]
+    config: AgentConfig,
+    url: str,
+    directory: Path,
+    slots: int,
+    hide: tuple[Path, ...],
+    keep_workspaces: float,
 ) -> None:
     if not url.startswith(("ws://", "wss://")):
         # nats-py imports aiohttp (its WebSocket transport) whenever it can; an agent
         # on TCP or TLS is about 15 MiB smaller without it
         sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]
-    from agent.daemon import Agent, Refused, admitted, connect  # runners load only here
+    from nats.errors import Error as NatsError
+
+    from agent.connection import Refused, admitted, connect
+    from agent.daemon import Agent  # runners load only here
     from agent.sandbox import Sandbox
 
     sandbox = Sandbox(directory, hide)
@@ -139,10 +162,15 @@ async def _start(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if not await admitted(config, url, stop):
-        return
-    nc = await connect(config, url, refused)
-    agent = Agent(config, nc, directory, slots, sandbox)
+    while True:
+        if not await admitted(config, url, stop):
+            return
+        try:
+            nc = await connect(config, url, refused)
+            break
+        except (OSError, TimeoutError, NatsError) as exc:  # gone again since the probe
+            logging.getLogger("runyard.agent").warning("cannot connect to NATS: %s", exc)
+    agent = Agent(config, nc, directory, slots, sandbox, keep_workspaces)
     gone = [asyncio.ensure_future(e.wait()) for e in (refused, agent.removed)]
     for watch in gone:
         watch.add_done_callback(lambda _: stop.set())
@@ -151,7 +179,8 @@ async def _start(
     finally:
         for watch in gone:
             watch.cancel()
-        with contextlib.suppress(TimeoutError):
+        # closing a connection that is down fails in ways that do not matter any more
+        with contextlib.suppress(TimeoutError, OSError, NatsError):
             await asyncio.wait_for(nc.close(), 5)
     if refused.is_set() or agent.removed.is_set():
         raise Refused(f"the server no longer accepts agent {config.id}: it was removed")

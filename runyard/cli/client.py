@@ -37,12 +37,27 @@ class Api:
         return response.json()
 
 
+def problem_line(problem: Any) -> str:
+    """One problem of an API error: a pipeline's (line, column, message), a run form's
+    (field, message; the message names the field), or whatever else came, as text."""
+    if not isinstance(problem, dict):
+        return str(problem)
+    message = str(problem.get("message", problem))
+    if "line" in problem:
+        return f"line {problem['line']}, column {problem.get('column', 1)}: {message}"
+    field = problem.get("field")
+    if field and f"'{field}'" not in message:
+        return f"{field}: {message}"
+    return message
+
+
 class ApiFailed(click.ClickException):
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
+    def __init__(self, status: int, body: Any) -> None:
+        body = body if isinstance(body, dict) else {"error": str(body)}
         message = str(body.get("error", body))
-        for problem in body.get("problems", []):
-            message += f"\n  line {problem['line']}, column {problem['column']}: "
-            message += problem["message"]
+        problems = body.get("problems")
+        for problem in problems if isinstance(problems, list) else []:
+            message += f"\n  {problem_line(problem)}"
         super().__init__(message)
         self.status = status
         self.body = body

@@ -64,6 +64,7 @@ COLOURS = {
     "cancelled": "magenta",
     "timed-out": "red",
     "agent-lost": "red",
+    "interrupted": "red",
     "online": "green",
     "offline": "red",
 }

@@ -14,16 +14,26 @@ from runyard.cli.client import Api, ApiFailed
 from schemas.status import Status
 
 
-def _steps(run: dict[str, Any], job: str | None, step: str | None) -> list[tuple[str, str]]:
-    found = [
-        (j["key"], s["id"])
-        for j in run["jobs"]
-        if job in (None, j["key"], j["job_id"])
-        for s in j["steps"]
-        if step in (None, s["id"]) and s["status"] != Status.SKIPPED
-    ]
+def _steps(
+    run: dict[str, Any], job: str | None, step: str | None, attempt: int | None
+) -> list[tuple[str, str, int, bool]]:
+    """(job key, step id, attempt, more than one attempt) of each log to print, earlier
+    attempts first: every attempt of a step has a log of its own."""
+    found = []
+    for j in run["jobs"]:
+        if job not in (None, j["key"], j["job_id"]):
+            continue
+        tries = [*j.get("attempts", []), {"attempt": j["attempt"], "steps": j["steps"]}]
+        for a in tries:
+            if attempt not in (None, a["attempt"]):
+                continue
+            found += [
+                (j["key"], s["id"], a["attempt"], len(tries) > 1)
+                for s in a["steps"]
+                if step in (None, s["id"]) and s["status"] not in (Status.SKIPPED, Status.QUEUED)
+            ]
     if not found:
-        raise click.ClickException("no step of the run matches --job/--step")
+        raise click.ClickException("no step of the run matches --job/--step/--attempt")
     return found
 
 
@@ -31,9 +41,11 @@ def _steps(run: dict[str, Any], job: str | None, step: str | None) -> list[tuple
 @click.argument("run_id", metavar="RUN")
 @click.option("--job", default=None, help="only this job (its key, e.g. train~2, or id)")
 @click.option("--step", default=None, help="only this step (its id)")
+@click.option("--attempt", type=int, default=None, help="only this attempt (default: all)")
 @click.option("--follow", "-f", is_flag=True, help="keep printing lines until the steps end")
-def logs(run_id: str, job: str | None, step: str | None, follow: bool) -> None:
-    """Print the log lines of a run's steps, in order.
+def logs(run_id: str, job: str | None, step: str | None, attempt: int | None, follow: bool) -> None:
+    """Print the log lines of a run's steps, in order; a job that ran more than once
+    (a retry) shows each attempt's log on its own.
 
     \b
     Example:
@@ -41,19 +53,21 @@ def logs(run_id: str, job: str | None, step: str | None, follow: bool) -> None:
     """
     api = Api()
     run = api.call("GET", f"/api/runs/{run_id}")
-    for job_key, step_id in _steps(run, job, step):
+    current = {j["key"]: j["attempt"] for j in run["jobs"]}
+    for job_key, step_id, number, several in _steps(run, job, step, attempt):
         path = f"/api/runs/{run_id}/jobs/{quote(job_key)}/steps/{quote(step_id)}/logs"
-        click.secho(f"── {job_key} / {step_id}", bold=True)
-        if follow:
-            _stream(api, path + "/events")
+        which = f" (attempt {number})" if several else ""
+        click.secho(f"── {job_key} / {step_id}{which}", bold=True)
+        if follow and number == current[job_key]:
+            _stream(api, f"{path}/events?attempt={number}")
         else:
-            _pages(api, path)
+            _pages(api, path, number)
 
 
-def _pages(api: Api, path: str) -> None:
+def _pages(api: Api, path: str, attempt: int) -> None:
     start = 1
     while True:
-        page = api.call("GET", path, params={"from": start})
+        page = api.call("GET", path, params={"from": start, "attempt": attempt})
         for line in page["lines"]:
             click.echo(line["text"])
         if not page["lines"] or page["ended"]:

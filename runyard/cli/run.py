@@ -71,14 +71,19 @@ def follow(api: Api, run_id: str, echo: Any, logs: bool = True) -> dict[str, Any
             continue
         final = Status(current["status"]).final
         for job in current["jobs"]:
+            for past in job.get("attempts", []):  # a retry: the attempt before ended so
+                line = f"{job['name']}: attempt {past['attempt']} {past['status']}"
+                _once(seen, f"{job['key']}#{past['attempt']}", line, echo)
             for step in job["steps"]:
                 if step["status"] in (Status.QUEUED, Status.SKIPPED):
                     continue
-                where = f"{job['key']}/{step['id']}"
+                where = f"{job['key']}#{job['attempt']}/{step['id']}"  # a log per attempt
                 if step["status"] == Status.RUNNING:
                     _once(seen, where, _step_line(job, step), echo)
                 if logs:
-                    tail = tails.setdefault(where, LogTail(api, run_id, job["key"], step["id"]))
+                    tail = tails.setdefault(
+                        where, LogTail(api, run_id, job["key"], step["id"], job["attempt"])
+                    )
                     tail.show(echo, wait=final or Status(step["status"]).final)
                 if Status(step["status"]).final:
                     _once(seen, where, _step_line(job, step), echo)
@@ -130,8 +135,10 @@ def live_view(api: Api, run_id: str) -> dict[str, Any]:
                         " ".join(f"{k}={v}" for k, v in step["outputs"].items()),
                     )
                     if step["status"] == Status.RUNNING:
-                        where = f"{job['key']}/{step['id']}"
-                        tail = tails.setdefault(where, LogTail(api, run_id, job["key"], step["id"]))
+                        where = f"{job['key']}#{job['attempt']}/{step['id']}"
+                        tail = tails.setdefault(
+                            where, LogTail(api, run_id, job["key"], step["id"], job["attempt"])
+                        )
                         tail.show(lambda line: recent.append(line.strip()))
             final = Status(current["status"]).final
             status = _styled(current["status"])
@@ -170,9 +177,10 @@ def _step_line(job: dict[str, Any], step: dict[str, Any]) -> str:
 class LogTail:
     """The next lines of one step's log, read through the API page by page."""
 
-    def __init__(self, api: Api, run: str, job: str, step: str) -> None:
+    def __init__(self, api: Api, run: str, job: str, step: str, attempt: int = 1) -> None:
         self.api = api
         self.path = f"/api/runs/{run}/jobs/{quote(job)}/steps/{quote(step)}/logs"
+        self.attempt = attempt
         self.next = 1
         self.ended = False
 
@@ -181,7 +189,9 @@ class LogTail:
         most: the collector may be a moment behind the step's result)."""
         deadline = time.monotonic() + (LOG_SETTLE if wait else 0)
         while not self.ended:
-            page = self.api.call("GET", self.path, params={"from": self.next})
+            page = self.api.call(
+                "GET", self.path, params={"from": self.next, "attempt": self.attempt}
+            )
             for line in page["lines"]:
                 echo(f"    {line['text']}")
             self.next, self.ended = page["next"], page["ended"]

@@ -56,7 +56,8 @@ def list_(pipeline_name: str, project: str | None, limit: int, as_json: bool) ->
 @click.argument("run_id", metavar="RUN")
 @JSON
 def show(run_id: str, as_json: bool) -> None:
-    """A run's jobs and steps with status, exit code, time and outputs.
+    """A run's jobs and steps with status, exit code, time and outputs; a job that ran
+    more than once shows each attempt with its own steps.
 
     \b
     Example:
@@ -76,17 +77,15 @@ def show(run_id: str, as_json: bool) -> None:
                 "agent": agent,
             }
         )
-        for step in job["steps"]:
-            rows.append(
-                {
-                    "what": f"  {step['name']}",
-                    "status": step["status"],
-                    "exit": step["exit_code"] if step["exit_code"] is not None else "",
-                    "took": took(step["started_at"], step["finished_at"]),
-                    "outputs": _pairs(step["outputs"]) or (step.get("error") or ""),
-                    "agent": "",
-                }
-            )
+        earlier = job.get("attempts") or []
+        for past in earlier:  # each attempt on its own, with what came too late
+            late = [s for s in job.get("stale", []) if s.get("attempt") == past["attempt"]]
+            rows.append(_attempt_row(past["attempt"], past, late))
+            rows += [_step_row(step, "    ") for step in past["steps"]]
+        if earlier:
+            rows.append(_attempt_row(job["attempt"], {**job, "error": None}, []))
+        indent = "    " if earlier else "  "
+        rows += [_step_row(step, indent) for step in job["steps"]]
     if not as_json:
         click.echo(
             f"{run['pipeline']} #{run['number']}: {run['status']} "
@@ -101,6 +100,34 @@ def show(run_id: str, as_json: bool) -> None:
         ("agent", "AGENT"),
     ]
     listing(rows, columns, as_json, raw=run)
+
+
+def _attempt_row(
+    number: int, attempt: dict[str, Any], late: list[dict[str, Any]]
+) -> dict[str, Any]:
+    note = attempt.get("error") or ""
+    if late:
+        agents = sorted({s["agent"] for s in late})
+        note += f"{'; ' if note else ''}late reports from {', '.join(agents)} ignored"
+    return {
+        "what": f"  attempt {number}",
+        "status": attempt["status"],
+        "exit": "",
+        "took": took(attempt["started_at"], attempt["finished_at"]),
+        "outputs": note,
+        "agent": (attempt.get("agent") or {}).get("name", ""),
+    }
+
+
+def _step_row(step: dict[str, Any], indent: str) -> dict[str, Any]:
+    return {
+        "what": f"{indent}{step['name']}",
+        "status": step["status"],
+        "exit": step["exit_code"] if step["exit_code"] is not None else "",
+        "took": took(step["started_at"], step["finished_at"]),
+        "outputs": _pairs(step["outputs"]) or (step.get("error") or ""),
+        "agent": "",
+    }
 
 
 def _pairs(values: dict[str, Any]) -> str:

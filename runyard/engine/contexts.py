@@ -33,7 +33,7 @@ def form_inputs(pipeline: Pipeline, given: dict[str, Any]) -> dict[str, Any]:
     return {**values, **given}
 
 
-FAILED = (Status.FAILURE, Status.TIMED_OUT, Status.AGENT_LOST)
+FAILED = (Status.FAILURE, Status.TIMED_OUT, Status.AGENT_LOST, Status.INTERRUPTED)
 
 
 def _status_functions(ok: bool, failed: bool, cancelled: bool) -> dict[str, Callable[[], bool]]:

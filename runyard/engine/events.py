@@ -36,12 +36,13 @@ class StepDone(StepOutcome):
 
 
 class JobEnded(BaseModel):
-    """The job ended from outside its steps: agent lost, job timeout, forced cancel."""
+    """The job ended from outside its steps: agent lost, agent restarted without it
+    (interrupted), job timeout, forced cancel."""
 
     kind: Literal["job.ended"] = "job.ended"
     job: str
     attempt: int
-    status: Literal[Status.AGENT_LOST, Status.TIMED_OUT, Status.CANCELLED]
+    status: Literal[Status.AGENT_LOST, Status.INTERRUPTED, Status.TIMED_OUT, Status.CANCELLED]
     error: str | None = None
     at: float
 

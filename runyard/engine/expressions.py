@@ -1,8 +1,10 @@
 """Evaluating `${{ … }}` in a sandboxed Jinja2 environment (DataTorch's engine).
 
-Unknown names raise (strict undefined) and attribute access to Python internals is
-blocked by the sandbox. The status functions `success() failure() always() cancelled()`
-are bound per evaluation by the caller, since they depend on where in the run it happens.
+Unknown names raise (strict undefined), attribute access to Python internals is blocked
+by the sandbox, and no operation may build a huge value (`runyard.engine.limits`); any
+failure inside becomes an `ExpressionError` naming the expression. The status functions
+`success() failure() always() cancelled()` are bound per evaluation by the caller, since
+they depend on where in the run it happens.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, Undefined
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import StrictUndefined, Undefined
 
 from runyard import expr_syntax
+from runyard.engine import limits
 from runyard.engine.text import to_text
 
 
@@ -47,18 +48,23 @@ def ends_with(text: Any, suffix: Any) -> bool:
 
 def format_(template: str, *args: Any) -> str:
     """GitHub's `format('{0} and {1}', a, b)`; `{{` and `}}` are literal braces."""
-    out, i = [], 0
+    out, i, built = [], 0, 0
+    texts = [to_text(a) for a in args]
     while i < len(template):
         if template.startswith(("{{", "}}"), i):
             out.append(template[i])
             i += 2
         elif template[i] == "{":
             end = template.index("}", i)
-            out.append(to_text(args[int(template[i + 1 : end])]))
+            out.append(texts[int(template[i + 1 : end])])
             i = end + 1
         else:
             out.append(template[i])
             i += 1
+        built += len(out[-1])
+        if built > limits.MAX_TEXT:
+            limits.spend(built, "format()")
+    limits.spend(built, "format()")
     return "".join(out)
 
 
@@ -71,7 +77,11 @@ def from_json(text: str) -> Any:
 
 
 def join(items: Any, separator: str = ",") -> str:
-    return separator.join(to_text(i) for i in items) if isinstance(items, list) else to_text(items)
+    if not isinstance(items, list):
+        return to_text(items)
+    texts = [to_text(i) for i in items]
+    limits.spend(sum(map(len, texts)) + max(len(texts) - 1, 0) * len(str(separator)), "join()")
+    return str(separator).join(texts)
 
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
@@ -84,7 +94,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "join": join,
 }
 
-_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
+_env = limits.BoundedSandbox(undefined=StrictUndefined)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -94,21 +104,30 @@ def _compiled(source: str) -> Any:
 
 
 def evaluate(source: str, contexts: Mapping[str, Any]) -> Any:
-    """The value of one expression (without its `${{ }}`)."""
+    """The value of one expression (without its `${{ }}`).
+
+    Whatever goes wrong inside (a bad name, a type error, a value past the bounds, a
+    nesting too deep for the parser) is the expression's failure, never the caller's."""
+    if len(source) > limits.MAX_EXPRESSION_CHARS:
+        raise ExpressionError(
+            f"expression '{source[:60]}…' is longer than {limits.MAX_EXPRESSION_CHARS:,} characters"
+        )
     try:
-        value = _compiled(source)(**FUNCTIONS, **contexts)
-    except (
-        TemplateError,
-        SecurityError,
-        ArithmeticError,
-        LookupError,
-        TypeError,
-        ValueError,
-    ) as exc:
-        raise ExpressionError(f"expression '{source}' failed: {exc}") from None
+        with limits.budget():
+            value = _compiled(source)(**FUNCTIONS, **contexts)
+    except Exception as exc:  # user code: any error inside is the expression's
+        raise ExpressionError(f"expression '{source}' failed: {_reason(exc)}") from None
     if isinstance(value, Undefined):  # a bare undefined name that was never touched
         raise ExpressionError(f"expression '{source}' failed: it is undefined")
     return value
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "it nests too deeply"
+    if isinstance(exc, MemoryError):
+        return "it needs too much memory"
+    return str(exc) or type(exc).__name__
 
 
 def render(value: Any, contexts: Mapping[str, Any]) -> Any:
@@ -143,7 +162,10 @@ def condition(source: str | bool | None, contexts: Mapping[str, Any]) -> bool:
         source = "success()"
     if isinstance(source, bool):
         return source
-    spans = expr_syntax.find(source)
+    try:
+        spans = expr_syntax.find(source)
+    except expr_syntax.ExpressionSyntaxError as exc:
+        raise ExpressionError(str(exc)) from None
     if len(spans) == 1 and source.strip() == source[spans[0].start : spans[0].end]:
         source = spans[0].source
     elif spans:

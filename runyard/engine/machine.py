@@ -8,6 +8,11 @@ Lifecycle of a job: queued → (needs ended, `if` true) StartJob → JobStarted 
 step, each answered by StepDone → FinishJob with the job's status → (retry?) queued again
 as the next attempt. A job whose `if` is false is skipped; one never started when the run
 is cancelled is cancelled.
+
+An attempt is the unit of execution: a step runs at most once in it. A step reported
+`interrupted` (its agent stopped while it ran) ends the attempt at once, like a lost
+agent; a retry is a new attempt that starts again from the first step, and the ended
+attempt is kept in `JobState.attempts` with its steps (their logs are stored per attempt).
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ from runyard.engine.expressions import ExpressionError, condition, evaluate, ren
 from runyard.engine.masking import Masker
 from runyard.engine.plan import Plan
 from runyard.engine.script import prepare
-from runyard.engine.state import JobState, RunState, StepState
+from runyard.engine.state import AttemptState, JobState, RunState, StepState
 from runyard.engine.text import to_text
 from schemas.pipeline import ActionRef
 from schemas.status import Status
 
 MINUTE = 60.0
+# the `retry.when` word that covers a status (an interrupted attempt lost its agent)
+RETRY_AS = {Status.INTERRUPTED: "agent-lost"}
 
 
 def step_id(spec_id: str | None, index: int) -> str:
@@ -168,22 +175,38 @@ class Engine:
         commands: list[Command] = [FinishJob(job.key, job.attempt, status)]
         retry = self.plan.jobs[job.key].spec.retry
         if (
-            str(status) in retry.when
+            RETRY_AS.get(status, str(status)) in retry.when
             and job.attempt <= retry.max
             and not self.state.cancelled
             and not job.cancel_requested
         ):
-            self._reset_for_retry(job)
+            self._reset_for_retry(job, status, at)
         else:
             self._end_job(job, status, at)
             commands += self._fail_fast(job, at)
         return commands + self._advance(at)
 
-    def _reset_for_retry(self, job: JobState) -> None:
+    def _reset_for_retry(self, job: JobState, status: Status, at: float) -> None:
+        """Keep the ended attempt as it was; the next one starts clean (no error, no
+        outputs, every step queued)."""
+        started = [s.started_at for s in job.steps if s.started_at is not None]
+        agent = job.host.get("agent")
+        job.attempts.append(
+            AttemptState(
+                attempt=job.attempt,
+                status=status,
+                error=job.error,
+                agent=agent if isinstance(agent, dict) else None,
+                steps=job.steps,
+                started_at=min(started, default=None),
+                finished_at=at,
+            )
+        )
         job.attempt += 1
         job.status = Status.QUEUED
         job.ready = False
         job.outputs = {}
+        job.error = None
         job.steps = [StepState(index=s.index, id=s.id, name=s.name) for s in job.steps]
 
     def _end_job(self, job: JobState, status: Status, at: float) -> None:
@@ -281,9 +304,20 @@ class Engine:
         step.error = event.error
         step.started_at = event.started_at
         step.finished_at = event.finished_at
+        if event.status == Status.INTERRUPTED:  # never run again in this attempt
+            job.error = event.error or job.error
+            return self._job_ended_at_step(job, event.finished_at)
         if event.status == Status.CANCELLED:  # stopped on the agent's side (it shut down)
             job.cancel_requested = True
         return self._next_step(job, event.finished_at)
+
+    def _job_ended_at_step(self, job: JobState, at: float) -> list[Command]:
+        """The attempt ends with its step: later steps (even `if: always()` ones) are
+        skipped, since the workspace they would run in is gone with the agent."""
+        for step in job.steps:
+            if step.status == Status.QUEUED:
+                step.status = Status.SKIPPED
+        return self._job_over(job, Status.INTERRUPTED, at)
 
     def _steps_over(self, job: JobState, at: float) -> list[Command]:
         specs = self.plan.jobs[job.key].spec.steps

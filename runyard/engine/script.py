@@ -8,9 +8,14 @@ script refers to the variable in a form that is data in its quoting context:
 | unquoted | `"${RY_EXPR_1}"` (one word, never split or globbed) |
 | inside `"…"` or an unquoted heredoc | `${RY_EXPR_1}` |
 | inside `'…'` | `'"${RY_EXPR_1}"'` (closes and reopens the quotes) |
+| inside `$'…'` | `'"${RY_EXPR_1}"$'` |
+| inside `$(…)` or backticks | as at the start of a script: the quoting starts afresh |
+| inside `$(( ))` or `(( ))` | `${RY_EXPR_1}`, only when the value is a whole number (**) |
 | inside a quoted heredoc (`<<'EOF'`) | the value itself, which the shell never reads (*) |
 
-(*) refused when a line of the value would end the heredoc early.
+(*) refused when a line it makes would end the heredoc early.
+(**) bash evaluates arithmetic as code (`a[$(cmd)]` runs `cmd`), so anything else is
+refused. `runyard.engine.shell_lexer` says which context a position is in.
 
 For `shell: python` the value becomes a Python literal in code (`lr = ${{ matrix.lr }}`
 gives `lr = 0.1`) and escaped text inside a string literal, so it can never close the
@@ -28,6 +33,7 @@ from typing import Any
 
 from runyard import expr_syntax
 from runyard.engine.expressions import ExpressionError
+from runyard.engine.shell_lexer import ShellLexer
 from runyard.engine.text import to_text
 
 
@@ -41,86 +47,20 @@ def _var(n: int) -> str:
     return f"RY_EXPR_{n}"
 
 
-_HEREDOC = re.compile(r"<<(-?)[ \t]*(?:'([^']+)'|\"([^\"]+)\"|\\?([A-Za-z_][A-Za-z0-9_]*))")
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")
 
 
-@dataclass
-class _Heredoc:
-    delimiter: str
-    quoted: bool
-    strip_tabs: bool
-
-
-class _ShellLexer:
-    """Tracks bash/sh quoting across the script, with expression spans kept opaque."""
-
-    def __init__(self) -> None:
-        self.state = "plain"  # plain | single | double | heredoc | qheredoc
-        self.pending: list[_Heredoc] = []
-        self.current: _Heredoc | None = None
-        self.line = ""
-
-    def feed(self, text: str) -> None:
-        i = 0
-        while i < len(text):
-            char = text[i]
-            if self.state in ("heredoc", "qheredoc"):
-                i = self._heredoc_char(text, i)
-                continue
-            if char == "\n":
-                self._newline()
-            elif self.state == "plain":
-                i = self._plain(text, i)
-            elif self.state == "single" and char == "'":
-                self.state = "plain"
-            elif self.state == "double":
-                if char == "\\":
-                    i += 1
-                elif char == '"':
-                    self.state = "plain"
-            i += 1
-
-    def _plain(self, text: str, i: int) -> int:
-        char = text[i]
-        if char == "\\":
-            return i + 1
-        if char == "'":
-            self.state = "single"
-        elif char == '"':
-            self.state = "double"
-        elif char == "#" and (i == 0 or text[i - 1] in " \t\n;"):
-            end = text.find("\n", i)
-            return (len(text) if end == -1 else end) - 1
-        elif char == "<" and (match := _HEREDOC.match(text, i)):
-            delimiter = match.group(2) or match.group(3) or match.group(4)
-            quoted = bool(match.group(2) or match.group(3) or "\\" in match.group(0))
-            self.pending.append(_Heredoc(delimiter, quoted, bool(match.group(1))))
-            return match.end() - 1
-        return i
-
-    def _newline(self) -> None:
-        if self.state == "plain" and self.pending:
-            self.current = self.pending.pop(0)
-            self.state = "qheredoc" if self.current.quoted else "heredoc"
-            self.line = ""
-
-    def _heredoc_char(self, text: str, i: int) -> int:
-        char = text[i]
-        if char != "\n":
-            self.line += char
-            return i + 1
-        assert self.current is not None
-        line = self.line.lstrip("\t") if self.current.strip_tabs else self.line
-        self.line = ""
-        if line == self.current.delimiter:
-            self.state = "plain"
-            self.current = None
-            self._newline()  # a further heredoc on the same command line starts now
-        return i + 1
+def _form(state: str, name: str) -> str:
+    """How variable `name` is written where the lexer stands, so its value is data."""
+    return {
+        "plain": f'"${{{name}}}"',
+        "single": f"'\"${{{name}}}\"'",  # close the quotes, expand, reopen
+        "ansi": f"'\"${{{name}}}\"$'",
+    }.get(state, f"${{{name}}}")  # double quotes, heredoc, arithmetic (a checked number)
 
 
 def _shell(script: str, values: list[tuple[expr_syntax.Span, str]]) -> Prepared:
-    lexer = _ShellLexer()
+    lexer = ShellLexer()
     out: list[str] = []
     env: dict[str, str] = {}
     pos = 0
@@ -130,25 +70,32 @@ def _shell(script: str, values: list[tuple[expr_syntax.Span, str]]) -> Prepared:
         name = _var(n)
         env[name] = text
         if lexer.state == "qheredoc":
-            assert lexer.current is not None
-            if any(line.strip("\t") == lexer.current.delimiter for line in text.splitlines()):
-                raise ExpressionError(
-                    f"expression '{span.source}' has a line equal to the heredoc delimiter "
-                    f"'{lexer.current.delimiter}', which would end the heredoc early"
-                )
-            out.append(text)
-            lexer.line += text.rsplit("\n", 1)[-1]
+            out.append(_in_quoted_heredoc(lexer, span, text))
         else:
-            out.append(
-                {"plain": f'"${{{name}}}"', "single": f"'\"${{{name}}}\"'"}.get(
-                    lexer.state, f"${{{name}}}"
+            if lexer.state == "arith" and not _WHOLE_NUMBER.fullmatch(text):
+                raise ExpressionError(
+                    f"expression '{span.source}' stands in shell arithmetic, where bash runs "
+                    f"what it reads; its value must be a whole number, not '{text[:40]}'"
                 )
-            )
-            if lexer.state == "heredoc":
-                lexer.line += "x"  # the line is no longer a bare delimiter
+            out.append(_form(lexer.state, name))
+            lexer.variable_placed()
         pos = span.end
     out.append(script[pos:])
     return Prepared("".join(out), env)
+
+
+def _in_quoted_heredoc(lexer: ShellLexer, span: expr_syntax.Span, text: str) -> str:
+    """The value itself, read through the lexer as the heredoc's text: refused when a
+    line it makes (with the text before it on its first line) would end the heredoc."""
+    heredoc = lexer.current
+    assert heredoc is not None
+    lexer.feed(text)
+    if lexer.state != "qheredoc" or lexer.current is not heredoc:
+        raise ExpressionError(
+            f"expression '{span.source}' makes a line equal to the heredoc delimiter "
+            f"'{heredoc.delimiter}', which would end the heredoc early"
+        )
+    return text
 
 
 def _escaped(text: str, quote: str, *, braces: bool) -> str:

@@ -24,7 +24,25 @@ class StepState(BaseModel):
 
     @property
     def failed(self) -> bool:
-        return self.status in (Status.FAILURE, Status.TIMED_OUT, Status.AGENT_LOST)
+        return self.status in (
+            Status.FAILURE,
+            Status.TIMED_OUT,
+            Status.AGENT_LOST,
+            Status.INTERRUPTED,
+        )
+
+
+class AttemptState(BaseModel):
+    """An earlier attempt of a job, kept as it ended when the job was retried; its
+    steps' logs stay readable under its number."""
+
+    attempt: int
+    status: Status
+    error: str | None = None
+    agent: dict[str, Any] | None = None  # the agent context it ran on (id, name, …)
+    steps: list[StepState] = []
+    started_at: float | None = None
+    finished_at: float | None = None
 
 
 class JobState(BaseModel):
@@ -42,6 +60,7 @@ class JobState(BaseModel):
     host: dict[str, Any] = {}  # agent / machine / python contexts of where it runs
     started_at: float | None = None
     finished_at: float | None = None
+    attempts: list[AttemptState] = []  # earlier attempts, oldest first
 
 
 class RunState(BaseModel):

@@ -111,7 +111,12 @@ def _walk_strings(value: Any, path: Path) -> Iterator[tuple[Path, str]]:
             yield from _walk_strings(child, (*path, i))
 
 
+MAX_EXPRESSIONS = 5_000  # in one file; each costs a parse, and real files hold dozens
+MAX_MATRIX = 256  # job instances one matrix may make (GitHub's limit too)
+
+
 def check_expressions(doc: Document) -> Iterator[Problem]:
+    seen = 0
     for path, text in _walk_strings(doc.data, ()):
         try:
             spans = expr_syntax.find(text)
@@ -119,6 +124,10 @@ def check_expressions(doc: Document) -> Iterator[Problem]:
             mark = doc.offset_mark(path, exc.offset)
             yield Problem(mark.line, mark.column, str(exc))
             continue
+        seen += len(spans)
+        if seen > MAX_EXPRESSIONS:
+            yield _at(doc, path, f"the file holds more than {MAX_EXPRESSIONS:,} expressions")
+            return
         bare_if = not spans and path and path[-1] == "if"  # `if: success()` needs no braces
         if bare_if and (error := expr_syntax.check(text.strip())):
             yield _at(doc, path, error)
@@ -145,6 +154,7 @@ def check_jobs(doc: Document, jobs: dict[Any, Any]) -> Iterator[Problem]:
                     )
                 seen.add(step_id)
         matrix = _dict(_dict(job.get("strategy")).get("matrix"))
+        yield from _matrix_size(doc, job_id, matrix)
         for axis, values in matrix.items():
             if values == []:
                 yield _at(
@@ -160,6 +170,23 @@ def check_jobs(doc: Document, jobs: dict[Any, Any]) -> Iterator[Problem]:
                             ("jobs", job_id, "strategy", "matrix", axis, i),
                             f"matrix '{axis}' entries must be mappings of axis: value",
                         )
+
+
+def _matrix_size(doc: Document, job_id: Any, matrix: dict[Any, Any]) -> Iterator[Problem]:
+    includes = matrix.get("include")
+    count = len(includes) if isinstance(includes, list) else 0
+    product = 1
+    for axis, values in matrix.items():
+        if axis not in ("include", "exclude") and isinstance(values, list):
+            product *= max(len(values), 1)
+        if product > MAX_MATRIX:
+            break
+    if count + product > MAX_MATRIX:
+        yield _at(
+            doc,
+            ("jobs", job_id, "strategy", "matrix"),
+            f"the matrix of job '{job_id}' makes more than {MAX_MATRIX} jobs (the limit)",
+        )
 
 
 def semantic_problems(doc: Document) -> list[Problem]:

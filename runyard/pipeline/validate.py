@@ -8,7 +8,7 @@ from pathlib import Path
 from runyard.pipeline.lint import semantic_problems
 from runyard.pipeline.problems import Problem
 from runyard.pipeline.shape import shape_problems
-from runyard.pipeline.source import Document, SourceError, load
+from runyard.pipeline.source import MAX_SOURCE_BYTES, Document, OverBounds, SourceError, load
 from schemas.pipeline import Pipeline
 
 
@@ -18,6 +18,7 @@ class Result:
     pipeline: Pipeline | None = None
     document: Document | None = None
     problems: list[Problem] = field(default_factory=list)
+    over_bounds: bool = False  # refused for its size, expansion or depth (source.py)
 
     @property
     def ok(self) -> bool:
@@ -35,6 +36,7 @@ def validate_text(text: str, file: str = "pipeline.yaml") -> Result:
         doc = load(text, json_syntax=is_json(file))
     except SourceError as exc:
         result.problems = [Problem(p.line, p.column, p.message, file) for p in exc.problems]
+        result.over_bounds = isinstance(exc, OverBounds)
         return result
     result.document = doc
     found = {*shape_problems(doc, Pipeline), *semantic_problems(doc)}
@@ -45,8 +47,14 @@ def validate_text(text: str, file: str = "pipeline.yaml") -> Result:
 
 
 def validate_file(path: Path) -> Result:
+    """`validate_text` of a file, reading no more of it than the size limit allows."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_SOURCE_BYTES + 1)
+        if len(data) > MAX_SOURCE_BYTES:
+            message = f"the file is over the limit of {MAX_SOURCE_BYTES:,} bytes"
+            return Result(str(path), problems=[Problem(1, 1, message, str(path))], over_bounds=True)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return Result(str(path), problems=[Problem(1, 1, f"cannot read file: {reason}", str(path))])

@@ -214,9 +214,11 @@ def _finish_job(
     fx.untimers += [
         timer("step", facts.id, command.job, command.attempt, s.index) for s in job.steps
     ]
-    # a retry's reset keeps `host` until the next claim, so this is the attempt's agent
+    # a retry's reset keeps `host` until the next claim, so this is the attempt's agent;
+    # a lost one is not asked to finish: if it comes back, it is told the attempt is
+    # no longer its own (job.revoked), and cleans up without reporting
     agent = agent_of(job)
-    if agent is not None:
+    if agent is not None and command.status != Status.AGENT_LOST:
         spec = plan.jobs[command.job].spec
         finish = JobFinish(
             run=facts.id,

@@ -45,7 +45,7 @@ from schemas.messages import (
 from schemas.pipeline import Pipeline
 from schemas.status import Status
 from services import bus
-from services.dispatcher import effects, matching, placement
+from services.dispatcher import effects, fencing, matching, placement
 from services.dispatcher.admission import Admission, Settings
 from services.dispatcher.runs import BadPipeline, LiveRun, live_run, plan_for
 from services.store import crypto, orgs, records
@@ -374,9 +374,20 @@ class Dispatcher:
             holder or "nobody",
         )
         if sender and sender == event.agent:  # a stale holder: it must stop that job
-            revoked = JobRevoked(run=event.run, job=event.job, attempt=event.attempt)
-            await self.nc.publish(subjects.agent_control(sender), revoked.encode())
+            await self._revoke(sender, event.run, event.job, event.attempt)
+            if holder is not None or await self._taken_away(event.run, event.job, event.attempt):
+                report = fencing.event_report(event, time.time())
+                await store.record_stale(self.r, event.run, fencing.report_field(report), report)
         return False
+
+    async def _revoke(self, agent: str, run: str, job: str, attempt: int) -> None:
+        revoked = JobRevoked(run=run, job=job, attempt=attempt)
+        await self.nc.publish(subjects.agent_control(agent), revoked.encode())
+
+    async def _taken_away(self, run: str, job: str, attempt: int) -> bool:
+        live = await self._load(run)
+        state = live.engine.state.jobs.get(job) if live is not None else None
+        return state is not None and fencing.taken_away(state, attempt)
 
     async def _claimed(self, event: JobClaimed) -> None:
         stale = True
@@ -443,7 +454,12 @@ class Dispatcher:
 
     async def _release(self, agent: str, m: str) -> bool:
         released = await self.scripts.release(
-            keys=[store.PLACEMENTS, records.agent_key(agent), records.agent_key(agent, "jobs")],
+            keys=[
+                store.PLACEMENTS,
+                records.agent_key(agent),
+                records.agent_key(agent, "jobs"),
+                store.PLACED,
+            ],
             args=[m, agent],
         )
         return bool(released)
@@ -451,6 +467,7 @@ class Dispatcher:
     # --- heartbeats, placement ------------------------------------------------------
 
     async def on_heartbeat(self, msg: Msg) -> None:
+        freed = False
         try:
             hb = Heartbeat.model_validate_json(msg.data)
             if hb.agent != _subject_agent(msg.subject):
@@ -484,13 +501,64 @@ class Dispatcher:
                     hb.agent,
                 ],
             )
+            if came != -1:
+                freed = await self._reconcile(hb)
         except Exception as exc:
             log.warning("heartbeat on %s: %s", msg.subject, exc)
             return
         if came == -1 and self.admission is not None:  # removed while connected
             await self.admission.revoke(hb.agent)
-        if came == 1 or (came == 0 and hb.free_slots > 0):
+        if came == 1 or (came == 0 and hb.free_slots > 0) or freed:
             self.kick.set()
+
+    async def _reconcile(self, hb: Heartbeat) -> bool:
+        """Trust the agent's list of the attempts it holds: placements it no longer
+        runs end `interrupted` (their slots are free at once), and attempts it runs but
+        no longer holds are revoked. True when a slot was freed."""
+        now = time.time()
+        keys = [
+            store.PLACEMENTS,
+            records.agent_key(hb.agent),
+            records.agent_key(hb.agent, "jobs"),
+            store.PLACED,
+        ]
+        reported, cutoff = store.dumps(hb.jobs), fencing.reconcile_cutoff(hb, now)
+        gone, stale = await self.scripts.reconcile(keys=keys, args=[hb.agent, reported, cutoff, 0])
+        if gone:  # take them back once every event the agent had sent is handled
+            gone = []
+            if await self._caught_up(hb.events_seq):
+                take: list[str | float] = [hb.agent, reported, cutoff, 1]
+                gone, stale = await self.scripts.reconcile(keys=keys, args=take)
+        for m in strs(gone):
+            run, job, attempt, _ = effects.parse_member(m)
+            log.warning("agent %s no longer runs %s (it restarted without it)", hb.agent, m)
+            ended = JobEnded(
+                job=job,
+                attempt=attempt,
+                status=Status.INTERRUPTED,
+                error=f"agent {hb.agent} restarted and no longer runs this attempt",
+                at=now,
+            )
+            await self.change(run, _applying(ended))
+        for m in strs(stale):
+            run, job, attempt, _ = effects.parse_member(m)
+            log.warning("agent %s still runs %s, which it no longer holds: revoked", hb.agent, m)
+            await self._revoke(hb.agent, run, job, attempt)
+            if await self._taken_away(run, job, attempt):
+                report = fencing.heartbeat_report(job, attempt, hb.agent, now)
+                await store.record_stale(self.r, run, fencing.report_field(report), report)
+        return bool(gone)
+
+    async def _caught_up(self, seq: int | None) -> bool:
+        """Whether every agent event up to stream sequence `seq` has been handled (a
+        `job.finished` the agent sent before its heartbeat must not find its attempt
+        taken away)."""
+        if seq is None:
+            return True
+        info = await self.js.consumer_info(
+            subjects.AGENT_STREAM.name, subjects.DISPATCHER_AGENT_CONSUMER
+        )
+        return info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= seq
 
     async def _placer(self) -> None:
         while True:
@@ -559,8 +627,9 @@ class Dispatcher:
                 records.agent_key(agent.id),
                 records.agent_key(agent.id, "jobs"),
                 store.OUTBOX,
+                store.PLACED,
             ],
-            args=[m, agent.id, msg_id, effects.pack(subject, assign)],
+            args=[m, agent.id, msg_id, effects.pack(subject, assign), time.time()],
         )
         if result == 1:
             agent.used += 1

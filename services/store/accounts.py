@@ -1,5 +1,8 @@
 """Users (password hashed with scrypt, roles overall and per project) and browser
-sessions (a random token in a cookie; only its hash is stored, with a CSRF token)."""
+sessions (a random token in a cookie; only its hash is stored, with a CSRF token).
+
+A session names its user and the user's `created_at`: removing a user ends their
+sessions at once, and a user made again under the same name does not inherit them."""
 
 from __future__ import annotations
 
@@ -9,11 +12,14 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from schemas.subjects import key
+from services.store import apikeys, orgs
 from services.store.connection import Redis, strdict, strs
+from services.store.records import key_id
 
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 SESSION_TTL = 7 * 24 * 3600
@@ -38,9 +44,11 @@ def password_ok(password: str, stored: str) -> bool:
 
 
 async def create_user(
-    r: Redis, name: str, password: str, role: str = "viewer", roles: dict[str, str] | None = None
+    r: Redis, name: str, password: str, role: str = "", roles: dict[str, str] | None = None
 ) -> bool:
-    """False when the name is taken."""
+    """False when the name is taken. A new user has no role anywhere unless given
+    one: `role` overall (`admin`, or a role in the projects outside organizations),
+    per project in `roles`, and through organizations and teams."""
     created = await r.hsetnx(key("user", name), "password", hash_password(password))
     if created:
         await r.hset(
@@ -54,6 +62,13 @@ async def create_user(
         )
         await r.sadd(key("users"), name)
     return bool(created)
+
+
+async def get_user(r: Redis, name: str) -> dict[str, str] | None:
+    """The user's record without its password hash."""
+    found = strdict(await r.hgetall(key("user", name)))
+    found.pop("password", None)
+    return found or None
 
 
 async def set_password(r: Redis, name: str, password: str) -> None:
@@ -83,28 +98,36 @@ async def open_session(r: Redis, user: str, api_key: str | None = None) -> tuple
     """A session for a user, or for an API key (its holder logs in with the key)."""
     token = secrets.token_urlsafe(32)
     session = Session(user, secrets.token_urlsafe(24))
-    holder = hashlib.sha256(api_key.encode()).hexdigest() if api_key is not None else ""
-    await r.hset(
-        _session_key(token),
-        mapping={"user": user, "csrf": session.csrf, **({"apikey": holder} if holder else {})},
-    )
+    fields: dict[Any, str] = {"user": user, "csrf": session.csrf}
+    if api_key is not None:
+        fields["apikey"] = hashlib.sha256(api_key.encode()).hexdigest()
+    else:
+        fields["since"] = str(await r.hget(key("user", user), "created_at") or "")
+    await r.hset(_session_key(token), mapping=fields)
     await r.expire(_session_key(token), SESSION_TTL)
     return token, session
 
 
 async def session(r: Redis, token: str) -> tuple[Session, dict[str, str]] | None:
-    """The session and its user's record, while both exist."""
+    """The session and who it speaks for (the user, or the API key it was opened with),
+    while both exist."""
     found = strdict(await r.hgetall(_session_key(token)))
     if not found:
         return None
-    holder = key("apikey", found["apikey"]) if "apikey" in found else key("user", found["user"])
-    user = strdict(await r.hgetall(holder))
-    if user:
-        user["kind"] = "key" if "apikey" in found else "user"
-    if not user:
+    if "apikey" in found:
+        record = strdict(await r.hgetall(key("apikey", found["apikey"])))
+        record = {**record, "id": key_id(found["apikey"])} if record else {}
+        holder = await apikeys.principal(r, record) if record else None
+    else:
+        holder = strdict(await r.hgetall(key("user", found["user"])))
+        if not holder or holder.get("created_at") != found.get("since"):
+            holder = None
+        else:
+            holder["kind"] = "user"
+    if holder is None:
         return None
-    user.pop("password", None)
-    return Session(found["user"], found["csrf"]), user
+    holder.pop("password", None)
+    return Session(found["user"], found["csrf"]), holder
 
 
 async def close_session(r: Redis, token: str) -> None:
@@ -118,3 +141,14 @@ async def list_users(r: Redis) -> list[dict[str, str]]:
         if user:
             found.append({k: v for k, v in user.items() if k != "password"})
     return found
+
+
+async def remove_user(r: Redis, name: str) -> list[str] | None:
+    """Remove the user, their memberships and their personal keys (their ids; None
+    when there was no such user). Their sessions end with them."""
+    if not await r.exists(key("user", name)):
+        return None
+    await r.delete(key("user", name))  # first: their sessions and keys end here
+    await r.srem(key("users"), name)
+    await orgs.forget_user(r, name)
+    return await apikeys.revoke_user_keys(r, name)

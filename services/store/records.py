@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,11 +179,30 @@ class PipelineRecord:
         }
 
 
-@functools.lru_cache(maxsize=512)
+CACHE_CHARS = 32 << 20  # of source text the validation cache keeps, in all
+_validated: OrderedDict[tuple[str, str], Result] = OrderedDict()
+_validated_chars = 0
+
+
 def validate_source(text: str, fmt: str) -> Result:
-    """Cached: pages and API calls that poll a run read the same stored source again and
-    again. Callers must not change the result."""
-    return validate_text(text, "pipeline.json" if fmt == "json" else "pipeline.yaml")
+    """Cached: pages and API calls that poll a run read the same stored source again
+    and again. The cache holds at most `CACHE_CHARS` of text (least recently used
+    first out), so the large texts anyone may send to /api/validate cannot grow it.
+    Callers must not change the result."""
+    global _validated_chars
+    found = _validated.get((text, fmt))
+    if found is not None:
+        _validated.move_to_end((text, fmt))
+        return found
+    result = validate_text(text, "pipeline.json" if fmt == "json" else "pipeline.yaml")
+    result.document = None  # positions served the problems, already made; keep less
+    if len(text) <= CACHE_CHARS // 8:
+        _validated[(text, fmt)] = result
+        _validated_chars += len(text)
+        while _validated_chars > CACHE_CHARS or len(_validated) > 4096:
+            (old, _), _ = _validated.popitem(last=False)
+            _validated_chars -= len(old)
+    return result
 
 
 def source_format(text: str, given: str | None) -> str:
@@ -236,39 +255,74 @@ async def delete_pipeline(r: Redis, project: str, name: str) -> None:
 
 
 # --- API keys -------------------------------------------------------------------------
+# A key is stored under the SHA-256 of its token (`ry:apikey:<hash>`, no expiry: a key
+# lives until it is revoked, and is refused after its `expires_at`). `ry:apikeys` maps
+# each key's public id (the hash's first 16 hex digits) to that hash, for listing and
+# revoking; `ry:apikeys:used` holds when each was last used (services/store/apikeys.py).
+
+KEYS_INDEX = key("apikeys")
+KEYS_USED = key("apikeys", "used")
+
+
+def key_id(hashed: str) -> str:
+    return hashed[:16]
 
 
 async def create_api_key(
-    r: Redis, name: str, role: str = "admin", roles: dict[str, str] | None = None
+    r: Redis,
+    name: str,
+    role: str = "admin",
+    roles: dict[str, str] | None = None,
+    *,
+    user: dict[str, str] | None = None,
+    expires_at: float | None = None,
+    created_by: str = "",
 ) -> str:
-    """A new key (returned once, stored hashed): `role` everywhere, or per project in
-    `roles`."""
+    """A new key (returned once, stored hashed): `role` overall and per project in
+    `roles`, or, with `user`, the roles of that user (a personal key: it stops working
+    when the user is removed)."""
     token = new_secret("ryk")
-    await r.hset(
-        key("apikey", hash_secret(token)),
-        mapping={
-            "name": name,
-            "role": role,
-            "roles": orjson.dumps(roles or {}).decode(),
-            "created_at": str(time.time()),
-        },
-    )
+    hashed = hash_secret(token)
+    record: dict[Any, str] = {
+        "id": key_id(hashed),
+        "name": name,
+        "role": role,
+        "roles": orjson.dumps(roles or {}).decode(),
+        "created_at": str(time.time()),
+        "created_by": created_by,
+    }
+    if user is not None:
+        record |= {"user": user["name"], "user_since": user.get("created_at", ""), "role": ""}
+    if expires_at is not None:
+        record["expires_at"] = str(expires_at)
+    async with r.pipeline(transaction=True) as p:
+        p.hset(key("apikey", hashed), mapping=record)
+        p.hset(KEYS_INDEX, record["id"], hashed)
+        await p.execute()
     return token
 
 
-def role_in(found: dict[str, str], project: str) -> str:
-    """A key's role in a project: its project role, else its overall role."""
-    roles: dict[str, str] = orjson.loads(found.get("roles") or "{}")
-    return roles.get(project) or found.get("role", "viewer")
+def key_expired(found: dict[str, str]) -> bool:
+    return "expires_at" in found and float(found["expires_at"]) <= time.time()
 
 
-def role_at_least(have: str, need: str) -> bool:
-    return ROLES.index(have) >= ROLES.index(need) if have in ROLES and need in ROLES else False
+def role_at_least(have: str | None, need: str) -> bool:
+    return have in ROLES and need in ROLES and ROLES.index(have) >= ROLES.index(need)
 
 
 async def check_api_key(r: Redis, token: str) -> dict[str, str] | None:
-    data = strdict(await r.hgetall(key("apikey", hash_secret(token))))
-    return {**data, "kind": "key"} if data else None
+    """The key's record while it exists and has not expired; notes it as used."""
+    hashed = hash_secret(token)
+    data = strdict(await r.hgetall(key("apikey", hashed)))
+    if not data or key_expired(data):
+        return None
+    data["id"] = key_id(hashed)
+    # never written into the key's own hash: a key revoked meanwhile must stay gone
+    async with r.pipeline(transaction=False) as p:
+        p.hsetnx(KEYS_INDEX, data["id"], hashed)  # one made before keys were listed
+        p.hset(KEYS_USED, data["id"], str(time.time()))
+        await p.execute()
+    return {**data, "kind": "key"}
 
 
 # --- agents ---------------------------------------------------------------------------
@@ -312,9 +366,10 @@ class AgentRecord:
 
 
 async def create_agent(
-    r: Redis, name: str, labels: list[str], projects: list[str]
+    r: Redis, name: str, labels: list[str], projects: list[str], created_by: str = ""
 ) -> tuple[str, str]:
-    """A new agent's id and token (the token is shown once and stored hashed)."""
+    """A new agent's id and token (the token is shown once and stored hashed);
+    `created_by` names who made it (who may remove it while it serves no project)."""
     agent_id = "a" + secrets.token_hex(6)
     token = new_secret("rya")
     k = agent_key(agent_id)
@@ -326,6 +381,7 @@ async def create_agent(
                 "labels": orjson.dumps(labels).decode(),
                 "token": hash_secret(token),
                 "created_at": str(time.time()),
+                "created_by": created_by,
                 "slots": "0",
                 "used": "0",
             },
@@ -390,6 +446,7 @@ async def delete_agent(r: Redis, agent_id: str) -> None:
     await r.delete(
         agent_key(agent_id),
         agent_key(agent_id, "projects"),
+        agent_key(agent_id, "orgs"),
         agent_key(agent_id, "metrics"),
     )
     await r.srem(key("agents"), agent_id)

@@ -17,13 +17,19 @@ OUTBOX = key("outbox")
 QUEUE = key("queue")
 QUEUE_INFO = key("queue", "info")
 TIMERS = key("timers")
-PLACEMENTS = key("placements")
+PLACEMENTS = key("placements")  # job attempt → the agent holding it (the fence)
+PLACED = key("placed")  # job attempt → when it was placed (sorted set)
 ONLINE = key("online")
 GROUPS = key("groups")
 
 
 def run_key(run_id: str) -> str:
     return key("run", run_id)
+
+
+# Fields `stale:<job>|<attempt>|<agent>|<what>` of a run's hash: a late report, kept with
+# the run (one per attempt, agent and kind of report, so repeats overwrite it).
+STALE = "stale:"
 
 
 def history_key(project: str, pipeline: str) -> str:
@@ -60,6 +66,11 @@ class StoredRun:
     def json(self, name: str) -> Any:
         return orjson.loads(self.fields[name]) if name in self.fields else None
 
+    def stale(self) -> list[dict[str, Any]]:
+        """Reports agents sent for attempts they no longer held (dropped), oldest first."""
+        found = [orjson.loads(v) for k, v in self.fields.items() if k.startswith(STALE)]
+        return sorted(found, key=lambda s: s.get("at", 0))
+
     def summary(self) -> dict[str, Any]:
         f = self.fields
 
@@ -91,6 +102,12 @@ async def create_run(
         args=[dumps(fields), state, run_id],
     )
     return int(result)
+
+
+async def record_stale(r: Redis, run_id: str, field: str, report: dict[str, Any]) -> None:
+    """Keep a late report with its run (not when the run is gone)."""
+    if await r.exists(run_key(run_id)):
+        await r.hset(run_key(run_id), STALE + field, dumps(report))
 
 
 async def load_run(r: Redis, run_id: str) -> StoredRun | None:
@@ -133,7 +150,7 @@ async def ran_on(r: Redis, run: str, job: str, attempt: int) -> str | None:
     state = await r.hget(run_key(run), "state")
     if state is None:
         return None
-    for found in orjson.loads(state).get("jobs") or []:
+    for found in (orjson.loads(state).get("jobs") or {}).values():  # key → job state
         if found.get("key") != job:
             continue
         if found.get("attempt") == attempt:

@@ -46,8 +46,8 @@ redis.call('ZADD', KEYS[2], number, ARGV[3])
 return number
 """
 
-# KEYS: queue, queue info, placements, agent, agent jobs, outbox
-# ARGV: member, agent id, outbox id, outbox entry
+# KEYS: queue, queue info, placements, agent, agent jobs, outbox, placed
+# ARGV: member, agent id, outbox id, outbox entry, now
 # → 1 placed, 0 no longer queued, -1 agent full
 PLACE = """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
@@ -60,19 +60,58 @@ redis.call('HINCRBY', KEYS[4], 'used', 1)
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[5], ARGV[1])
 redis.call('HSET', KEYS[6], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[7], ARGV[5], ARGV[1])
 return 1
 """
 
-# KEYS: placements, agent, agent jobs.  ARGV: member, agent id → 1 released, 0 not placed
+# KEYS: placements, agent, agent jobs, placed.  ARGV: member, agent id
+# → 1 released, 0 not placed (on that agent)
 RELEASE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 if redis.call('EXISTS', KEYS[2]) == 1 then
   local used = tonumber(redis.call('HGET', KEYS[2], 'used') or '0')
   redis.call('HSET', KEYS[2], 'used', tostring(math.max(used - 1, 0)))
 end
 return 1
+"""
+
+# An agent's heartbeat against what the dispatcher thinks it holds.
+# KEYS: placements, agent, agent jobs, placed
+# ARGV: agent id, reported members JSON, cutoff, take (1: take back, 0: only name them)
+# → {placements it does not report made before the cutoff (taken back when `take`),
+#    reported members it does not hold}
+# The agent's slots in use become the placements it still holds, so slots that a
+# restarted agent no longer runs are free again with its first heartbeat.
+RECONCILE = """
+local reported = {}
+for _, m in ipairs(cjson.decode(ARGV[2])) do reported[m] = true end
+local gone = {}
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  if redis.call('HGET', KEYS[1], m) ~= ARGV[1] then
+    redis.call('SREM', KEYS[3], m)
+  elseif not reported[m] then
+    local at = tonumber(redis.call('ZSCORE', KEYS[4], m) or '0')
+    if at < tonumber(ARGV[3]) then
+      table.insert(gone, m)
+      if ARGV[4] == '1' then
+        redis.call('HDEL', KEYS[1], m)
+        redis.call('SREM', KEYS[3], m)
+        redis.call('ZREM', KEYS[4], m)
+      end
+    end
+  end
+end
+local stale = {}
+for m, _ in pairs(reported) do
+  if redis.call('HGET', KEYS[1], m) ~= ARGV[1] then table.insert(stale, m) end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'used', tostring(redis.call('SCARD', KEYS[3])))
+end
+return {gone, stale}
 """
 
 # KEYS: sorted set.  ARGV: max score, limit → members taken (by exactly one caller)
@@ -144,6 +183,7 @@ class Scripts:
         self.create_run = r.register_script(CREATE_RUN)
         self.place = r.register_script(PLACE)
         self.release = r.register_script(RELEASE)
+        self.reconcile = r.register_script(RECONCILE)
         self.take_due = r.register_script(TAKE_DUE)
         self.heartbeat = r.register_script(HEARTBEAT)
         self.append_log = r.register_script(APPEND_LOG)

@@ -3,7 +3,8 @@ also Forgejo —, `bitbucket`) and `POST /hooks/generic/<project>/<pipeline>`.
 
 A delivery is checked (size, content type, project, signature) before anything else is
 read; a rejected one never reaches NATS. An accepted one is published with its
-delivery id as `Nats-Msg-Id` (the stream drops a redelivery) and answered 202 once
+delivery id, project and pipeline as `Nats-Msg-Id` (the stream drops a redelivery to
+the same hook, never the same body sent to another project's) and answered 202 once
 JetStream has stored it, with the `problems` its runs will meet (a refused clone URL)."""
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import os
 import time
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from runyard import bounded
 from schemas import subjects
 from schemas.messages import PullRequestInfo, TriggerEvent
+from services.asgi import Errors
 from services.lifespan import connections
 from services.store import crypto, records
 from services.trigger import hosts, signatures
@@ -90,9 +93,9 @@ async def receive(request: Request) -> JSONResponse:
     if reason := signatures.check(host, headers, body, secret):
         return _refuse(401, reason)
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        return _refuse(400, f"the body is not valid JSON: {exc}")
+        payload = bounded.loads(body)
+    except bounded.JsonRefused as exc:
+        return _refuse(400, f"the body is {exc}")
     if not isinstance(payload, dict):
         return _refuse(400, "the body must be a JSON object")
     name = hosts.event_name(host, headers)
@@ -119,7 +122,7 @@ def _event(
 ) -> TriggerEvent:
     pr = found.pull_request
     return TriggerEvent(
-        id=f"{host}:{hosts.delivery_id(host, headers, body)}",
+        id=hosts.event_id(host, headers, body, project, pipeline),
         kind=found.kind,
         project=project,
         pipeline=pipeline,
@@ -141,6 +144,7 @@ def _event(
 
 def create_app(nats_url: str, redis_url: str) -> Starlette:
     return Starlette(
+        middleware=[Middleware(Errors)],  # 503 with the reason when Valkey or NATS is down
         routes=[
             Route("/hooks/{host:str}/{project}/{pipeline}", receive, methods=["POST"]),
             Route("/hooks/{host}/{project}", receive, methods=["POST"]),

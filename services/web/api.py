@@ -1,5 +1,7 @@
 """The REST API (JSON): projects, pipelines, agents and runs. The CLI uses it; every
-page of the UI will have its twin here."""
+page of the UI will have its twin here. Who may call each route is declared with it
+(services/web/authz.py) and checked before the handler runs; keys, users and
+organizations are in services/web/access.py."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import orjson
 from nats.aio.client import Client
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from runyard import cron, forms
 from runyard.engine.contexts import form_inputs
@@ -21,10 +22,12 @@ from runyard.engine.state import RunState
 from schemas import subjects
 from schemas.messages import RunCancel, TriggerEvent
 from schemas.subjects import key
-from services.store import accounts, crypto, orgs, records
+from services.store import crypto, orgs, records
 from services.store import runs as store
 from services.store.connection import Redis
-from services.web.errors import ApiError, field, json_body
+from services.web import authz, checks
+from services.web.authz import SIGNED_IN, route
+from services.web.errors import ApiError, field, json_body, query_int
 
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
@@ -64,14 +67,23 @@ async def _pipeline(request: Request) -> records.PipelineRecord:
 
 
 async def list_projects(request: Request) -> JSONResponse:
-    return JSONResponse([{"name": n} for n in await records.list_projects(redis_of(request))])
+    """The projects the caller has a role in."""
+    return JSONResponse([{"name": n} for n in await checks.visible_projects(request)])
 
 
 async def create_project(request: Request) -> JSONResponse:
-    name = _project_name(field(await json_body(request), "name", str))
-    if not await records.create_project(redis_of(request), name):
+    """A new project, in the organization `org` when one is named (its owners make
+    projects; a project outside every organization is for site admins to make)."""
+    body = await json_body(request)
+    name = _project_name(field(body, "name", str))
+    home = field(body, "org", str) if body.get("org") is not None else None
+    r = redis_of(request)
+    if not await records.create_project(r, name):
         raise ApiError(409, f"project '{name}' exists already")
-    return JSONResponse({"name": name}, status_code=201)
+    if home is not None:
+        await orgs.add_project(r, home, name)
+    await checks.note(request, "project.create", name, org_names=[home] if home else [])
+    return JSONResponse({"name": name, "org": home}, status_code=201)
 
 
 # --- secrets --------------------------------------------------------------------------
@@ -84,7 +96,6 @@ async def list_secrets(request: Request) -> JSONResponse:
 
 async def set_secret(request: Request) -> JSONResponse:
     project = await _project(request)
-    await require(request, project, "owner", "setting secrets")
     name = request.path_params["secret"]
     if not name.replace("_", "").isalnum():
         raise ApiError(422, "a secret name is letters, digits and '_'")
@@ -93,15 +104,16 @@ async def set_secret(request: Request) -> JSONResponse:
         await records.set_secret(redis_of(request), project, name, value)
     except crypto.KeyMissing as exc:
         raise ApiError(503, str(exc)) from None
+    await checks.note(request, "secret.set", f"{project}/{name}", projects=[project])
     return JSONResponse({"name": name})
 
 
 async def delete_secret(request: Request) -> JSONResponse:
     project = await _project(request)
-    await require(request, project, "owner", "deleting secrets")
     name = request.path_params["secret"]
     if not await records.delete_secret(redis_of(request), project, name):
         raise ApiError(404, f"no secret '{name}' in project '{project}'")
+    await checks.note(request, "secret.delete", f"{project}/{name}", projects=[project])
     return JSONResponse({"deleted": name})
 
 
@@ -114,7 +126,6 @@ async def get_webhook(request: Request) -> JSONResponse:
 async def set_webhook(request: Request) -> JSONResponse:
     """Set the project's webhook secret (given, or a new random one, shown once)."""
     project = await _project(request)
-    await require(request, project, "owner", "setting the webhook secret")
     body = await json_body(request)
     secret = field(body, "secret", str, None) if body.get("secret") is not None else None
     secret = secret or secrets.token_urlsafe(32)
@@ -124,6 +135,7 @@ async def set_webhook(request: Request) -> JSONResponse:
         await records.set_webhook_secret(redis_of(request), project, secret)
     except crypto.KeyMissing as exc:
         raise ApiError(503, str(exc)) from None
+    await checks.note(request, "webhook.set", project, projects=[project])
     return JSONResponse({"secret": secret})
 
 
@@ -153,6 +165,8 @@ async def validate(request: Request) -> JSONResponse:
     fmt = records.source_format(source, body.get("format"))
     result = records.validate_source(source, fmt)
     problems = [{"line": p.line, "column": p.column, "message": p.message} for p in result.problems]
+    if result.over_bounds:  # too large to check: 413, with the reason where it stands
+        raise ApiError(413, result.problems[0].message, problems=problems)
     return JSONResponse({"problems": problems})
 
 
@@ -164,7 +178,6 @@ async def list_pipelines(request: Request) -> JSONResponse:
 
 async def create_pipeline(request: Request) -> JSONResponse:
     project = await _project(request)
-    await require(request, project, "maintainer", "creating pipelines")
     name, source, fmt = await _validated(request)
     r = redis_of(request)
     try:
@@ -179,7 +192,6 @@ async def create_pipeline(request: Request) -> JSONResponse:
 
 async def update_pipeline(request: Request) -> JSONResponse:
     current = await _pipeline(request)
-    await require(request, current.project, "maintainer", "changing pipelines")
     name, source, fmt = await _validated(request)
     if name != current.name:
         raise ApiError(
@@ -217,7 +229,6 @@ async def pipeline_versions(request: Request) -> JSONResponse:
 
 async def delete_pipeline(request: Request) -> JSONResponse:
     current = await _pipeline(request)
-    await require(request, current.project, "maintainer", "deleting pipelines")
     await records.delete_pipeline(redis_of(request), current.project, current.name)
     await _pipelines_changed(request, current.project, current.name)
     return JSONResponse({"deleted": current.name})
@@ -239,40 +250,22 @@ async def _publish_trigger(request: Request, event: TriggerEvent) -> None:
     )
 
 
-async def require(request: Request, project: str, need: str, what: str) -> None:
-    """403 unless the caller (a key, or a user through their organizations and teams)
-    has at least `need` in `project`."""
-    principal = request.state.key
-    if principal.get("kind") == "user":
-        have = await orgs.user_role(redis_of(request), principal, project)
-    else:
-        have = records.role_in(principal, project)
-    if not records.role_at_least(have, need):
-        raise ApiError(403, f"{what} needs the role {need} in '{project}'; you have {have}")
-
-
-def require_admin(request: Request, what: str) -> None:
-    if request.state.key.get("role") != "admin":
-        raise ApiError(403, f"{what} needs an admin")
-
-
 async def start_run(request: Request) -> JSONResponse:
     pipeline = await _pipeline(request)
     body = await json_body(request)
     inputs = field(body, "inputs", dict, {})
     spec = records.validate_source(pipeline.source, pipeline.format).pipeline
-    manual = spec.triggers.manual if spec else None
-    await require(
-        request,
-        pipeline.project,
-        (manual.role if manual else None) or "maintainer",
-        f"running '{pipeline.name}'",
-    )
+    manual = spec.triggers.manual if spec else None  # its role: checked by the route's rule
     if spec is not None:
         inputs = form_inputs(spec, inputs)
         if bad := forms.problems(manual.form if manual else None, inputs):
             raise ApiError(422, f"{len(bad)} run input(s) do not fit the form", problems=bad)
     ref = field(body, "ref", str, None) if body.get("ref") is not None else None
+    if ref is not None:  # other code than the pipeline's, run with its secrets
+        try:
+            await checks.require_project(request, pipeline.project, "maintainer")
+        except checks.Refused as exc:
+            raise ApiError(exc.status, f"choosing the ref: {exc.message}") from None
     event = TriggerEvent(
         id=uuid.uuid4().hex,
         kind="manual",
@@ -290,15 +283,9 @@ async def start_run(request: Request) -> JSONResponse:
 
 async def list_runs(request: Request) -> JSONResponse:
     pipeline = await _pipeline(request)
-    limit = int(request.query_params.get("limit", "50"))
-    before = request.query_params.get("before")
-    found = await store.list_runs(
-        redis_of(request),
-        pipeline.project,
-        pipeline.name,
-        min(limit, 500),
-        int(before) if before else None,
-    )
+    limit = min(query_int(request, "limit", 50, low=1), 500)
+    before = query_int(request, "before", 0, low=0) or None
+    found = await store.list_runs(redis_of(request), pipeline.project, pipeline.name, limit, before)
     return JSONResponse(found)
 
 
@@ -314,6 +301,7 @@ def run_view(stored: store.StoredRun) -> dict[str, Any]:
     state = RunState.model_validate_json(stored.fields["state"])
     spec = records.validate_source(stored.fields["source"], stored.fields["format"]).pipeline
     jobs = []
+    stale = stored.stale()
     for job in state.jobs.values():
         data = job.model_dump(mode="json", exclude={"host", "ready"})
         data["needs"] = (
@@ -324,6 +312,8 @@ def run_view(stored: store.StoredRun) -> dict[str, Any]:
         data["artifacts"] = finished.get("artifacts", [])
         data["tests"] = finished.get("tests")
         data["problems"] = finished.get("errors", [])
+        # what agents said about attempts no longer theirs (dropped; see fencing)
+        data["stale"] = [r for r in stale if r.get("job") == job.key]
         jobs.append(data)
     return {
         **stored.summary(),
@@ -340,7 +330,6 @@ async def get_run(request: Request) -> JSONResponse:
 
 async def cancel_run(request: Request) -> JSONResponse:
     stored = await stored_run(request)
-    await require(request, stored.fields["project"], "maintainer", "cancelling runs")
     project = stored.fields["project"]
     cancel = RunCancel(run=stored.id, by=request.state.actor, at=time.time())
     js = nats_of(request).jetstream()
@@ -354,7 +343,6 @@ async def cancel_run(request: Request) -> JSONResponse:
 
 async def rerun(request: Request) -> JSONResponse:
     stored = await stored_run(request)
-    await require(request, stored.fields["project"], "maintainer", "re-running")
     before = TriggerEvent.model_validate(stored.json("event"))
     event = before.model_copy(
         update={
@@ -369,111 +357,27 @@ async def rerun(request: Request) -> JSONResponse:
     return JSONResponse({"run": run_id, "event": event.id, "rerun_of": stored.id}, status_code=202)
 
 
-# --- API keys -------------------------------------------------------------------------
-
-
-async def whoami(request: Request) -> JSONResponse:
-    key = request.state.key
-    return JSONResponse(
-        {
-            "name": key.get("name"),
-            "role": key.get("role"),
-            "roles": orjson.loads(key.get("roles") or "{}"),
-        }
-    )
-
-
-async def create_key(request: Request) -> JSONResponse:
-    """A new API key (admin only): `role` everywhere, and/or per project in `roles`."""
-    require_admin(request, "making API keys")
-    body = await json_body(request)
-    name = field(body, "name", str)
-    role = field(body, "role", str, "viewer")
-    roles = field(body, "roles", dict, {})
-    if any(r not in records.ROLES for r in [role, *roles.values()]):
-        raise ApiError(422, f"roles are one of {', '.join(records.ROLES)}")
-    token = await records.create_api_key(redis_of(request), name, role, roles)
-    return JSONResponse({"name": name, "key": token}, status_code=201)
-
-
-# --- users, organizations, teams (admin) ----------------------------------------------
-
-
-def _role(body: dict[str, Any], default: str | None = "viewer") -> str | None:
-    role = body.get("role", default)
-    if role is not None and role not in records.ROLES:
-        raise ApiError(422, f"a role is one of {', '.join(records.ROLES)}")
-    return role
-
-
-async def create_user(request: Request) -> JSONResponse:
-    require_admin(request, "making users")
-    body = await json_body(request)
-    name, password = field(body, "name", str), field(body, "password", str)
-    if len(password) < 8:
-        raise ApiError(422, "a password needs at least 8 characters")
-    roles = field(body, "roles", dict, {})
-    if not await accounts.create_user(
-        redis_of(request), name, password, _role(body) or "viewer", roles
-    ):
-        raise ApiError(409, f"user '{name}' exists already")
-    return JSONResponse({"name": name}, status_code=201)
-
-
-async def list_users(request: Request) -> JSONResponse:
-    require_admin(request, "listing users")
-    return JSONResponse(await accounts.list_users(redis_of(request)))
-
-
-async def list_orgs(request: Request) -> JSONResponse:
-    return JSONResponse(await orgs.list_orgs(redis_of(request)))
-
-
-async def create_org(request: Request) -> JSONResponse:
-    require_admin(request, "making organizations")
-    name = _project_name(field(await json_body(request), "name", str))
-    if not await orgs.create_org(redis_of(request), name):
-        raise ApiError(409, f"organization '{name}' exists already")
-    return JSONResponse({"name": name}, status_code=201)
-
-
-async def org_change(request: Request) -> JSONResponse:
-    """PUT/DELETE members, projects, teams, team members and team projects."""
-    require_admin(request, "changing organizations")
-    r, p = redis_of(request), request.path_params
-    on = request.method == "PUT"
-    body = await json_body(request) if on and await request.body() else {}
-    try:
-        if "team" in p and "user" in p:
-            await orgs.set_team_member(r, p["org"], p["team"], p["user"], on)
-        elif "team" in p and "project" in p:
-            await orgs.set_team_project(
-                r, p["org"], p["team"], p["project"], _role(body) if on else None
-            )
-        elif "team" in p:
-            await orgs.create_team(r, p["org"], p["team"])
-        elif "user" in p:
-            await orgs.set_member(r, p["org"], p["user"], _role(body) if on else None)
-        elif "project" in p:
-            if not await records.project_exists(r, p["project"]):
-                raise ApiError(404, f"no project '{p['project']}'")
-            await orgs.add_project(r, p["org"], p["project"])
-        elif "agent" in p:
-            await orgs.assign_agent_to_org(r, p["agent"], p["org"], on)
-    except records.NotFound as exc:
-        raise ApiError(404, str(exc)) from None
-    return JSONResponse({"ok": True})
-
-
 # --- agents ---------------------------------------------------------------------------
 
 
+async def _shown(request: Request, agent: records.AgentRecord) -> dict[str, Any]:
+    """The agent as the caller may see it: only the projects they have a role in."""
+    shown = agent.public()
+    if not checks.is_admin(checks.principal(request)):
+        roles = await orgs.roles_in(redis_of(request), checks.principal(request), agent.projects)
+        shown["projects"] = [p for p in agent.projects if roles[p]]
+    return shown
+
+
 async def list_agents(request: Request) -> JSONResponse:
-    found = await records.list_agents(redis_of(request))
-    return JSONResponse([a.public() for a in found])
+    """The agents the caller may see (services/web/authz.py: `can_read_agent`)."""
+    found = await checks.readable_agents(request, await records.list_agents(redis_of(request)))
+    return JSONResponse([await _shown(request, a) for a in found])
 
 
 async def create_agent(request: Request) -> JSONResponse:
+    """A new agent (its token shown once) serving `projects`: the route's rule needs
+    maintainer in each of them (an agent for no project: a site admin)."""
     body = await json_body(request)
     name = field(body, "name", str)
     labels = field(body, "labels", list, [])
@@ -484,7 +388,11 @@ async def create_agent(request: Request) -> JSONResponse:
     for project in projects:
         if not await records.project_exists(r, project):
             raise ApiError(404, f"no project '{project}'")
-    agent_id, token = await records.create_agent(r, name, labels, projects)
+    made_by = checks.principal_id(checks.principal(request))
+    agent_id, token = await records.create_agent(r, name, labels, projects, made_by)
+    await checks.note(
+        request, "agent.create", agent_id, projects=projects, name=name, labels=labels
+    )
     return JSONResponse(
         {
             "id": agent_id,
@@ -505,7 +413,7 @@ async def _agent(request: Request) -> records.AgentRecord:
 
 
 async def get_agent(request: Request) -> JSONResponse:
-    return JSONResponse((await _agent(request)).public())
+    return JSONResponse(await _shown(request, await _agent(request)))
 
 
 async def agent_metrics(request: Request) -> JSONResponse:
@@ -520,52 +428,52 @@ async def delete_agent(request: Request) -> JSONResponse:
     await records.delete_agent(redis_of(request), agent.id)
     # the dispatcher cuts its connections off; its reconnects are refused from now on
     await nats_of(request).publish(subjects.AGENTS_REVOKED, agent.id.encode())
+    await checks.note(request, "agent.delete", agent.id, projects=agent.projects, name=agent.name)
     return JSONResponse({"deleted": agent.id})
 
 
 async def assign_agent(request: Request) -> JSONResponse:
     agent = await _agent(request)
     project = await _project(request)
-    await records.assign_agent(redis_of(request), agent.id, project, request.method == "PUT")
-    return JSONResponse((await _agent(request)).public())
+    on = request.method == "PUT"
+    await records.assign_agent(redis_of(request), agent.id, project, on)
+    what = "agent.assign" if on else "agent.unassign"
+    await checks.note(request, what, agent.id, projects=[project, *agent.projects], project=project)
+    return JSONResponse(await _shown(request, await _agent(request)))
 
+
+MAINTAINER, OWNER, VIEWER = (authz.project(r) for r in ("maintainer", "owner", "viewer"))
+PIPELINE = "/api/projects/{project}/pipelines/{name}"
 
 routes = [
-    Route("/api/validate", validate, methods=["POST"]),
-    Route("/api/projects", list_projects),
-    Route("/api/projects", create_project, methods=["POST"]),
-    Route("/api/projects/{project}/webhook", get_webhook),
-    Route("/api/projects/{project}/webhook", set_webhook, methods=["PUT"]),
-    Route("/api/projects/{project}/secrets", list_secrets),
-    Route("/api/projects/{project}/secrets/{secret}", set_secret, methods=["PUT"]),
-    Route("/api/projects/{project}/secrets/{secret}", delete_secret, methods=["DELETE"]),
-    Route("/api/projects/{project}/pipelines", list_pipelines),
-    Route("/api/projects/{project}/pipelines", create_pipeline, methods=["POST"]),
-    Route("/api/projects/{project}/pipelines/{name}", get_pipeline),
-    Route("/api/projects/{project}/pipelines/{name}", update_pipeline, methods=["PUT"]),
-    Route("/api/projects/{project}/pipelines/{name}", delete_pipeline, methods=["DELETE"]),
-    Route("/api/projects/{project}/pipelines/{name}/versions", pipeline_versions),
-    Route("/api/projects/{project}/pipelines/{name}/runs", list_runs),
-    Route("/api/projects/{project}/pipelines/{name}/runs", start_run, methods=["POST"]),
-    Route("/api/runs/{run}", get_run),
-    Route("/api/runs/{run}/cancel", cancel_run, methods=["POST"]),
-    Route("/api/runs/{run}/rerun", rerun, methods=["POST"]),
-    Route("/api/keys", create_key, methods=["POST"]),
-    Route("/api/users", list_users),
-    Route("/api/users", create_user, methods=["POST"]),
-    Route("/api/orgs", list_orgs),
-    Route("/api/orgs", create_org, methods=["POST"]),
-    Route("/api/orgs/{org}/members/{user}", org_change, methods=["PUT", "DELETE"]),
-    Route("/api/orgs/{org}/projects/{project}", org_change, methods=["PUT"]),
-    Route("/api/orgs/{org}/agents/{agent}", org_change, methods=["PUT", "DELETE"]),
-    Route("/api/orgs/{org}/teams/{team}", org_change, methods=["PUT"]),
-    Route("/api/orgs/{org}/teams/{team}/members/{user}", org_change, methods=["PUT", "DELETE"]),
-    Route("/api/orgs/{org}/teams/{team}/projects/{project}", org_change, methods=["PUT", "DELETE"]),
-    Route("/api/whoami", whoami),
-    Route("/api/agents", list_agents),
-    Route("/api/agents", create_agent, methods=["POST"]),
-    Route("/api/agents/{agent}", get_agent),
-    Route("/api/agents/{agent}/metrics", agent_metrics),
-    Route("/api/agents/{agent}", delete_agent, methods=["DELETE"]),
-    Route("/api/agents/{agent}/projects/{project}", assign_agent, methods=["PUT", "DELETE"]),
+    route("/api/validate", validate, SIGNED_IN, ["POST"]),
+    route("/api/projects", list_projects, SIGNED_IN.but("the projects the caller has a role in")),
+    route("/api/projects", create_project, authz.body_org("owner"), ["POST"]),
+    route("/api/projects/{project}/webhook", get_webhook, VIEWER),
+    route("/api/projects/{project}/webhook", set_webhook, OWNER, ["PUT"]),
+    route("/api/projects/{project}/secrets", list_secrets, VIEWER.but("names only")),
+    route("/api/projects/{project}/secrets/{secret}", set_secret, OWNER, ["PUT"]),
+    route("/api/projects/{project}/secrets/{secret}", delete_secret, OWNER, ["DELETE"]),
+    route("/api/projects/{project}/pipelines", list_pipelines, VIEWER),
+    route("/api/projects/{project}/pipelines", create_pipeline, MAINTAINER, ["POST"]),
+    route(PIPELINE, get_pipeline, VIEWER),
+    route(PIPELINE, update_pipeline, MAINTAINER, ["PUT"]),
+    route(PIPELINE, delete_pipeline, MAINTAINER, ["DELETE"]),
+    route(f"{PIPELINE}/versions", pipeline_versions, VIEWER),
+    route(f"{PIPELINE}/runs", list_runs, VIEWER),
+    route(f"{PIPELINE}/runs", start_run, authz.run_button(), ["POST"]),
+    route("/api/runs/{run}", get_run, authz.run("viewer")),
+    route("/api/runs/{run}/cancel", cancel_run, authz.run("maintainer"), ["POST"]),
+    route("/api/runs/{run}/rerun", rerun, authz.run("maintainer"), ["POST"]),
+    route("/api/agents", list_agents, SIGNED_IN.but("the agents the caller may see")),
+    route("/api/agents", create_agent, authz.body_projects("maintainer"), ["POST"]),
+    route("/api/agents/{agent}", get_agent, authz.agent("see")),
+    route("/api/agents/{agent}/metrics", agent_metrics, authz.agent("see")),
+    route("/api/agents/{agent}", delete_agent, authz.agent("manage"), ["DELETE"]),
+    route(
+        "/api/agents/{agent}/projects/{project}",
+        assign_agent,
+        authz.agent("manage") & MAINTAINER,
+        ["PUT", "DELETE"],
+    ),
 ]

@@ -11,14 +11,17 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.asgi import BodyLimit, Errors
 from services.credentials import without_user
 from services.lifespan import connections
-from services.store import accounts, records
-from services.web import api, outputs, ui
-from services.web.errors import ApiError, api_error, http_error
+from services.store import accounts, apikeys, records
+from services.web import access, api, authz, outputs, ui
+from services.web.errors import ApiError, api_error, error_response, http_error
+from services.web.guard import Authorize
+from services.web.health import health
+from services.web.middleware import MAX_BODY, SecurityHeaders
 from services.web.ui import SESSION_COOKIE
 
 PUBLIC = ("/api/health",)
@@ -31,7 +34,9 @@ class ApiKeys:
     call but the health check.
 
     Known keys are remembered for a few seconds, so a busy client costs no Redis read
-    per call; a deleted key stops working within `KEY_CACHE_SECONDS`."""
+    per call; a revoked key, or one whose user was removed, stops working within
+    `KEY_CACHE_SECONDS`, an expired one at once. A personal key is its user, with the
+    user's roles as they are when the key is checked."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -73,16 +78,18 @@ class ApiKeys:
             request.headers.get("x-csrf-token", ""), session.csrf
         ):
             return JSONResponse({"error": "missing or wrong CSRF token"}, 403)
-        return session.user, user
+        return user.get("name", session.user), user
 
     async def _actor(self, request: Request, token: str) -> tuple[str, dict[str, str]] | None:
         if not token:
             return None
         now = time.monotonic()
         cached = self.known.get(token)
-        if cached and now - cached[2] < KEY_CACHE_SECONDS:
+        if cached and now - cached[2] < KEY_CACHE_SECONDS and not records.key_expired(cached[1]):
             return cached[0], cached[1]
-        found = await records.check_api_key(request.app.state.redis, token)
+        r = request.app.state.redis
+        checked = await records.check_api_key(r, token)
+        found = await apikeys.principal(r, checked) if checked else None
         if found is None:
             self.known.pop(token, None)
             return None
@@ -90,10 +97,6 @@ class ApiKeys:
             self.known.clear()
         self.known[token] = (found.get("name", "api"), found, now)
         return self.known[token][0], found
-
-
-async def health(request: Request) -> JSONResponse:
-    return JSONResponse({"ok": True})
 
 
 def create_app(
@@ -109,8 +112,20 @@ def create_app(
         nats_ca=nats_ca,
     )
     return Starlette(
-        routes=[Route("/api/health", health), *api.routes, *outputs.routes, *ui.routes],
-        middleware=[Middleware(ApiKeys)],
+        routes=[
+            authz.route("/api/health", health, authz.PUBLIC),
+            *api.routes,
+            *access.routes,
+            *outputs.routes,
+            *ui.routes,
+        ],
+        middleware=[
+            Middleware(Errors, render=error_response),  # outermost: answers for all below
+            Middleware(BodyLimit, limit=MAX_BODY),
+            Middleware(SecurityHeaders),
+            Middleware(ApiKeys),
+            Middleware(Authorize),
+        ],
         exception_handlers={ApiError: api_error, HTTPException: http_error},
         lifespan=lifespan,
     )

@@ -5,6 +5,7 @@ the run itself)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,13 +13,14 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
-from starlette.routing import Route
 
 from runyard.engine.state import JobState, RunState
 from schemas import subjects
 from services.store import logs
+from services.web import authz
 from services.web.api import nats_of, redis_of, stored_run
-from services.web.errors import ApiError
+from services.web.authz import route
+from services.web.errors import ApiError, query_int
 
 FOLLOW_BLOCK_MS = 5000  # one blocking read of new lines; a keep-alive comment after it
 PAGE = 1000
@@ -33,23 +35,20 @@ async def _step(request: Request) -> tuple[str, JobState, str, int]:
         raise ApiError(404, f"run {stored.id} has no job '{job_key}'")
     if not any(s.id == step_id for s in job.steps):
         raise ApiError(404, f"job '{job_key}' has no step '{step_id}'")
-    attempt = int(request.query_params.get("attempt", job.attempt))
+    attempt = query_int(request, "attempt", job.attempt, low=1, high=job.attempt)
     return stored.id, job, step_id, attempt
 
 
 def _start(request: Request) -> int:
-    raw = request.headers.get("last-event-id")
-    if raw is not None and raw.isdigit():
+    raw = request.headers.get("last-event-id", "")
+    if raw.isascii() and raw.isdigit() and len(raw) <= 18:
         return int(raw) + 1
-    try:
-        return max(int(request.query_params.get("from", "1")), 1)
-    except ValueError:
-        raise ApiError(400, "'from' must be a line number") from None
+    return max(query_int(request, "from", 1, low=0), 1)
 
 
 async def step_logs(request: Request) -> JSONResponse:
     run, job, step, attempt = await _step(request)
-    limit = min(int(request.query_params.get("limit", PAGE)), 10_000)
+    limit = min(query_int(request, "limit", PAGE, low=1), 10_000)
     page = await logs.read(redis_of(request), run, job.key, attempt, step, _start(request), limit)
     body = page.public()
     if page.ended and page.truncated:
@@ -129,6 +128,13 @@ async def download_artifact(request: Request) -> StreamingResponse:
         raise ApiError(404, f"run {stored.id} has no artifact file {job}/{artifact}/{path}")
     bucket = item.get("bucket", subjects.ARTIFACTS_BUCKET)
     objects = await nats_of(request).jetstream().object_store(bucket)
+    # the object store checks the bytes against its own digest as they stream; the
+    # agent that wrote them could write that digest again later, so it must also be
+    # the one recorded when the job finished
+    info = await objects.get_info(item["object"])
+    digest = base64.urlsafe_b64decode((info.digest or "").removeprefix("SHA-256=") + "==")
+    if digest.hex() != item["sha256"]:
+        raise ApiError(409, f"artifact {job}/{artifact}/{path} changed after its run recorded it")
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
     writer = _QueueWriter(asyncio.get_running_loop(), queue)
 
@@ -159,9 +165,13 @@ async def download_artifact(request: Request) -> StreamingResponse:
     return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
 
 
+STEP = "/api/runs/{run}/jobs/{job}/steps/{step}"
+
+VIEWER = authz.run("viewer")
+
 routes = [
-    Route("/api/runs/{run}/jobs/{job}/steps/{step}/logs", step_logs),
-    Route("/api/runs/{run}/jobs/{job}/steps/{step}/logs/events", step_log_events),
-    Route("/api/runs/{run}/artifacts", list_artifacts),
-    Route("/api/runs/{run}/artifacts/{job}/{artifact}/{path:path}", download_artifact),
+    route(f"{STEP}/logs", step_logs, VIEWER),
+    route(f"{STEP}/logs/events", step_log_events, VIEWER),
+    route("/api/runs/{run}/artifacts", list_artifacts, VIEWER),
+    route("/api/runs/{run}/artifacts/{job}/{artifact}/{path:path}", download_artifact, VIEWER),
 ]

@@ -12,19 +12,28 @@ from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from runyard import cron
 from schemas.pipeline import Pipeline
 from schemas.subjects import key
-from services.store import accounts, orgs, records
+from services.store import accounts, apikeys, audit, orgs, records
 from services.store import runs as store
+from services.web import authz, checks
+from services.web import login as sign_in
+from services.web.authz import PUBLIC, SIGNED_IN, route
 
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "ry_session"
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+templates.env.filters["when"] = _when
 
 DEFAULT_PIPELINE = """name: My first pipeline
 triggers:
@@ -55,24 +64,33 @@ async def _page(request: Request, template: str, **context: Any) -> Response:
     if found is None:
         return _to_login(request)
     session, user = found
-    r = request.app.state.redis
-    context.setdefault("projects", await records.list_projects(r))
+    context.setdefault("projects", await checks.visible_projects(request))
     return templates.TemplateResponse(
         request, template, {"user": user, "csrf": session.csrf, **context}
     )
 
 
 async def login_page(request: Request) -> Response:
-    return templates.TemplateResponse(
-        request, "login.html", {"next": request.query_params.get("next", "/"), "error": None}
-    )
+    target = sign_in.safe_next(request.query_params.get("next"))
+    return templates.TemplateResponse(request, "login.html", {"next": target, "error": None})
 
 
 async def login(request: Request) -> Response:
+    """Throttled per account and address (services/web/throttle.py); then only to a
+    path of this site."""
     form = await request.form()
     name, password = str(form.get("username", "")), str(form.get("password", ""))
     api_key = str(form.get("api_key", "")).strip()
-    target = str(form.get("next") or "/")
+    target = sign_in.safe_next(str(form.get("next") or "/"))
+    account = None if api_key else name
+    if wait := await sign_in.refused(request, account):
+        return templates.TemplateResponse(
+            request,
+            "login.html",
+            {"next": target, "error": sign_in.wait_text(wait)},
+            status_code=429,
+            headers={"Retry-After": str(wait)},
+        )
     r = request.app.state.redis
     if api_key:
         found = await records.check_api_key(r, api_key)
@@ -80,15 +98,15 @@ async def login(request: Request) -> Response:
     else:
         found = await accounts.login(r, name, password)
     if found is None:
+        await sign_in.failed(request, account)
         error = "That API key is not valid." if api_key else "Wrong username or password."
         return templates.TemplateResponse(
             request, "login.html", {"next": target, "error": error}, status_code=401
         )
+    await sign_in.succeeded(request, account)
     token, _ = await accounts.open_session(r, name, api_key or None)
-    response = RedirectResponse(target if target.startswith("/") else "/", status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE, token, httponly=True, samesite="lax", max_age=accounts.SESSION_TTL
-    )
+    response = RedirectResponse(target, status_code=303)
+    sign_in.set_session(response, request, SESSION_COOKIE, token, accounts.SESSION_TTL)
     return response
 
 
@@ -98,7 +116,7 @@ async def logout(request: Request) -> Response:
     if found and form.get("csrf") == found[0].csrf:
         await accounts.close_session(request.app.state.redis, request.cookies[SESSION_COOKIE])
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE)
+    sign_in.clear_session(response, request, SESSION_COOKIE)
     return response
 
 
@@ -193,7 +211,7 @@ def _next_times(spec: Pipeline) -> list[tuple[str, str]]:
 
 async def run_page(request: Request) -> Response:
     run_id = request.path_params["run"]
-    stored = await store.load_run(request.app.state.redis, run_id)
+    stored: store.StoredRun | None = request.state.run  # as authorized (services/web/authz.py)
     if stored is None:  # just asked for: the dispatcher makes it within moments
         waiting = {
             "id": run_id,
@@ -208,10 +226,12 @@ async def run_page(request: Request) -> Response:
 
 
 async def agents(request: Request) -> Response:
-    """All agents; on a project, those assigned to it and the Manage agents dialog."""
+    """The agents the caller may see; on a project, those assigned to it, and the Manage
+    agents dialog with the agents the caller may manage."""
     project = request.path_params.get("project")
-    everyone = [a.public() for a in await records.list_agents(request.app.state.redis)]
-    shown = [a for a in everyone if project is None or project in a["projects"]]
+    seen = await checks.readable_agents(request, await records.list_agents(request.app.state.redis))
+    shown = [a.public() for a in seen if project is None or project in a.projects]
+    everyone = [a.public() for a in seen if project and await checks.manageable(request, a.id)]
     return await _page(
         request, "agents.html", agents=shown, everyone=everyone, project=project, section="agents"
     )
@@ -237,33 +257,55 @@ async def project_runs(request: Request) -> Response:
 
 
 async def settings(request: Request) -> Response:
-    """Users, organizations and API keys (admins); changes go through the API."""
-    found = await _session(request)
-    if found is None:
-        return _to_login(request)
-    if found[1].get("role") != "admin":
-        return await _page(request, "error.html", message="Settings are for admins.")
-    r = request.app.state.redis
+    """What the caller may manage: their API keys and organizations; for site admins
+    every user, organization and key. Changes go through the API."""
+    r, who = request.app.state.redis, checks.principal(request)
+    admin = checks.is_admin(who)
+    mine = await checks.visible_orgs(request)
+    keys = (
+        await apikeys.list_keys(r, None if admin else who["name"])
+        if admin or orgs.is_user(who)
+        else []
+    )
     return await _page(
-        request, "settings.html", users=await accounts.list_users(r), orgs=await orgs.list_orgs(r)
+        request,
+        "settings.html",
+        admin=admin,
+        users=await accounts.list_users(r) if admin else [],
+        orgs=[o for o in await orgs.list_orgs(r) if mine is None or o["name"] in mine],
+        keys=keys,
+        audit=admin or bool(await checks.owned_orgs(request)),
     )
 
 
+async def audit_page(request: Request) -> Response:
+    """The audit log: all of it for site admins, their organizations' for owners."""
+    owned = await checks.owned_orgs(request)
+    found = await audit.entries(request.app.state.redis, 200, orgs=owned)
+    return await _page(request, "audit.html", entries=found)
+
+
+VIEWER, MAINTAINER = authz.project("viewer"), authz.project("maintainer")
+OWNERS = authz.ORG_OWNER_SOMEWHERE
+
 routes = [
-    Route("/login", login_page),
-    Route("/login", login, methods=["POST"]),
-    Route("/logout", logout, methods=["POST"]),
-    Route("/", home),
-    Route("/agents", agents),
-    Route("/settings", settings),
-    Route("/p/{project}", pipelines),
-    Route("/p/{project}/agents", agents),
-    Route("/p/{project}/runs", project_runs),
-    Route("/agents/{agent}", agent_page),
-    Route("/p/{project}/pipelines/new", editor),
-    Route("/p/{project}/pipelines/{name}/edit", editor),
-    Route("/p/{project}/pipelines/{name}", pipeline),
-    Route("/p/{project}/pipelines/{name}/versions/{version:int}", version_page),
-    Route("/runs/{run}", run_page),
-    Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    route("/login", login_page, PUBLIC),
+    route("/login", login, PUBLIC, methods=["POST"]),
+    route("/logout", logout, PUBLIC, methods=["POST"]),
+    route("/", home, SIGNED_IN.but("the projects the caller has a role in")),
+    route("/agents", agents, SIGNED_IN.but("the agents the caller may see")),
+    route("/settings", settings, SIGNED_IN.but("the caller's keys and organizations")),
+    route("/settings/audit", audit_page, OWNERS.but("the entries of the organizations they own")),
+    route("/p/{project}", pipelines, VIEWER),
+    route("/p/{project}/agents", agents, VIEWER),
+    route("/p/{project}/runs", project_runs, VIEWER),
+    route("/agents/{agent}", agent_page, authz.agent("see")),
+    route("/p/{project}/pipelines/new", editor, MAINTAINER),
+    route("/p/{project}/pipelines/{name}/edit", editor, MAINTAINER),
+    route("/p/{project}/pipelines/{name}", pipeline, VIEWER),
+    route("/p/{project}/pipelines/{name}/versions/{version:int}", version_page, VIEWER),
+    route("/runs/{run}", run_page, authz.run("viewer", pending=True)),
+    authz.GuardedMount(
+        "/static", StaticFiles(directory=str(HERE / "static")), authz.PUBLIC, name="static"
+    ),
 ]

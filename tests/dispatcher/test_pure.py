@@ -5,14 +5,22 @@ from __future__ import annotations
 import orjson
 
 from runyard.engine.contexts import RunInfo
-from runyard.engine.events import FinishJob, JobStarted, RunDone, RunStep, StartJob, StopJob
+from runyard.engine.events import (
+    FinishJob,
+    JobEnded,
+    JobStarted,
+    RunDone,
+    RunStep,
+    StartJob,
+    StopJob,
+)
 from runyard.engine.machine import Engine
 from runyard.engine.plan import compile_plan
 from runyard.pipeline.validate import validate_text
 from schemas import subjects
-from schemas.messages import decode_inbox
+from schemas.messages import Heartbeat, Metrics, StepFinished, decode_inbox
 from schemas.status import Status
-from services.dispatcher import effects
+from services.dispatcher import effects, fencing
 from services.dispatcher.placement import Candidate, choose
 
 FACTS = effects.RunFacts("r1", "p", "Pipe", None, None, None)
@@ -128,3 +136,60 @@ jobs:
     assert named_secrets("run: echo hi", stored) == {}
     assert named_secrets("run: echo ${{ toJSON(secrets) }}", stored) == stored
     assert named_secrets("run: ${{ secrets[input.which] }}", stored) == stored
+
+
+def test_a_lost_agent_is_not_asked_to_finish_its_attempt() -> None:
+    e = _engine()
+    e.start(0.0)
+    e.apply(JobStarted(job="a", attempt=1, host={"agent": {"id": "ag1"}}, at=1.0))
+    lost = effects.translate([FinishJob("a", 1, Status.AGENT_LOST)], e.plan, e.state, FACTS, 2.0)
+    assert lost.outbox == []  # if it comes back it is told the attempt is not its own
+    ended = effects.translate([FinishJob("a", 1, Status.INTERRUPTED)], e.plan, e.state, FACTS, 2.0)
+    assert [i for i, _, _ in ended.outbox] == ["finish:r1|a|1"]  # it holds the workspace
+
+
+def _heartbeat(jobs: list[str], checked: float | None) -> Heartbeat:
+    facts = Metrics(
+        os="linux",
+        python="3",
+        cpu_count=1,
+        cpu_percent=0,
+        load=(0, 0, 0),
+        memory_total=1,
+        memory_used=0,
+        disk_total=1,
+        disk_free=1,
+    )
+    return Heartbeat(
+        agent="ag1", slots=2, free_slots=2, jobs=jobs, inbox_checked=checked, metrics=facts, at=0
+    )
+
+
+def test_heartbeats_take_back_only_what_the_agent_has_surely_received() -> None:
+    assert fencing.reconcile_cutoff(_heartbeat([], None), 100.0) == 0.0  # not looked yet
+    cutoff = fencing.reconcile_cutoff(_heartbeat([], 2.0), 100.0)
+    assert cutoff == 100.0 - 2.0 - fencing.PUBLISH_SLACK
+
+
+def test_a_late_report_is_stale_only_for_an_attempt_taken_from_its_agent() -> None:
+    e = _engine()
+    e.start(0.0)
+    e.apply(JobStarted(job="a", attempt=1, host={"agent": {"id": "ag1"}}, at=1.0))
+    e.apply(JobEnded(job="a", attempt=1, status=Status.AGENT_LOST, at=2.0))
+    job = e.state.jobs["a"]
+    assert job.attempt == 2 and fencing.taken_away(job, 1)
+    assert not fencing.taken_away(job, 2)  # current and queued
+    late = StepFinished(
+        agent="ag1",
+        run="r1",
+        job="a",
+        attempt=1,
+        index=0,
+        step="1",
+        status=Status.SUCCESS,
+        started_at=1.0,
+        finished_at=3.0,
+    )
+    report = fencing.event_report(late, 4.0)
+    assert fencing.report_field(report) == "a|1|ag1|step.finished|0"
+    assert report["status"] == "success" and report["at"] == 4.0

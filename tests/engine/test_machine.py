@@ -205,3 +205,56 @@ def test_a_step_the_agent_cancelled_cancels_its_job() -> None:
     assert e.state.jobs["a"].status == Status.CANCELLED
     assert e.state.status == Status.FAILURE
     assert isinstance(commands[-1], RunDone)
+
+
+INTERRUPTIBLE = """name: p
+jobs:
+  a:
+    steps:
+      - run: one
+      - run: two
+      - {run: cleanup, if: "${{ always() }}"}
+"""
+
+
+def test_an_interrupted_step_ends_its_attempt_and_the_retry_starts_over() -> None:
+    e = engine(INTERRUPTIBLE)
+    e.start(0.0)
+    e.apply(started("a"))
+    e.apply(done("a", 0))
+    gone = done("a", 1, Status.INTERRUPTED).model_copy(update={"error": "agent restarted"})
+    commands = e.apply(gone)
+    # no further step of attempt 1 runs, not even `always()`: its workspace is gone
+    assert commands == [FinishJob("a", 1, Status.INTERRUPTED), StartJob("a", 2, [], None)]
+    job = e.state.jobs["a"]
+    (first,) = job.attempts
+    assert first.attempt == 1 and first.status == Status.INTERRUPTED
+    assert [s.status for s in first.steps] == [Status.SUCCESS, Status.INTERRUPTED, Status.SKIPPED]
+    assert first.error == "agent restarted"
+    assert [s.status for s in job.steps] == [Status.QUEUED] * 3  # attempt 2 starts over
+    assert e.apply(done("a", 2)) == []  # attempt 1 is over: nothing more of it counts
+
+
+def test_a_retried_job_keeps_no_error_of_its_earlier_attempt() -> None:
+    e = engine("name: p\njobs:\n  a:\n    steps: [{run: x}]\n")
+    e.start(0.0)
+    e.apply(started("a"))
+    lost = JobEnded(job="a", attempt=1, status=Status.AGENT_LOST, error="agent a lost", at=2.0)
+    e.apply(lost)
+    e.apply(JobStarted(job="a", attempt=2, host={"agent": {"id": "b"}}, at=3.0))
+    assert e.apply(done("a", 0, attempt=2))[-1] == RunDone(Status.SUCCESS)
+    job = e.state.jobs["a"]
+    assert job.status == Status.SUCCESS and job.error is None
+    assert job.attempts[0].error == "agent a lost"
+    assert job.attempts[0].steps[0].status == Status.AGENT_LOST
+
+
+def test_interrupted_retries_under_agent_lost_and_not_otherwise() -> None:
+    e = engine(
+        "name: p\njobs:\n  a:\n    retry: {max: 2, when: [failure]}\n    steps: [{run: x}]\n"
+    )
+    e.start(0.0)
+    e.apply(started("a"))
+    commands = e.apply(JobEnded(job="a", attempt=1, status=Status.INTERRUPTED, at=2.0))
+    assert commands[-1] == RunDone(Status.FAILURE)
+    assert e.state.jobs["a"].status == Status.INTERRUPTED

@@ -230,3 +230,41 @@ async def test_settings_add_a_user_and_make_a_key(system: System, browser: Brows
     assert {"name": "grace", "role": "maintainer"}.items() <= next(
         u for u in users if u["name"] == "grace"
     ).items()
+
+
+RETRIED = """name: Retried
+jobs:
+  build:
+    retry: {max: 1, when: [failure]}
+    steps:
+      - id: make
+        run: |
+          echo "attempt $RUNYARD_JOB_ATTEMPT"
+          [ "$RUNYARD_JOB_ATTEMPT" = 2 ]
+"""
+
+
+async def test_a_retried_job_shows_each_attempt_with_its_own_log(
+    system: System, browser: Browser
+) -> None:
+    await system.project("vision")
+    await system.agent("box", projects=["vision"])
+    await system.pipeline("vision", RETRIED)
+    run_id = await system.start_run("vision", "Retried")
+    await system.wait_run(run_id)
+    page = await logged_in(system, browser)
+    await page.goto(f"{system.url}/runs/{run_id}")
+    await expect(page.locator("#run-status")).to_have_text("success")
+    earlier = page.locator("details.attempt")
+    await expect(earlier).to_have_count(1)
+    head = earlier.locator(":scope > summary")
+    await expect(head).to_contain_text("Attempt 1")
+    await expect(head.locator(".status")).to_have_text("failure")
+    await head.click()
+    old_step = earlier.locator("details.step")
+    await old_step.locator("summary").click()
+    await expect(old_step.locator(".log .line")).to_have_text(["attempt 1"])
+    current = page.locator(".steps details.step")
+    await current.locator("summary").click()
+    await expect(current.locator(".log .line")).to_have_text(["attempt 2"])
+    await expect(page.locator(".job .needs")).to_contain_text("attempt 2")

@@ -126,3 +126,55 @@ def test_pull_requests_chains_and_targets() -> None:
     assert starts(pipeline("  manual: {}"), event(kind="cron", pipeline="P"))
     assert not starts(pipeline("  manual: {}"), event(kind="webhook", pipeline="P"))
     assert starts(pipeline("  webhook: {}"), event(kind="webhook", pipeline="P"))
+
+
+def gitea_pull_request(action: str) -> dict[str, Any]:
+    """GitHub's pull request example as Gitea sends it: Gitea's `repo_id` on head and base
+    (see the fixtures' README), and Gitea's name for the action."""
+    payload = load("github/pull_request.opened.json")
+    repo_id = payload["repository"]["id"]
+    payload["pull_request"]["head"]["repo_id"] = payload["pull_request"]["base"]["repo_id"] = (
+        repo_id
+    )
+    return payload | {"action": action}
+
+
+def test_gitea_pull_request_actions_are_githubs() -> None:
+    """Gitea/Forgejo say `synchronized`, `label_updated`, `label_cleared` (HookIssueAction
+    in modules/structs/hook.go); pipelines say GitHub's names."""
+    every = pipeline("  pull_request: {types: [opened, synchronize, reopened, closed, labeled]}")
+    defaults = pipeline("  pull_request: {}")
+    for sent, meant in [
+        ("opened", "opened"),
+        ("synchronized", "synchronize"),
+        ("reopened", "reopened"),
+        ("closed", "closed"),
+        ("label_updated", "labeled"),
+    ]:
+        found = hosts.normalise("gitea", "pull_request", gitea_pull_request(sent))
+        assert isinstance(found, hosts.Trigger) and found.pull_request is not None
+        assert found.pull_request["action"] == meant
+        assert found.fork is False
+        info = PullRequestInfo.model_validate(found.pull_request)
+        assert starts(every, event(kind="pull_request", pull_request=info)), sent
+        assert starts(defaults, event(kind="pull_request", pull_request=info)) == (
+            meant in ("opened", "synchronize", "reopened")
+        )
+    github = hosts.normalise("github", "pull_request", load("github/pull_request.opened.json"))
+    assert isinstance(github, hosts.Trigger) and github.pull_request is not None
+    assert github.pull_request["action"] == "opened"
+
+
+def test_event_ids_are_per_delivery_project_and_pipeline() -> None:
+    headers = {"x-github-delivery": "d-1"}
+    one = hosts.event_id("github", headers, b"{}", "a", None)
+    assert one == hosts.event_id("github", headers, b"{}", "a", None)  # a redelivery
+    assert one != hosts.event_id("github", headers, b"{}", "b", None)
+    generic = hosts.event_id("generic", {}, b'{"x": 1}', "a", "P")
+    assert generic != hosts.event_id("generic", {}, b'{"x": 1}', "b", "P")
+    assert generic != hosts.event_id("generic", {}, b'{"x": 1}', "a", "Q")
+    assert generic == hosts.event_id("generic", {}, b'{"x": 1}', "a", "P")
+    long = hosts.delivery_id("github", {"x-github-delivery": "x" * 500}, b"")
+    assert long.startswith("sha256-") and len(long) < 50
+    odd = hosts.event_id("generic", {}, b"", "a", "P\r\nX: y")
+    assert "\r" not in odd and "\n" not in odd

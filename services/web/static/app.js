@@ -118,34 +118,77 @@ function runPage(root) {
     return div;
   };
   // Long logs are paged: the newest PAGE lines are replayed and followed live; earlier
-  // ones load a page at a time with "Show earlier lines".
-  const follow = async (job, step, pre) => {
-    const key = `${job}/${step}`;
+  // ones load a page at a time with "Show earlier lines". Each attempt of a job has its
+  // own log per step; an earlier attempt's is read once, not followed.
+  const follow = async (job, step, pre, attempt, live = true) => {
+    const key = `${job}/${attempt}/${step}`;
     if (streams[key]) return;
     streams[key] = "starting";
     const path = `/api/runs/${run}/jobs/${encodeURIComponent(job)}/steps/${encodeURIComponent(step)}/logs`;
-    const head = await api("GET", `${path}?from=1&limit=1`);
-    let first = Math.max(1, (head.data.last || 0) - PAGE + 1);
+    const at = `attempt=${attempt}`;
+    const head = await api("GET", `${path}?from=1&limit=1&${at}`);
+    let first = live ? Math.max(1, (head.data.last || 0) - PAGE + 1) : 1;
     if (first > 1) {
       const more = document.createElement("button");
       more.className = "earlier";
       more.textContent = "Show earlier lines";
       more.addEventListener("click", async () => {
         const from = Math.max(1, first - PAGE);
-        const page = await api("GET", `${path}?from=${from}&limit=${first - from}`);
+        const page = await api("GET", `${path}?from=${from}&limit=${first - from}&${at}`);
         more.after(...page.data.lines.map(lineDiv));
         first = from;
         if (first === 1) more.remove();
       });
       pre.appendChild(more);
     }
-    const source = new EventSource(`${path}/events?from=${first}`);
+    if (!live) {
+      for (let from = 1; ;) {
+        const page = await api("GET", `${path}?from=${from}&${at}`);
+        if (!page.ok) break;
+        pre.append(...page.data.lines.map(lineDiv));
+        if (!page.data.lines.length || page.data.ended) break;
+        from = page.data.next;
+      }
+      return;
+    }
+    const source = new EventSource(`${path}/events?from=${first}&${at}`);
     streams[key] = source;
     source.onmessage = (event) => {
       pre.appendChild(lineDiv(JSON.parse(event.data)));
       pre.scrollTop = pre.scrollHeight;
     };
     source.addEventListener("end", () => source.close());
+  };
+  const stepInfo = (step) => {
+    const outputs = Object.entries(step.outputs || {}).map(([k, v]) => `${k} = ${JSON.stringify(v)}`).join(", ");
+    return [took(step.started_at, step.finished_at), step.exit_code !== null ? `exit ${step.exit_code}` : "",
+      outputs, step.error || ""].filter(Boolean).join(" · ");
+  };
+  // An earlier attempt: its status, agent and steps, and what its agent said too late.
+  const attemptBox = (job, past) => {
+    const box = document.createElement("details");
+    box.className = "attempt";
+    const late = (job.stale || []).filter((s) => s.attempt === past.attempt);
+    const where = past.agent ? `on ${past.agent.name || past.agent.id}` : "";
+    box.innerHTML = `<summary>Attempt ${past.attempt} <span class="status ${esc(past.status)}">${esc(past.status)}</span> <span class="muted">${esc([where, took(past.started_at, past.finished_at), past.error || ""].filter(Boolean).join(" · "))}</span></summary>`;
+    for (const report of late) {
+      const what = report.what === "heartbeat" ? "still ran it" : `sent ${report.what}${report.step ? ` for step ${report.step}` : ""}${report.status ? ` (${report.status})` : ""}`;
+      const line = document.createElement("div");
+      line.className = "muted stale";
+      line.textContent = `late: agent ${report.agent} ${what} after the attempt was no longer its own — ignored`;
+      box.appendChild(line);
+    }
+    for (const step of past.steps) {
+      if (step.status === "queued" || step.status === "skipped") continue;
+      const item = document.createElement("details");
+      item.className = "step";
+      item.innerHTML = `<summary><span class="status ${esc(step.status)}">${esc(step.status)}</span><span class="name"></span><span class="muted info"></span></summary><pre class="log"></pre>`;
+      item.querySelector(".name").textContent = step.name;
+      item.querySelector(".info").textContent = stepInfo(step);
+      item.addEventListener("toggle", () => item.open && follow(job.key, step.id, item.querySelector(".log"), past.attempt, false));
+      box.appendChild(item);
+    }
+    return box;
   };
   const render = (data) => {
     if (document.getElementById("waiting")) {  // it exists now: show its full page
@@ -160,7 +203,7 @@ function runPage(root) {
         box = document.createElement("section");
         box.className = "job";
         box.dataset.job = job.key;
-        box.innerHTML = `<h3><span class="name"></span><span class="status"></span><span class="muted needs"></span></h3><div class="steps"></div><div class="extra muted"></div>`;
+        box.innerHTML = `<h3><span class="name"></span><span class="status"></span><span class="muted needs"></span></h3><div class="attempts"></div><div class="steps"></div><div class="extra muted"></div>`;
         root.appendChild(box);
       }
       box.querySelector(".name").textContent = job.name;
@@ -168,9 +211,19 @@ function runPage(root) {
       jobStatus.textContent = job.status;
       jobStatus.className = `status ${job.status}`;
       const needs = job.needs?.length ? `after ${job.needs.join(", ")} · ` : "";
-      box.querySelector(".needs").textContent = `${needs}${job.agent ? "on " + job.agent.name : ""} ${took(job.started_at, job.finished_at)}`;
+      const attempt = job.attempt > 1 ? `attempt ${job.attempt} · ` : "";
+      box.querySelector(".needs").textContent = `${needs}${attempt}${job.agent ? "on " + job.agent.name : ""} ${took(job.started_at, job.finished_at)}`;
+      if (box.dataset.attempt !== String(job.attempt)) {  // a new attempt: its own steps and logs
+        box.dataset.attempt = String(job.attempt);
+        box.querySelector(".steps").innerHTML = "";
+      }
+      const attempts = box.querySelector(".attempts");
+      if (attempts.children.length !== (job.attempts || []).length || attempts.dataset.stale !== String((job.stale || []).length)) {
+        attempts.dataset.stale = String((job.stale || []).length);
+        attempts.replaceChildren(...(job.attempts || []).map((past) => attemptBox(job, past)));
+      }
       for (const step of job.steps) {
-        let item = box.querySelector(`[data-step="${CSS.escape(step.id)}"]`);
+        let item = box.querySelector(`.steps [data-step="${CSS.escape(step.id)}"]`);
         if (!item) {
           item = document.createElement("details");
           item.className = "step";
@@ -182,12 +235,10 @@ function runPage(root) {
         s.textContent = step.status;
         s.className = `status ${step.status}`;
         item.querySelector(".name").textContent = step.name;
-        const outputs = Object.entries(step.outputs || {}).map(([k, v]) => `${k} = ${JSON.stringify(v)}`).join(", ");
-        item.querySelector(".info").textContent = [took(step.started_at, step.finished_at),
-          step.exit_code !== null ? `exit ${step.exit_code}` : "", outputs, step.error || ""].filter(Boolean).join(" · ");
+        item.querySelector(".info").textContent = stepInfo(step);
         if (step.status !== "queued" && step.status !== "skipped") {
           if (step.status === "running") item.open = true;
-          follow(job.key, step.id, item.querySelector(".log"));
+          follow(job.key, step.id, item.querySelector(".log"), job.attempt);
         }
       }
       const extra = [];
@@ -278,15 +329,29 @@ function manageAgents(dialog) {
   });
 }
 
-// --- settings (admins): users, organizations, API keys through the API -------------
+// --- settings: users, organizations, API keys through the API -----------------------
 function settingsForms(root) {
   const paths = { user: "/api/users", org: "/api/orgs", key: "/api/keys" };
+  const problems = document.getElementById("settings-problems");
+  const act = async (method, path) => {
+    const result = await api(method, path);
+    if (result.ok) location.reload(); else problems.innerHTML = `<li>${esc(result.data.error)}</li>`;
+  };
+  for (const button of root.querySelectorAll("[data-revoke-key]")) {
+    button.addEventListener("click", () => confirm("Revoke this key? Whoever uses it is refused within seconds.")
+      && act("DELETE", `/api/keys/${encodeURIComponent(button.dataset.revokeKey)}`));
+  }
+  for (const button of root.querySelectorAll("[data-remove-user]")) {
+    button.addEventListener("click", () => confirm(`Remove ${button.dataset.removeUser}, their memberships and keys?`)
+      && act("DELETE", `/api/users/${encodeURIComponent(button.dataset.removeUser)}`));
+  }
   for (const form of root.querySelectorAll("form[data-action]")) {
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       const body = Object.fromEntries(new FormData(form).entries());
+      if (body.expires_in_days === "") delete body.expires_in_days;
+      else if (body.expires_in_days !== undefined) body.expires_in_days = Number(body.expires_in_days);
       const result = await api("POST", paths[form.dataset.action], body);
-      const problems = document.getElementById("settings-problems");
       if (!result.ok) { problems.innerHTML = `<li>${esc(result.data.error)}</li>`; return; }
       if (form.dataset.action === "key") {
         document.getElementById("new-key").textContent = `New key (shown once): ${result.data.key}`;

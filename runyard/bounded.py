@@ -1,0 +1,69 @@
+"""JSON from strangers, read within bounds.
+
+orjson parses in C and refuses nesting past 1,024 levels itself; nothing Runyard reads
+(API bodies, webhook payloads, pipeline files in JSON) nests anywhere near that, and
+deep data breaks later steps (Python's recursion, orjson's encoder, which stops at 254),
+so a tighter cap is checked here, without recursion, before the data goes anywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+MAX_JSON_DEPTH = 64  # arrays and objects inside each other
+
+
+class JsonRefused(ValueError):
+    """Not JSON, or JSON nested deeper than allowed; the message says which."""
+
+
+def depth(value: Any, limit: int) -> int:
+    """How deeply `value`'s lists and dicts nest (a scalar is 0), counting no further
+    than `limit + 1`; iterative, so any depth is safe to measure."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        level += 1
+        deepest = max(deepest, level)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, level) for child in children)
+    return deepest
+
+
+def count(value: Any, limit: int) -> int:
+    """How many values (lists, dicts and scalars) `value` holds, counting no further
+    than `limit + 1`."""
+    seen = 0
+    stack = [value]
+    while stack and seen <= limit:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return seen
+
+
+def loads(data: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The JSON value of `data`; `JsonRefused` when it is not JSON or nests deeper than
+    `max_depth`."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            raise JsonRefused(f"the JSON nests deeper than {max_depth} levels") from None
+        raise JsonRefused(f"not valid JSON: {exc}") from None
+    if depth(value, max_depth) > max_depth:
+        raise JsonRefused(f"the JSON nests deeper than {max_depth} levels")
+    return value
