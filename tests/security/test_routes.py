@@ -34,6 +34,9 @@ PASSWORD = "pw-123456789"
 ROLES = ("viewer", "maintainer", "owner")
 _names = itertools.count()
 
+# below uvicorn's 5 s keep-alive: no request races the server closing an idle connection
+KEEPALIVE = httpx.Limits(keepalive_expiry=2)
+
 
 def unique(prefix: str) -> str:
     return f"{prefix}{next(_names)}"
@@ -93,13 +96,17 @@ class World:
             cookies={SESSION_COOKIE: token},
             headers={"X-CSRF-Token": session.csrf},
             timeout=30,
+            limits=KEEPALIVE,
         )
         self.clients.append(client)
         return client
 
     def bearer(self, token: str) -> httpx.AsyncClient:
         client = httpx.AsyncClient(
-            base_url=self.system.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+            base_url=self.system.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+            limits=KEEPALIVE,
         )
         self.clients.append(client)
         return client

@@ -111,7 +111,12 @@ class System:
         self.key = await records.create_api_key(r, "tests")
         await r.aclose()
         self.http = httpx.AsyncClient(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {self.key}"},
+            timeout=30,
+            # below uvicorn's 5 s keep-alive, so a request never races the server
+            # closing an idle connection
+            limits=httpx.Limits(keepalive_expiry=2),
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
