@@ -1,6 +1,10 @@
 """Finding actions: `org/name@tag`, `{name, tag, git}` or `./folder`, cloned once per
 agent into a cache keyed by the resolved commit.
 
+`org/name@tag` is looked up first in the folder named by `RUNYARD_ACTIONS_DIR`, when
+the agent has one (`<dir>/org/name@tag/`, a plain copy, no git: how `runyard up`'s local
+agent runs the examples offline), then cloned from `RUNYARD_ACTIONS_BASE`.
+
 The cache is safe for concurrent steps (and processes): a commit is cloned into a private
 temporary folder under a file lock and renamed into place only when complete, so a reader
 sees a whole action or none.
@@ -15,15 +19,20 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import ValidationError
 
 from agent import git
+from runyard.git_inputs import ref_problem
 from schemas.action import ACTION_FILES, Action
 from schemas.pipeline import ActionRef
 
 DEFAULT_BASE = "https://github.com/"
+BASE_SETTING = "RUNYARD_ACTIONS_BASE"
+DIR_SETTING = "RUNYARD_ACTIONS_DIR"
+MIRROR_HELP = "docs/actions.md#offline-and-mirrors"
 # DataTorch publishes its own actions under this organisation.
 ORG_ALIASES = {"datatorch": "datatorch-actions"}
 
@@ -42,9 +51,30 @@ class LoadedAction:
 def action_url(ref: ActionRef, base: str | None = None) -> str:
     if ref.git:
         return ref.git
-    base = base or os.environ.get("RUNYARD_ACTIONS_BASE") or DEFAULT_BASE
+    base = base or os.environ.get(BASE_SETTING) or DEFAULT_BASE
     org, _, name = ref.name.partition("/")
     return f"{base.rstrip('/')}/{ORG_ALIASES.get(org, org)}/{name}"
+
+
+def copied_action(ref: ActionRef, root: str | None = None) -> Path | None:
+    """The folder holding a copy of `org/name@tag` under RUNYARD_ACTIONS_DIR, if any
+    (an action with its own `git` URL is always cloned)."""
+    root = root if root is not None else os.environ.get(DIR_SETTING)
+    if not root or ref.git or (ref.tag and ref_problem(ref.tag)):
+        return None
+    top = Path(root).resolve()
+    folder = (top / (f"{ref.name}@{ref.tag}" if ref.tag else ref.name)).resolve()
+    return folder if folder.is_relative_to(top) and folder.is_dir() else None
+
+
+def unreachable(label: str, url: str, reason: str) -> str:
+    """The sentence for an action git could not fetch: which URL, why, what to do."""
+    host = urlsplit(url).hostname or url
+    return (
+        f"action '{label}' could not be fetched from {url}: {reason}. If this agent "
+        f"cannot reach {host}, point {BASE_SETTING} on the agent at a mirror of the "
+        f"actions' repositories, or {DIR_SETTING} at a folder of copies ({MIRROR_HELP})"
+    )
 
 
 def load_action_file(folder: Path) -> Action:
@@ -64,9 +94,10 @@ def load_action_file(folder: Path) -> Action:
 
 
 class ActionCache:
-    def __init__(self, root: Path, base: str | None = None) -> None:
+    def __init__(self, root: Path, base: str | None = None, copies: str | None = None) -> None:
         self.root = root
         self.base = base
+        self.copies = copies  # None: RUNYARD_ACTIONS_DIR
         self._local = asyncio.Lock()  # one clone at a time per process; flock across processes
 
     def commit_dir(self, commit: str) -> Path:
@@ -78,10 +109,15 @@ class ActionCache:
             if not folder.is_relative_to(workspace.resolve()):
                 raise ActionError(f"action '{ref.name}' is outside the job workspace")
             return LoadedAction(load_action_file(folder), folder, None)
+        if copy := copied_action(ref, self.copies):
+            return LoadedAction(load_action_file(copy), copy, None)
         url = action_url(ref, self.base)
         try:
             fetch_ref, commit = await git.resolve(url, ref.tag)
             folder = await self._ensure(url, fetch_ref, commit)
+        except git.GitFailed as exc:
+            label = f"{ref.name}@{ref.tag}" if ref.tag else ref.name
+            raise ActionError(unreachable(label, url, str(exc))) from None
         except git.GitError as exc:
             raise ActionError(f"action '{ref.name}': {exc}") from None
         return LoadedAction(load_action_file(folder), folder, commit)

@@ -13,7 +13,12 @@ from pathlib import Path
 FILE = "agent.json"
 # The only RUNYARD_* settings an agent reads from its environment; launchers pass it
 # nothing else of theirs (a server's URLs, passwords and keys stay with the server).
-AGENT_SETTINGS = ("RUNYARD_ACTIONS_BASE", "RUNYARD_ALLOW_FILE_URLS", "RUNYARD_LOG")
+AGENT_SETTINGS = (
+    "RUNYARD_ACTIONS_BASE",
+    "RUNYARD_ACTIONS_DIR",
+    "RUNYARD_ALLOW_FILE_URLS",
+    "RUNYARD_LOG",
+)
 
 
 def agent_environment(environ: dict[str, str]) -> dict[str, str]:

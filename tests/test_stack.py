@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from schemas import subjects
 from schemas.messages import TriggerEvent
 from services import bus
-from services.stack import Stack
+from services.stack import PortInUse, Stack
 from tests.conftest import ROOT
 from tests.processes import alive, wait_dead
 
@@ -61,7 +63,7 @@ def test_stack_starts_serves_and_stops(tmp_path: Path) -> None:
 SUPERVISOR = """
 import sys, time
 from pathlib import Path
-from services.stack import Stack
+from services.stack import PortInUse, Stack
 from tests.conftest import ROOT
 from tests.processes import alive, wait_dead
 stack = Stack(Path(sys.argv[1])).start()
@@ -82,3 +84,46 @@ def test_no_orphan_servers_when_supervisor_is_killed(tmp_path: Path) -> None:
         assert len(pids) == 2 and all(alive(p) for p in pids)
         proc.send_signal(signal.SIGKILL)
     assert wait_dead(pids) == []
+
+
+def test_a_fixed_port_in_use_is_named(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        stack = Stack(tmp_path, nats_port=port)
+        with pytest.raises(PortInUse) as caught:
+            stack.start()
+    assert (caught.value.server, caught.value.port) == ("nats-server", port)
+    assert stack.servers == []  # nothing left running
+
+
+def test_a_killed_server_restarts_on_its_port_with_its_data(tmp_path: Path) -> None:
+    stack = Stack(tmp_path).start()
+    try:
+        valkey = stack.server("valkey-server")
+        asyncio.run(_set(stack.redis_url))
+        assert valkey.process is not None
+        valkey.process.kill()
+        valkey.process.wait()
+        port = valkey.port
+        stack.restart(valkey)
+        assert valkey.running and valkey.port == port
+        assert asyncio.run(_get(stack.redis_url)) == b"kept"  # AOF, same credentials
+    finally:
+        stack.stop()
+
+
+async def _set(url: str) -> None:
+    client = aioredis.from_url(url)
+    await client.set(subjects.key("probe"), b"kept")
+    await client.aclose()
+
+
+async def _get(url: str) -> bytes | str | None:
+    client = aioredis.from_url(url)
+    try:
+        value: bytes | str | None = await client.get(subjects.key("probe"))
+        return value
+    finally:
+        await client.aclose()
