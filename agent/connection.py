@@ -45,11 +45,13 @@ def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
     return ssl.create_default_context(cadata=config.ca)
 
 
-def _options(config: AgentConfig) -> dict[str, Any]:
+def _options(config: AgentConfig, url: str) -> dict[str, Any]:
     """How this agent identifies itself: its id and token are its NATS user and
     password (checked by the server's auth callout), and replies come on its own inbox
-    prefix, the only one its identity may subscribe to."""
+    prefix, the only one its identity may subscribe to. With `tls://` the TLS handshake
+    comes first, so the token never goes to a server that offers plain text."""
     return {
+        "tls_handshake_first": url.startswith("tls://"),
         "name": f"runyard-agent-{config.id}",
         "user": config.id,
         "password": config.token,
@@ -85,7 +87,7 @@ async def _probe(config: AgentConfig, url: str) -> list[str]:
             max_reconnect_attempts=1,
             reconnect_time_wait=0,
             error_cb=keep,
-            **_options(config),
+            **_options(config, url),
         )
     except Exception as exc:
         errors.append(_why(exc))
@@ -176,6 +178,6 @@ async def connect(config: AgentConfig, url: str, refused: asyncio.Event | None =
         reconnected_cb=reconnected,
         disconnected_cb=disconnected,
         reconnect_to_server_handler=next_try,
-        **_options(config),
+        **_options(config, url),
     )
     return nc

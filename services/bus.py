@@ -28,13 +28,18 @@ from schemas import subjects
 
 async def connect(url: str, name: str = "runyard") -> Client:
     """A connection that keeps reconnecting for as long as the process lives (to any
-    server of `url`, which may list several, comma-separated); TLS is
-    verified against `RUNYARD_NATS_CA` (a PEM file) when set, else the system's CAs."""
+    server of `url`, which may list several, comma-separated); with `tls://` URLs the
+    TLS handshake comes first, verified against `RUNYARD_NATS_CA` (a PEM file) when
+    set, else the system's CAs."""
     ca = os.environ.get("RUNYARD_NATS_CA")
+    servers = [u.strip() for u in url.split(",")]  # a cluster: several, comma-separated
+    tls = any(u.startswith("tls://") for u in servers)
     return await nats.connect(
-        [u.strip() for u in url.split(",")],  # a cluster: several servers, comma-separated
+        servers,
         name=name,
         tls=ssl.create_default_context(cafile=ca) if ca else None,
+        # TLS before anything else: credentials never go to a server offering plain text
+        tls_handshake_first=tls,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
     )

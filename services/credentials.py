@@ -127,7 +127,10 @@ def nats_config(
         else "no_tls: true\n"
     )
     client_tls = (
-        f'tls {{\n  cert_file: "{tls.cert}"\n  key_file: "{tls.key}"\n  timeout: 5\n}}\n'
+        # handshake_first: TLS before the server says anything, so a client that asks
+        # for TLS never sends its credentials to a server that offers plain text
+        f'tls {{\n  cert_file: "{tls.cert}"\n  key_file: "{tls.key}"\n  timeout: 5\n'
+        "  handshake_first: true\n}\n"
         if tls
         else ""
     )

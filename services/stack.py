@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import sysconfig
@@ -180,12 +181,21 @@ def stop_all(servers: list[Server], timeout: float) -> list[Server]:
     return killed
 
 
-def _answers(host: str, port: int, probe: bytes | None, expect: tuple[bytes, ...]) -> bool:
+def _answers(
+    host: str,
+    port: int,
+    probe: bytes | None,
+    expect: tuple[bytes, ...],
+    tls: ssl.SSLContext | None = None,
+) -> bool:
     try:
-        with socket.create_connection((host, port), timeout=0.5) as sock:
-            if probe:
-                sock.sendall(probe)
-            return sock.recv(64).startswith(expect)
+        with socket.create_connection((host, port), timeout=0.5) as plain:
+            if tls is None:
+                if probe:
+                    plain.sendall(probe)
+                return plain.recv(64).startswith(expect)
+            with tls.wrap_socket(plain, server_hostname=host) as sock:
+                return sock.recv(64).startswith(expect)
     except OSError:
         return False
 
@@ -284,6 +294,12 @@ class Stack:
         self.servers.append(server)
         self._run(server)
 
+    def _tls_for(self, server: Server) -> ssl.SSLContext | None:
+        """NATS with TLS speaks TLS first (`handshake_first`), even to this probe."""
+        if server.name != NATS or self.tls is None:
+            return None
+        return ssl.create_default_context(cafile=self.tls.ca)
+
     def _run(self, server: Server) -> None:
         """Start `server` and wait until it answers on its port."""
         probe, expect = _PROBES[server.name]
@@ -296,7 +312,7 @@ class Stack:
                     f"{server.name} exited with status {server.process.returncode}:"
                     f"\n{server.tail()}"
                 )
-            if _answers(self.host, server.port, probe, expect):
+            if _answers(self.host, server.port, probe, expect, self._tls_for(server)):
                 return
             time.sleep(0.02)
         raise StackError(

@@ -6,6 +6,7 @@ from a directory holding nothing but its agent.json."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.config import fingerprint
+from agent import connection
+from agent.config import AgentConfig, fingerprint
 from services.stack import Stack
 from services.tls import server_files
 from tests.security.test_agent_trust import wait_exit
@@ -83,13 +85,14 @@ def test_the_server_certificate_is_reused_and_remade_for_new_names(tmp_path: Pat
 async def test_plain_text_is_refused_on_a_public_server(public: System) -> None:
     host, port = public.stack.agent_nats_url.removeprefix("tls://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
-    info = json.loads((await reader.readline()).removeprefix(b"INFO "))
-    assert info["tls_required"] is True
     password = public.stack.creds.nats["ops"]
+    # TLS comes first: the server says nothing in plain text, and takes nothing either
     writer.write(f'CONNECT {{"user":"ops","pass":"{password}"}}\r\nPING\r\n'.encode())
-    answer = await asyncio.wait_for(reader.read(200), 10)
+    answer = b""
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        answer = await asyncio.wait_for(reader.read(200), 10)
     writer.close()
-    assert b"PONG" not in answer and (not answer or answer.startswith(b"-ERR")), answer
+    assert b"INFO" not in answer and b"PONG" not in answer, answer
 
 
 async def test_a_remote_agent_connects_over_tls_with_only_its_file(
@@ -157,3 +160,31 @@ async def test_an_agent_refuses_a_server_its_ca_did_not_sign(
     output = agent.proc.output()
     assert "does not verify against the CA in agent.json" in output, output
     assert not await public.agent_online(agent.id)
+
+
+async def test_an_agent_never_sends_its_token_to_a_server_offering_plain_text(
+    tmp_path: Path,
+) -> None:
+    """A man in the middle answers as a NATS server that asks for no TLS."""
+    received = bytearray()
+
+    async def fake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        info = {"server_id": "evil", "tls_required": False, "auth_required": True}
+        writer.write(b"INFO " + json.dumps(info).encode() + b"\r\n")
+        await writer.drain()
+        with contextlib.suppress(Exception):
+            while chunk := await asyncio.wait_for(reader.read(4096), 3):
+                received.extend(chunk)
+        writer.close()
+
+    server = await asyncio.start_server(fake, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ca = server_files(tmp_path / "ca", ["127.0.0.1"]).ca.read_text()
+    config = AgentConfig("a0123456789ab", "x", "SECRET-AGENT-TOKEN", f"tls://127.0.0.1:{port}", ca)
+    try:
+        errors = await connection._probe(config, config.nats_url)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert errors, "the agent connected to the fake server"
+    assert b"SECRET-AGENT-TOKEN" not in received and b"CONNECT" not in received, received
