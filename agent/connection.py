@@ -134,10 +134,17 @@ async def admitted(config: AgentConfig, url: str, stop: asyncio.Event) -> bool:
     return False
 
 
-async def connect(config: AgentConfig, url: str, refused: asyncio.Event | None = None) -> Client:
+async def connect(
+    config: AgentConfig,
+    url: str,
+    refused: asyncio.Event | None = None,
+    closed: asyncio.Event | None = None,
+) -> Client:
     """`nats://`, `tls://`, `ws://` or `wss://`; reconnects on its own for as long as
     it runs (call `admitted` first: this waits for the server). `refused` is set once
-    reconnects stay refused for REFUSED_FOR seconds (the agent was removed)."""
+    reconnects stay refused for REFUSED_FOR seconds (the agent was removed), `closed`
+    when the client is closed (nats-py gives up on one refused right after it counted
+    as connected, which a server restart can cause)."""
     nc = Client()
     since: list[float] = []
     failures = 0
@@ -170,6 +177,10 @@ async def connect(config: AgentConfig, url: str, refused: asyncio.Event | None =
         if not nc.is_closed:
             log.warning("disconnected from NATS; reconnecting")
 
+    async def gone() -> None:  # nats-py gave up on this client (or it was closed)
+        if closed is not None:
+            closed.set()
+
     await nc.connect(
         url,
         max_reconnect_attempts=-1,
@@ -177,6 +188,7 @@ async def connect(config: AgentConfig, url: str, refused: asyncio.Event | None =
         error_cb=error,
         reconnected_cb=reconnected,
         disconnected_cb=disconnected,
+        closed_cb=gone,
         reconnect_to_server_handler=next_try,
         **_options(config, url),
     )

@@ -159,6 +159,7 @@ async def _start(
 
     stop = asyncio.Event()
     refused = asyncio.Event()
+    lost = asyncio.Event()  # the NATS client closed for good, not by us
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -166,17 +167,18 @@ async def _start(
         if not await admitted(config, url, stop):
             return
         try:
-            nc = await connect(config, url, refused)
+            nc = await connect(config, url, refused, lost)
             break
         except (OSError, TimeoutError, NatsError) as exc:  # gone again since the probe
             logging.getLogger("runyard.agent").warning("cannot connect to NATS: %s", exc)
     agent = Agent(config, nc, directory, slots, sandbox, keep_workspaces)
-    gone = [asyncio.ensure_future(e.wait()) for e in (refused, agent.removed)]
+    gone = [asyncio.ensure_future(e.wait()) for e in (refused, agent.removed, lost)]
     for watch in gone:
         watch.add_done_callback(lambda _: stop.set())
     try:
         await agent.run(stop)
     finally:
+        was_lost = lost.is_set()  # before our own close below sets it
         for watch in gone:
             watch.cancel()
         # closing a connection that is down fails in ways that do not matter any more
@@ -184,6 +186,8 @@ async def _start(
             await asyncio.wait_for(nc.close(), 5)
     if refused.is_set() or agent.removed.is_set():
         raise Refused(f"the server no longer accepts agent {config.id}: it was removed")
+    if was_lost:  # exit non-zero so that a supervisor (systemd, runyard up) starts it again
+        raise Refused("the connection to NATS closed for good; start the agent again")
 
 
 def _agent_row(a: dict[str, Any]) -> dict[str, Any]:
