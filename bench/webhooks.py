@@ -29,6 +29,7 @@ from bench.system import BenchSystem, bench_project
 from services.stack import free_port
 from services.store.connection import connect
 from services.store.runs import history_key, run_id_for
+from services.trigger.hosts import event_id
 from services.trigger.signatures import hex_hmac
 
 PAYLOAD = (
@@ -103,7 +104,8 @@ async def _runs(system: BenchSystem, project: str, accepted: list[str]) -> tuple
             await asyncio.sleep(0.05)
         async with r.pipeline(transaction=False) as p:
             for delivery in accepted:
-                p.exists(f"ry:run:{run_id_for('github:' + delivery, project, 'On push')}")
+                event = event_id("github", {"x-github-delivery": delivery}, b"", project, None)
+                p.exists(f"ry:run:{run_id_for(event, project, 'On push')}")
             found = sum(int(x) for x in await p.execute())
         return int(await r.zcard(history_key(project, "On push"))), found
     finally:

@@ -124,9 +124,27 @@ def up_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+def distinct_ports(count: int, avoid: int | None) -> list[int]:
+    """Free ports, all different (each held open until all are found) and not `avoid`."""
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            if sock.getsockname()[1] == avoid:
+                sock.close()
+                continue
+            held.append(sock)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def up_argv(data: Path, *more: str, nats_port: int | None = None) -> list[str]:
     argv = [sys.executable, "-m", "runyard", "up", "--data-dir", str(data)]
-    argv += ["--port", str(free_port()), "--hooks-port", str(free_port())]
+    web, hooks = distinct_ports(2, avoid=nats_port)
+    argv += ["--port", str(web), "--hooks-port", str(hooks)]
     if nats_port:
         argv += ["--nats-port", str(nats_port)]
     return [*argv, *more]
