@@ -86,17 +86,29 @@ async def _some_org(request: Request, who: Principal, role: str) -> None:
         raise Refused(403, f"{_what(request)} needs a site admin or an organization's {role}")
 
 
-async def require_project(request: Request, name: str, need: str) -> None:
+async def _require(
+    request: Request,
+    kind: str,
+    name: str,
+    need: str,
+    exists: Callable[[Redis, str], Awaitable[bool]],
+    role_of: Callable[[Redis, Principal, str], Awaitable[str | None]],
+) -> None:
+    """404 when the `kind` named `name` does not exist, 403 below `need` in it."""
     r = _redis(request)
-    if not await records.project_exists(r, name):
-        raise Refused(404, f"no project '{name}'")
-    have = await orgs.user_role(r, principal(request), name)
+    if not await exists(r, name):
+        raise Refused(404, f"no {kind} '{name}'")
+    have = await role_of(r, principal(request), name)
     if not records.role_at_least(have, need):
         raise Refused(
             403,
-            f"{_what(request)} needs the role {need} in project '{name}'; "
+            f"{_what(request)} needs the role {need} in {kind} '{name}'; "
             f"you have {have or 'none there'}",
         )
+
+
+async def require_project(request: Request, name: str, need: str) -> None:
+    await _require(request, "project", name, need, records.project_exists, orgs.user_role)
 
 
 async def _project(request: Request, who: Principal, role: str) -> None:
@@ -195,16 +207,7 @@ async def _agent(request: Request, who: Principal, role: str) -> None:
 
 
 async def require_org(request: Request, name: str, need: str) -> None:
-    r = _redis(request)
-    if not await orgs.org_exists(r, name):
-        raise Refused(404, f"no organization '{name}'")
-    have = await orgs.org_role(r, principal(request), name)
-    if not records.role_at_least(have, need):
-        raise Refused(
-            403,
-            f"{_what(request)} needs the role {need} in organization '{name}'; "
-            f"you have {have or 'none there'}",
-        )
+    await _require(request, "organization", name, need, orgs.org_exists, orgs.org_role)
 
 
 async def _org(request: Request, who: Principal, role: str) -> None:
