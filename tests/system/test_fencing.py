@@ -153,10 +153,12 @@ async def test_a_stopped_agent_that_resumes_is_fenced_off(system: System, tmp_pa
     victim.proc.send(signal.SIGSTOP)  # past the 30 s loss limit
     try:
         run = await system.wait_run(run_id, timeout=90)
+        # looked at before it resumes: once it does, it kills that step at once
+        still_running = sleeping(319)
     finally:
         victim.proc.send(signal.SIGCONT)
     assert run["status"] == "success", run
-    assert sleeping(319), "the stopped agent's step was still running"
+    assert still_running, "the stopped agent's step was still running"
 
     # it resumes, learns both attempts are no longer its own, kills, and says nothing more
     await until(system, lambda: not sleeping(319), 15, "the stale step killed")
