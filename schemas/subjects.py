@@ -127,3 +127,9 @@ KEY_PREFIX = f"{PREFIX}:"
 def key(*parts: str) -> str:
     """`key("run", run_id)` → `ry:run:<run_id>`; every key is built here."""
     return KEY_PREFIX + ":".join(parts)
+
+
+def attempt_member(run: str, job: str, attempt: int, *more: object) -> str:
+    """A job attempt in Redis sets and hashes (placements, queues, timers):
+    `run|job|attempt[|…]`; the dispatcher and the log collector must agree on it."""
+    return "|".join([run, job, str(attempt), *map(str, more)])

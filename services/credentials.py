@@ -11,6 +11,7 @@ them, never in an agent's. Agents authenticate through the auth callout
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,15 @@ class Credentials:
     @property
     def issuer(self) -> str:
         return natsjwt.public_key(self.issuer_seed)
+
+
+def write_private(path: Path, data: str | bytes, mode: int = 0o600) -> Path:
+    """Write `path` anew, created with `mode` (never readable by others for a moment)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data.encode() if isinstance(data, str) else data)
+    return path
 
 
 def _password() -> str:

@@ -8,20 +8,19 @@ callout's key). Config files hold only hashes; each .env file is one service's s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from services.credentials import SERVICES, Credentials, nats_auth, service_env, valkey_acl
+from services.credentials import (
+    SERVICES,
+    Credentials,
+    nats_auth,
+    service_env,
+    valkey_acl,
+    write_private,
+)
 from services.store.crypto import new_key
-
-
-def _write(path: Path, text: str, private: bool) -> None:
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
 
 
 def _env_file(env: dict[str, str]) -> str:
@@ -62,10 +61,11 @@ def credentials(out: Path, nats_url: str, redis_url: str) -> None:
         )
     out.mkdir(parents=True, exist_ok=True)
     creds = Credentials()
-    _write(out / "nats-auth.conf", "# runyard credentials: hashes only\n" + nats_auth(creds), False)
-    _write(out / "valkey-users.acl", valkey_acl(creds), False)
+    auth = "# runyard credentials: hashes only\n" + nats_auth(creds)
+    write_private(out / "nats-auth.conf", auth, 0o644)  # hashes only: readable
+    write_private(out / "valkey-users.acl", valkey_acl(creds), 0o644)
     key = new_key()  # the secrets-at-rest key every service shares
     for service in SERVICES:
         env = service_env(creds, service, nats_url, redis_url)
-        _write(out / f"{service}.env", _env_file({**env, "RUNYARD_SECRET_KEY": key}), True)
+        write_private(out / f"{service}.env", _env_file({**env, "RUNYARD_SECRET_KEY": key}))
     click.echo(f"wrote nats-auth.conf, valkey-users.acl and {len(SERVICES)} .env files to {out}")

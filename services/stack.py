@@ -233,12 +233,7 @@ class Stack:
     servers: list[Server] = field(default_factory=list)
 
     def _private(self, name: str, text: str) -> Path:
-        path = self.data_dir / name
-        path.unlink(missing_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        return path
+        return credentials.write_private(self.data_dir / name, text)
 
     def _port(self, server: str, host: str, port: int) -> int:
         if not port:

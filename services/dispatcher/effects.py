@@ -88,9 +88,7 @@ def unpack(entry: str) -> tuple[str, bytes]:
     return value["s"], value["d"].encode()
 
 
-def member(run: str, job: str, attempt: int, *more: object) -> str:
-    """Queue, placement and timer member: `run|job|attempt[|…]`."""
-    return "|".join([run, job, str(attempt), *map(str, more)])
+member = subjects.attempt_member  # queue, placement and timer members
 
 
 def parse_member(value: str) -> tuple[str, str, int, list[str]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from schemas.subjects import key
+from schemas.subjects import attempt_member, key
 from services.store.connection import Redis, strdict, strs
 from services.store.scripts import Scripts
 
@@ -135,16 +135,10 @@ async def list_runs(
     ]
 
 
-def placement(run: str, job: str, attempt: int) -> str:
-    """A job attempt's member of PLACEMENTS (the dispatcher's queue and timer members
-    share the form)."""
-    return f"{run}|{job}|{attempt}"
-
-
 async def ran_on(r: Redis, run: str, job: str, attempt: int) -> str | None:
     """The agent that holds, or held, a job attempt: its placement while it runs, else
     what the run's state recorded of it (a finished or retried attempt)."""
-    holder = await r.hget(PLACEMENTS, placement(run, job, attempt))
+    holder = await r.hget(PLACEMENTS, attempt_member(run, job, attempt))
     if holder is not None:
         return str(holder)
     state = await r.hget(run_key(run), "state")
