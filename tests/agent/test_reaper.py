@@ -70,6 +70,7 @@ def test_the_agents_cgroup_holds_what_left_its_steps_groups(tmp_path: Path) -> N
         pytest.skip("this machine lets no process make cgroups")
     agent = base / "agent"
     agent.mkdir()
+    step: subprocess.Popen[bytes] | None = None
     try:
         # a stand-in for the agent: moved into its cgroup, then it starts a "step"
         script = "setsid sleep 66 & echo $! > pid; exec sleep 67"
@@ -79,17 +80,25 @@ def test_the_agents_cgroup_holds_what_left_its_steps_groups(tmp_path: Path) -> N
             start_new_session=True,
             preexec_fn=lambda: None if reaper.join_cgroup(agent) else os._exit(3),
         )
+        # `$!` is written before the child has called setsid(): wait for both
+        escaped = 0
         deadline = time.monotonic() + 5
-        while not (tmp_path / "pid").exists() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            text = (tmp_path / "pid").read_text() if (tmp_path / "pid").exists() else ""
+            escaped = int(text) if text.strip() else 0
+            if escaped and os.getpgid(escaped) != step.pid:
+                break
             time.sleep(0.02)
-        escaped = int((tmp_path / "pid").read_text())
-        assert os.getpgid(escaped) != step.pid  # out of the step's group
+        assert escaped and os.getpgid(escaped) != step.pid  # out of the step's group
         # the agent dies: the watchdog kills the groups it knew and the whole cgroup
         assert reaper.watch([f"+{step.pid}\n".encode()], agent)
         assert wait_dead([escaped, step.pid], 5) == []
         step.wait(5)
         assert not agent.exists() and not base.exists()  # removed once empty
     finally:
+        if step is not None and step.poll() is None:
+            step.kill()
+            step.wait(5)
         reaper.kill_cgroup(agent)
         reaper.remove_cgroup(agent)
         reaper.remove_cgroup(base)
