@@ -83,3 +83,17 @@ def field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> An
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ApiError(422, f"'{name}' must be of type {kind.__name__}")
     return value
+
+
+def query_float(request: Request, name: str) -> float | None:
+    """The number query parameter `name` (None when absent): 400 when it is not one."""
+    raw = request.query_params.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ApiError(400, f"'{name}' must be a number; got '{raw[:40]}'")
+    return value

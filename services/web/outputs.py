@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,9 +19,9 @@ from runyard.engine.state import JobState, RunState
 from schemas import subjects
 from services.store import logs
 from services.web import authz
-from services.web.api import nats_of, redis_of, stored_run
 from services.web.authz import route
 from services.web.errors import ApiError, query_int
+from services.web.lookup import nats_of, redis_of, stored_run
 
 FOLLOW_BLOCK_MS = 5000  # one blocking read of new lines; a keep-alive comment after it
 PAGE = 1000
@@ -54,6 +55,27 @@ async def step_logs(request: Request) -> JSONResponse:
     if page.ended and page.truncated:
         body["lines"].append(logs.truncation_line(page.truncated, page.next - 1))
     return JSONResponse(body)
+
+
+async def step_log_raw(request: Request) -> StreamingResponse:
+    """The whole log as text, one line per line as the step wrote it, for a download."""
+    run, job, step, attempt = await _step(request)
+    r = redis_of(request)
+
+    async def text() -> AsyncIterator[bytes]:
+        nxt = 1
+        while True:
+            page = await logs.read(r, run, job.key, attempt, step, nxt, PAGE)
+            yield b"".join(line["text"].encode() + b"\n" for line in page.lines)
+            if not page.lines:
+                if page.truncated:
+                    yield logs.truncation_line(page.truncated, nxt - 1)["text"].encode() + b"\n"
+                return
+            nxt = page.next
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{run}-{job.key}-{step}-{attempt}.log")
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    return StreamingResponse(text(), media_type="text/plain; charset=utf-8", headers=headers)
 
 
 def _event(line: dict[str, Any]) -> bytes:
@@ -172,6 +194,7 @@ VIEWER = authz.run("viewer")
 routes = [
     route(f"{STEP}/logs", step_logs, VIEWER),
     route(f"{STEP}/logs/events", step_log_events, VIEWER),
+    route(f"{STEP}/logs/raw", step_log_raw, VIEWER),
     route("/api/runs/{run}/artifacts", list_artifacts, VIEWER),
     route("/api/runs/{run}/artifacts/{job}/{artifact}/{path:path}", download_artifact, VIEWER),
 ]

@@ -18,7 +18,7 @@ from starlette.templating import Jinja2Templates
 from runyard import cron
 from schemas.pipeline import Pipeline
 from schemas.subjects import key
-from services.store import accounts, apikeys, audit, orgs, records
+from services.store import accounts, apikeys, audit, orgs, records, run_lists
 from services.store import runs as store
 from services.web import authz, checks
 from services.web import login as sign_in
@@ -26,6 +26,7 @@ from services.web.authz import PUBLIC, SIGNED_IN, route
 
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "ry_session"
+RUNS_PAGE = 25  # runs a list shows at a time
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
 
@@ -59,15 +60,20 @@ def _to_login(request: Request) -> Response:
     return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
 
 
-async def _page(request: Request, template: str, **context: Any) -> Response:
+async def _page(request: Request, template: str, status: int = 200, **context: Any) -> Response:
     found = await _session(request)
     if found is None:
         return _to_login(request)
     session, user = found
     context.setdefault("projects", await checks.visible_projects(request))
     return templates.TemplateResponse(
-        request, template, {"user": user, "csrf": session.csrf, **context}
+        request, template, {"user": user, "csrf": session.csrf, **context}, status_code=status
     )
+
+
+async def _missing(request: Request, message: str) -> Response:
+    """The not-found page, with the status to match."""
+    return await _page(request, "error.html", 404, message=message)
 
 
 async def login_page(request: Request) -> Response:
@@ -121,17 +127,29 @@ async def logout(request: Request) -> Response:
 
 
 async def home(request: Request) -> Response:
-    return await _page(request, "projects.html")
+    """The caller's projects, and a form to make one where they may: in an organization
+    they own, or (site admins) outside every organization."""
+    owned = await checks.owned_orgs(request)
+    if owned is None:  # a site admin: every organization, or none
+        owned = {o["name"] for o in await orgs.list_orgs(request.app.state.redis)}
+    admin = checks.is_admin(checks.principal(request))
+    return await _page(request, "projects.html", homes=sorted(owned), admin=admin)
 
 
 async def pipelines(request: Request) -> Response:
     project = request.path_params["project"]
     r = request.app.state.redis
     if not await records.project_exists(r, project):
-        return await _page(request, "error.html", message=f"No project '{project}'.")
+        return await _missing(request, f"No project '{project}'.")
     found = await records.list_pipelines(r, project)
+    latest = await run_lists.newest(r, project, [p.name for p in found])
     return await _page(
-        request, "pipelines.html", project=project, pipelines=found, section="pipelines"
+        request,
+        "pipelines.html",
+        project=project,
+        pipelines=found,
+        latest=latest,
+        section="pipelines",
     )
 
 
@@ -143,7 +161,7 @@ async def editor(request: Request) -> Response:
         try:
             record = await records.get_pipeline(request.app.state.redis, project, name)
         except records.NotFound as exc:
-            return await _page(request, "error.html", message=str(exc))
+            return await _missing(request, str(exc))
         source, version = record.source, record.version
     return await _page(
         request,
@@ -162,11 +180,11 @@ async def pipeline(request: Request) -> Response:
     try:
         record = await records.get_pipeline(r, project, name)
     except records.NotFound as exc:
-        return await _page(request, "error.html", message=str(exc))
+        return await _missing(request, str(exc))
     spec = records.validate_source(record.source, record.format).pipeline
     manual = spec.triggers.manual if spec else None
     form = (manual.form if manual else None) or {}
-    history = await store.list_runs(r, project, name, 50)
+    history, more = await run_lists.page(r, project, [name], run_lists.Filters(), RUNS_PAGE)
     versions = sorted(await records.pipeline_versions(r, project, name), reverse=True)
     return await _page(
         request,
@@ -174,6 +192,7 @@ async def pipeline(request: Request) -> Response:
         project=project,
         pipeline=record,
         runs=history,
+        more=more,
         form=json.dumps(form),
         schedules=_next_times(spec) if spec else [],
         webhook=await r.exists(key("webhook", project)),
@@ -187,7 +206,7 @@ async def version_page(request: Request) -> Response:
     version = int(request.path_params["version"])
     found = await records.pipeline_versions(request.app.state.redis, project, name)
     if version not in found:
-        return await _page(request, "error.html", message=f"'{name}' has no version {version}.")
+        return await _missing(request, f"'{name}' has no version {version}.")
     return await _page(
         request,
         "version.html",
@@ -212,6 +231,8 @@ def _next_times(spec: Pipeline) -> list[tuple[str, str]]:
 async def run_page(request: Request) -> Response:
     run_id = request.path_params["run"]
     stored: store.StoredRun | None = request.state.run  # as authorized (services/web/authz.py)
+    if stored is None and not await run_lists.was_asked(request.app.state.redis, run_id):
+        return await _missing(request, f"No run '{run_id}'.")
     if stored is None:  # just asked for: the dispatcher makes it within moments
         waiting = {
             "id": run_id,
@@ -229,6 +250,8 @@ async def agents(request: Request) -> Response:
     """The agents the caller may see; on a project, those assigned to it, and the Manage
     agents dialog with the agents the caller may manage."""
     project = request.path_params.get("project")
+    if project is not None and not await records.project_exists(request.app.state.redis, project):
+        return await _missing(request, f"No project '{project}'.")
     seen = await checks.readable_agents(request, await records.list_agents(request.app.state.redis))
     shown = [a.public() for a in seen if project is None or project in a.projects]
     everyone = [a.public() for a in seen if project and await checks.manageable(request, a.id)]
@@ -241,7 +264,7 @@ async def agent_page(request: Request) -> Response:
     try:
         found = await records.get_agent(request.app.state.redis, request.path_params["agent"])
     except records.NotFound as exc:
-        return await _page(request, "error.html", message=str(exc))
+        return await _missing(request, str(exc))
     return await _page(request, "agent.html", agent=found.public())
 
 
@@ -249,11 +272,19 @@ async def project_runs(request: Request) -> Response:
     """The newest runs of every pipeline of a project."""
     project = request.path_params["project"]
     r = request.app.state.redis
-    found = []
-    for record in await records.list_pipelines(r, project):
-        found += await store.list_runs(r, project, record.name, 20)
-    found.sort(key=lambda run: run["created_at"] or 0, reverse=True)
-    return await _page(request, "runs.html", project=project, runs=found[:100], section="runs")
+    if not await records.project_exists(r, project):
+        return await _missing(request, f"No project '{project}'.")
+    names = [p.name for p in await records.list_pipelines(r, project)]
+    found, nxt = await run_lists.page(r, project, names, run_lists.Filters(), RUNS_PAGE)
+    return await _page(
+        request,
+        "runs.html",
+        project=project,
+        runs=found,
+        more=nxt,
+        pipeline_names=names,
+        section="runs",
+    )
 
 
 async def settings(request: Request) -> Response:

@@ -1,0 +1,102 @@
+"""Run listings for the web UI: a project's or a pipeline's runs, newest first, filtered
+by status, branch, trigger and actor and paged by creation time; the newest run of each
+pipeline; and the marker of a run asked for but not made yet (so a mistyped run id can
+be told from a run the dispatcher is about to make)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from schemas.subjects import key
+from services.store import runs
+from services.store.connection import Redis, strs
+
+SCANNED = 2000  # newest runs read per pipeline when filtering; older ones are not listed
+ASKED_TTL = 3600  # a run asked for and not made within the hour is not coming
+_FIELDS = ["project", "pipeline", "version", "status", "trigger", "actor", "number"]
+_FIELDS += ["created_at", "started_at", "finished_at", "event"]
+
+
+def asked_key(run_id: str) -> str:
+    """Set (with `ASKED_TTL`) when the API asks for a run: the run page waits for it."""
+    return key("asked", run_id)
+
+
+async def mark_asked(r: Redis, run_id: str) -> None:
+    await r.set(asked_key(run_id), "1", ex=ASKED_TTL)
+
+
+async def was_asked(r: Redis, run_id: str) -> bool:
+    return bool(await r.exists(asked_key(run_id)))
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Exact matches; empty: any."""
+
+    status: str = ""
+    branch: str = ""
+    trigger: str = ""
+    actor: str = ""
+
+    def keep(self, row: dict[str, Any]) -> bool:
+        return all(
+            not want or str(row.get(name) or "") == want
+            for name, want in (
+                ("status", self.status),
+                ("branch", self.branch),
+                ("trigger", self.trigger),
+                ("actor", self.actor),
+            )
+        )
+
+
+def _row(run_id: str, values: list[Any]) -> dict[str, Any]:
+    fields = {k: str(v) for k, v in zip(_FIELDS, values, strict=True) if v is not None}
+    stored = runs.StoredRun(run_id, fields)
+    event = orjson.loads(fields["event"]) if fields.get("event") else {}
+    return {**stored.summary(), "branch": event.get("branch"), "sha": event.get("sha")}
+
+
+async def _rows(r: Redis, project: str, pipelines: Iterable[str]) -> list[dict[str, Any]]:
+    ids: list[str] = []
+    for name in pipelines:
+        ids += strs(await r.zrevrange(runs.history_key(project, name), 0, SCANNED - 1))
+    async with r.pipeline(transaction=False) as p:
+        for run_id in ids:
+            p.hmget(runs.run_key(run_id), _FIELDS)
+        found = await p.execute()
+    return [_row(run_id, values) for run_id, values in zip(ids, found, strict=True)]
+
+
+async def page(
+    r: Redis,
+    project: str,
+    pipelines: Iterable[str],
+    filters: Filters,
+    limit: int,
+    before: float | None = None,
+) -> tuple[list[dict[str, Any]], float | None]:
+    """Runs made before `before` (a `created_at`) that pass `filters`, newest first, and
+    the `before` of the next page (None: this is the last)."""
+    rows = [x for x in await _rows(r, project, pipelines) if filters.keep(x)]
+    rows.sort(key=lambda x: x["created_at"] or 0, reverse=True)
+    if before is not None:
+        rows = [x for x in rows if (x["created_at"] or 0) < before]
+    shown = rows[:limit]
+    more = len(rows) > limit and shown
+    return shown, (shown[-1]["created_at"] or 0) if more else None
+
+
+async def newest(r: Redis, project: str, pipelines: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The newest run of each pipeline that has one, by pipeline name."""
+    found: dict[str, dict[str, Any]] = {}
+    for name in pipelines:
+        ids = strs(await r.zrevrange(runs.history_key(project, name), 0, 0))
+        if ids and (values := await r.hmget(runs.run_key(ids[0]), _FIELDS)):
+            found[name] = _row(ids[0], list(values))
+    return found
