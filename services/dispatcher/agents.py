@@ -1,0 +1,269 @@
+"""What agents send: claims, step and job results (on `RY_AGENT`), believed only from
+the agent holding the attempt (fencing.py), and heartbeats, which keep the agent online
+and reconcile the attempts it holds with the placements."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+from nats.aio.msg import Msg
+
+from runyard.engine.events import Command, JobEnded, JobStarted, StepDone
+from runyard.engine.machine import Engine
+from schemas import subjects
+from schemas.messages import (
+    Heartbeat,
+    JobClaimed,
+    JobFinish,
+    JobFinished,
+    JobRevoked,
+    RunChanged,
+    StepFinished,
+    decode_agent_event,
+)
+from schemas.status import Status
+from services.dispatcher import effects, fencing
+from services.dispatcher.admission import Admission
+from services.dispatcher.changes import Changes, applying
+from services.dispatcher.placer import Placer
+from services.dispatcher.runs import LiveRun
+from services.store import records
+from services.store import runs as store
+from services.store.connection import strs
+
+log = logging.getLogger("runyard.dispatcher")
+
+RUN_ARTIFACT_LIMIT = 5 << 30  # bytes of artifacts per run
+
+
+def subject_agent(subject: str) -> str:
+    """`ry.agent.<id>.…` → `<id>`."""
+    parts = subject.split(".")
+    return parts[2] if len(parts) > 3 and parts[1] == "agent" else ""
+
+
+def step_done(event: StepFinished) -> StepDone:
+    """The wire message → the engine's event (the one place the two meet)."""
+    return StepDone.model_validate(event.model_dump(include=set(StepDone.model_fields)))
+
+
+class Agents:
+    def __init__(self, changes: Changes, placer: Placer, admission: Admission | None) -> None:
+        self.changes = changes
+        self.placer = placer
+        self.admission = admission
+        self.r = changes.r
+        self.nc = changes.nc
+
+    # --- agent events ---------------------------------------------------------------
+
+    async def on_event(self, msg: Msg) -> None:
+        try:
+            event = decode_agent_event(msg.data)
+        except ValueError as exc:
+            log.error("dropping an unreadable agent event on %s: %s", msg.subject, exc)
+            return
+        if not await self._from_holder(msg.subject, event):
+            return
+        if isinstance(event, JobClaimed):
+            await self._claimed(event)
+        elif isinstance(event, StepFinished):
+            await self.changes.change(event.run, lambda e, now: e.apply(step_done(event)))
+        else:
+            await self._job_finished(event)
+
+    async def _from_holder(
+        self, subject: str, event: JobClaimed | StepFinished | JobFinished
+    ) -> bool:
+        """Only the agent that holds this attempt may report on it. nats-server lets an
+        agent publish on its own subject alone, so the subject names the sender."""
+        sender = subject_agent(subject)
+        m = effects.member(event.run, event.job, event.attempt)
+        holder = await self.r.hget(store.PLACEMENTS, m)
+        if sender == event.agent and holder is not None and str(holder) == sender:
+            return True
+        log.warning(
+            "dropped %s for %s from agent %s: the attempt is held by %s",
+            event.type,
+            m,
+            sender,
+            holder or "nobody",
+        )
+        if sender and sender == event.agent:  # a stale holder: it must stop that job
+            await self.revoke(sender, event.run, event.job, event.attempt)
+            if holder is not None or await self._taken_away(event.run, event.job, event.attempt):
+                report = fencing.event_report(event, time.time())
+                await store.record_stale(self.r, event.run, fencing.report_field(report), report)
+        return False
+
+    async def revoke(self, agent: str, run: str, job: str, attempt: int) -> None:
+        revoked = JobRevoked(run=run, job=job, attempt=attempt)
+        await self.nc.publish(subjects.agent_control(agent), revoked.encode())
+
+    async def _taken_away(self, run: str, job: str, attempt: int) -> bool:
+        live = await self.changes.load(run)
+        state = live.engine.state.jobs.get(job) if live is not None else None
+        return state is not None and fencing.taken_away(state, attempt)
+
+    async def _claimed(self, event: JobClaimed) -> None:
+        stale = True
+
+        def apply(engine: Engine, now: float) -> list[Command]:
+            nonlocal stale
+            job = engine.state.jobs.get(event.job)
+            stale = job is None or job.attempt != event.attempt or job.status.final
+            started = JobStarted(job=event.job, attempt=event.attempt, host=event.host, at=event.at)
+            return engine.apply(started)
+
+        def timer(live: LiveRun, fx: effects.Effects, now: float) -> None:
+            plan = live.engine.plan.jobs.get(event.job)
+            if not stale and plan is not None and plan.spec.timeout:
+                effects.job_started(
+                    fx, live.facts, event.job, event.attempt, plan.spec.timeout * 60, now
+                )
+
+        live = await self.changes.change(event.run, apply, timer)
+        if live is None or stale:
+            # a claim for an attempt that is over (cancelled while placed): let it go
+            finish = JobFinish(
+                run=event.run, job=event.job, attempt=event.attempt, status=Status.CANCELLED
+            )
+            msg_id = "finish:" + effects.member(event.run, event.job, event.attempt)
+            inbox = subjects.agent_inbox(event.agent)
+            await self.changes.send_outbox([(msg_id, inbox, finish.encode())])
+
+    async def _job_finished(self, event: JobFinished) -> None:
+        m = effects.member(event.run, event.job, event.attempt)
+        await self.placer.release(event.agent, m)
+        self.placer.kick.set()
+        await self._record_outputs(event)
+
+    async def _record_outputs(self, event: JobFinished) -> None:
+        """Artifacts, test summary and their problems, kept with the run by job."""
+        prefix = f"{event.run}/{event.job}/"
+        bucket = subjects.agent_artifacts_bucket(event.agent)
+        files = [f for f in event.artifacts if f.object.startswith(prefix)]
+        errors = list(event.errors)
+        size = sum(f.size for f in files)
+        if size:
+            total = await self.r.hincrby(store.run_key(event.run), "artifact_bytes", size)
+            if total > RUN_ARTIFACT_LIMIT:
+                await self.r.hincrby(store.run_key(event.run), "artifact_bytes", -size)
+                objects = await self.changes.js.object_store(bucket)
+                for f in files:
+                    with contextlib.suppress(Exception):
+                        await objects.delete(f.object)
+                errors.append(
+                    f"artifacts of {event.job} ({size} bytes) would take the run over "
+                    f"its limit of {RUN_ARTIFACT_LIMIT} bytes; deleted"
+                )
+                files = []
+        record = {
+            "attempt": event.attempt,
+            "artifacts": [{**f.model_dump(), "bucket": bucket} for f in files],
+            "tests": event.tests.model_dump() if event.tests else None,
+            "errors": errors,
+        }
+        await self.r.hset(store.run_key(event.run), f"finished:{event.job}", store.dumps(record))
+        status = await self.r.hget(store.run_key(event.run), "status")
+        changed = RunChanged(run=event.run, status=Status(str(status or "running")), at=time.time())
+        await self.nc.publish(subjects.run_changed(event.run), changed.encode())
+
+    # --- heartbeats -----------------------------------------------------------------
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        freed = False
+        try:
+            hb = Heartbeat.model_validate_json(msg.data)
+            if hb.agent != subject_agent(msg.subject):
+                log.warning("dropped a heartbeat for %s sent on %s", hb.agent, msg.subject)
+                return
+            fields = {
+                "last_seen": str(time.time()),
+                "slots": str(hb.slots),
+                "metrics": hb.metrics.model_dump_json(),
+                "running": store.dumps(hb.jobs),
+            }
+            history = store.dumps(
+                {
+                    "at": hb.at,
+                    "cpu": hb.metrics.cpu_percent,
+                    "mem": hb.metrics.memory_used / max(hb.metrics.memory_total, 1) * 100,
+                }
+            )
+            came = await self.changes.scripts.heartbeat(
+                keys=[
+                    records.agent_key(hb.agent),
+                    store.ONLINE,
+                    records.agent_key(hb.agent, "metrics"),
+                ],
+                args=[
+                    store.dumps(fields),
+                    time.time(),
+                    records.AGENT_TTL,
+                    history,
+                    records.METRIC_HISTORY,
+                    hb.agent,
+                ],
+            )
+            if came != -1:
+                freed = await self._reconcile(hb)
+        except Exception as exc:
+            log.warning("heartbeat on %s: %s", msg.subject, exc)
+            return
+        if came == -1 and self.admission is not None:  # removed while connected
+            await self.admission.revoke(hb.agent)
+        if came == 1 or (came == 0 and hb.free_slots > 0) or freed:
+            self.placer.kick.set()
+
+    async def _reconcile(self, hb: Heartbeat) -> bool:
+        """Trust the agent's list of the attempts it holds: placements it no longer
+        runs end `interrupted` (their slots are free at once), and attempts it runs but
+        no longer holds are revoked. True when a slot was freed."""
+        now = time.time()
+        keys = [
+            store.PLACEMENTS,
+            records.agent_key(hb.agent),
+            records.agent_key(hb.agent, "jobs"),
+            store.PLACED,
+        ]
+        reported, cutoff = store.dumps(hb.jobs), fencing.reconcile_cutoff(hb, now)
+        reconcile = self.changes.scripts.reconcile
+        gone, stale = await reconcile(keys=keys, args=[hb.agent, reported, cutoff, 0])
+        if gone:  # take them back once every event the agent had sent is handled
+            gone = []
+            if await self._caught_up(hb.events_seq):
+                take: list[str | float] = [hb.agent, reported, cutoff, 1]
+                gone, stale = await reconcile(keys=keys, args=take)
+        for m in strs(gone):
+            run, job, attempt, _ = effects.parse_member(m)
+            log.warning("agent %s no longer runs %s (it restarted without it)", hb.agent, m)
+            ended = JobEnded(
+                job=job,
+                attempt=attempt,
+                status=Status.INTERRUPTED,
+                error=f"agent {hb.agent} restarted and no longer runs this attempt",
+                at=now,
+            )
+            await self.changes.change(run, applying(ended))
+        for m in strs(stale):
+            run, job, attempt, _ = effects.parse_member(m)
+            log.warning("agent %s still runs %s, which it no longer holds: revoked", hb.agent, m)
+            await self.revoke(hb.agent, run, job, attempt)
+            if await self._taken_away(run, job, attempt):
+                report = fencing.heartbeat_report(job, attempt, hb.agent, now)
+                await store.record_stale(self.r, run, fencing.report_field(report), report)
+        return bool(gone)
+
+    async def _caught_up(self, seq: int | None) -> bool:
+        """Whether every agent event up to stream sequence `seq` has been handled (a
+        `job.finished` the agent sent before its heartbeat must not find its attempt
+        taken away)."""
+        if seq is None:
+            return True
+        info = await self.changes.js.consumer_info(
+            subjects.AGENT_STREAM.name, subjects.DISPATCHER_AGENT_CONSUMER
+        )
+        return info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= seq

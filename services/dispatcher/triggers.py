@@ -1,0 +1,89 @@
+"""Trigger events → runs: which pipelines an event starts, and each new run created
+once per (event, pipeline) and started (or queued in its concurrency group)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from nats.aio.msg import Msg
+
+from runyard.engine.contexts import form_inputs
+from runyard.engine.events import RunCancelled
+from runyard.engine.machine import initial_state
+from schemas.messages import RunCancel, TriggerEvent, decode_event
+from schemas.status import Status
+from services.dispatcher import matching
+from services.dispatcher.changes import Changes
+from services.dispatcher.groups import Groups, group_of
+from services.dispatcher.runs import BadPipeline, plan_for
+from services.store import records
+from services.store import runs as store
+
+log = logging.getLogger("runyard.dispatcher")
+
+
+class Triggers:
+    def __init__(self, changes: Changes, groups: Groups) -> None:
+        self.changes = changes
+        self.groups = groups
+        self.r = changes.r
+
+    async def on_event(self, msg: Msg) -> None:
+        try:
+            event = decode_event(msg.data)
+        except ValueError as exc:
+            log.error("dropping an unreadable event on %s: %s", msg.subject, exc)
+            return
+        if isinstance(event, RunCancel):
+            await self.changes.change(event.run, lambda e, now: e.apply(RunCancelled(at=now)))
+            return
+        for name in await self._pipelines_for(event):
+            await self._create_run(event, name)
+
+    async def _pipelines_for(self, event: TriggerEvent) -> list[str]:
+        if event.pipeline is not None and event.kind != "webhook":
+            return [event.pipeline]
+        names = []
+        for record in await records.list_pipelines(self.r, event.project):
+            try:
+                pipeline, _ = plan_for(record.source, record.format)
+            except BadPipeline:
+                continue
+            if matching.starts(pipeline, event):
+                names.append(record.name)
+        return names
+
+    async def _create_run(self, event: TriggerEvent, name: str) -> None:
+        try:
+            record = await records.get_pipeline(self.r, event.project, name)
+            pipeline, plan = plan_for(record.source, record.format)
+        except (records.NotFound, BadPipeline) as exc:
+            log.error("event %s: %s", event.id, exc)
+            return
+        run_id = store.run_id_for(event.id, event.project, name)
+        event_dict = event.model_dump(mode="json")
+        inputs = form_inputs(pipeline, event.inputs)
+        group, cancel_running = group_of(pipeline, event_dict, inputs)
+        fields = {
+            "project": event.project,
+            "pipeline": name,
+            "version": str(record.version),
+            "source": record.source,
+            "format": record.format,
+            "event": store.dumps(event_dict),
+            "inputs": store.dumps(inputs),
+            "trigger": event.kind,
+            "actor": event.actor or "",
+            "created_at": str(time.time()),
+            "status": str(Status.QUEUED),
+            "group": group or "",
+        }
+        state = initial_state(plan, run_id).model_dump_json()
+        number = await store.create_run(self.r, self.changes.scripts, run_id, fields, state)
+        if number:
+            log.info("run %s: %s #%d", run_id, name, number)
+        if group is None:
+            await self.changes.change(run_id, lambda e, now: e.start(now))
+            return
+        await self.groups.join(run_id, event.project, group, event.created_at, cancel_running)
