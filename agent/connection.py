@@ -45,6 +45,11 @@ def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
     return ssl.create_default_context(cadata=config.ca)
 
 
+def servers(url: str) -> list[str]:
+    """The servers of `url`: one, or a cluster's, comma-separated."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 def _options(config: AgentConfig, url: str) -> dict[str, Any]:
     """How this agent identifies itself: its id and token are its NATS user and
     password (checked by the server's auth callout), and replies come on its own inbox
@@ -82,7 +87,7 @@ async def _probe(config: AgentConfig, url: str) -> list[str]:
 
     try:
         await probe.connect(
-            url,
+            servers(url),
             allow_reconnect=False,
             max_reconnect_attempts=1,
             reconnect_time_wait=0,
@@ -149,8 +154,10 @@ async def connect(
     since: list[float] = []
     failures = 0
 
-    def next_try(servers: list[Server], info: dict[str, Any]) -> tuple[Server | None, float]:
-        return None, backoff(failures)  # None: the first server in the pool
+    def next_try(pool: list[Server], info: dict[str, Any]) -> tuple[Server | None, float]:
+        # the next server of a cluster (nats-py would try the first one only); the
+        # back-off grows only once every server was tried in vain
+        return pool[failures % len(pool)], backoff(failures // len(pool))
 
     async def error(exc: Exception) -> None:
         nonlocal failures
@@ -182,7 +189,7 @@ async def connect(
             closed.set()
 
     await nc.connect(
-        url,
+        servers(url),
         max_reconnect_attempts=-1,
         allow_reconnect=True,
         error_cb=error,

@@ -8,11 +8,13 @@ import contextlib
 import logging
 import os
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import (
     ConsumerConfig,
@@ -21,9 +23,11 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 
 from schemas import subjects
+
+log = logging.getLogger("runyard.bus")
 
 
 async def connect(url: str, name: str = "runyard") -> Client:
@@ -45,7 +49,27 @@ async def connect(url: str, name: str = "runyard") -> Client:
     )
 
 
-def stream_config(spec: subjects.StreamSpec) -> StreamConfig:
+REPLICAS_SETTING = "RUNYARD_NATS_REPLICAS"
+JETSTREAM_READY = 30.0  # seconds a cluster just started may take to elect its leaders
+# "no suitable peers for placement": a node just started that does not know its peers
+# yet (as a 5xx error says no leader was elected yet)
+NO_PEERS_YET = 10005
+
+
+def replicas() -> int:
+    """How many servers keep each stream and bucket: `RUNYARD_NATS_REPLICAS`, 1 (one
+    server) unless set; 3 on a 3-node cluster, so that it survives losing any one."""
+    found = os.environ.get(REPLICAS_SETTING, "1")
+    try:
+        count = int(found)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 5:  # JetStream's own limit
+        raise ValueError(f"{REPLICAS_SETTING} has value {found!r}: not a whole number from 1 to 5")
+    return count
+
+
+def stream_config(spec: subjects.StreamSpec, copies: int = 1) -> StreamConfig:
     return StreamConfig(
         name=spec.name,
         subjects=list(spec.subjects),
@@ -53,13 +77,32 @@ def stream_config(spec: subjects.StreamSpec) -> StreamConfig:
         storage=StorageType.FILE,
         max_age=spec.max_age or None,
         duplicate_window=spec.duplicate_window,
+        num_replicas=copies,
     )
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create or update every stream and the artifact bucket; safe to run repeatedly."""
+async def ensure_streams(js: JetStreamContext, copies: int | None = None) -> None:
+    """Create or update every stream and the artifact bucket, with `copies` replicas
+    (default: `replicas()`); safe to run repeatedly. On a cluster that is still electing
+    its leaders, tried again for up to JETSTREAM_READY seconds."""
+    copies = replicas() if copies is None else copies
+    deadline = time.monotonic() + JETSTREAM_READY
+    while True:
+        try:
+            return await _ensure_streams(js, copies)
+        except (APIError, TimeoutError, NoRespondersError) as exc:
+            unready = not isinstance(exc, APIError) or (
+                (exc.code or 0) >= 500 or exc.err_code == NO_PEERS_YET
+            )
+            if not unready or time.monotonic() > deadline:
+                raise
+            log.info("JetStream not ready yet (%s); trying again", exc or type(exc).__name__)
+            await asyncio.sleep(0.5)
+
+
+async def _ensure_streams(js: JetStreamContext, copies: int) -> None:
     for spec in subjects.STREAMS:
-        config = stream_config(spec)
+        config = stream_config(spec, copies)
         try:
             await js.update_stream(config)
         except NotFoundError:
@@ -67,11 +110,10 @@ async def ensure_streams(js: JetStreamContext) -> None:
     try:
         await js.object_store(subjects.ARTIFACTS_BUCKET)
     except BucketNotFoundError:
-        bucket = ObjectStoreConfig(bucket=subjects.ARTIFACTS_BUCKET, ttl=subjects.RETENTION)
+        bucket = ObjectStoreConfig(
+            bucket=subjects.ARTIFACTS_BUCKET, ttl=subjects.RETENTION, replicas=copies
+        )
         await js.create_object_store(subjects.ARTIFACTS_BUCKET, config=bucket)
-
-
-log = logging.getLogger("runyard.bus")
 
 
 async def ensure_consumer(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,24 @@ SERVICES = ("dispatcher", "logs", "scheduler", "trigger", "web", "ops")
 # Valkey: services may touch only Runyard's keys and never administer the server.
 SERVICE_ACL = "~ry:* &* +@all -@admin -@dangerous"
 OPS_ACL = "~* &* +@all"
+# Valkey's own users on a cluster (`runyard up --cluster`): a replica copying the
+# primary and Sentinel watching and promoting, with the rights Valkey's documentation
+# gives them and no more.
+REPLICA_USER = "replica"
+SENTINEL_USER = "sentinel"
+SERVER_ACL = {
+    REPLICA_USER: "+psync +replconf +ping",
+    SENTINEL_USER: "allchannels +multi +slaveof +ping +exec +subscribe +config|rewrite "
+    "+role +publish +info +client|setname +client|kill +script|kill",
+}
+# What a service may ask a Sentinel: where the primary and replicas are, nothing else.
+SENTINEL_CLIENT_ACL = (
+    "+ping +auth +hello +client|setinfo +client|setname +sentinel|masters "
+    "+sentinel|get-master-addr-by-name +sentinel|sentinels +sentinel|replicas +sentinel|slaves"
+)
+# NATS cluster routes authenticate with their own user (plain in the route URLs of the
+# node configs, which only the servers' owner reads).
+ROUTE_USER = "route"
 # Seconds a connection has to be admitted (the auth callout's answer included). While
 # no dispatcher answers the callout (one restarting), a nats-py client that is
 # reconnecting must be refused before nats-server's first PING to it (2 s): a client
@@ -56,9 +75,13 @@ class TlsFiles:
 class Credentials:
     issuer_seed: bytes = field(default_factory=lambda: natsjwt.new_seed(nkeys.PREFIX_BYTE_ACCOUNT))
     nats: dict[str, str] = field(
-        default_factory=lambda: {u: _password() for u in (*SERVICES, AUTH_USER, SYSTEM_USER)}
+        default_factory=lambda: {
+            u: _password() for u in (*SERVICES, AUTH_USER, SYSTEM_USER, ROUTE_USER)
+        }
     )
-    valkey: dict[str, str] = field(default_factory=lambda: {u: _password() for u in SERVICES})
+    valkey: dict[str, str] = field(
+        default_factory=lambda: {u: _password() for u in (*SERVICES, *SERVER_ACL)}
+    )
 
     @property
     def issuer(self) -> str:
@@ -84,18 +107,37 @@ def _bcrypt(password: str) -> str:
     return "$2a$" + hashed[4:]
 
 
+# A comma followed by a scheme starts the next URL of a list (`nats://a,nats://b`);
+# other commas are hosts of one URL (`redis+sentinel://h1:p1,h2:p2/…`).
+_NEXT_URL = re.compile(r",\s*(?=[a-z][a-z0-9+.-]*://)")
+
+
+def urls(url: str) -> list[str]:
+    """The URLs of a comma-separated list."""
+    return [u.strip() for u in _NEXT_URL.split(url) if u.strip()]
+
+
 def with_user(url: str, user: str, password: str) -> str:
-    """`nats://host:port` → `nats://user:password@host:port` (any scheme)."""
-    parts = urlsplit(url)
-    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    """`nats://host:port` → `nats://user:password@host:port` (any scheme), for each URL
+    of a comma-separated list."""
+
+    def one(u: str) -> str:
+        parts = urlsplit(u)
+        hosts = parts.netloc.rpartition("@")[2]
+        netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{hosts}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    return ",".join(one(u) for u in urls(url))
 
 
 def without_user(url: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    """`url` (or each URL of a comma-separated list) without its credentials."""
+
+    def one(u: str) -> str:
+        parts = urlsplit(u)
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+    return ",".join(one(u) for u in urls(url))
 
 
 def _users(names: list[str], creds: Credentials) -> str:
@@ -127,10 +169,15 @@ authorization {{
 
 
 def nats_config(
-    creds: Credentials, host: str, port: int, ws_port: int, tls: TlsFiles | None = None
+    creds: Credentials,
+    host: str,
+    port: int,
+    ws_port: int,
+    tls: TlsFiles | None = None,
+    cluster: str = "",
 ) -> str:
-    """The embedded nats-server's config: `nats_auth`, and TLS on both listeners when
-    `tls` is given."""
+    """The embedded nats-server's config: `nats_auth`, TLS on both listeners when `tls`
+    is given, and `cluster` (`nats_cluster`) for a node of a cluster."""
     tls_block = (
         f'tls {{\n    cert_file: "{tls.cert}"\n    key_file: "{tls.key}"\n  }}\n'
         if tls
@@ -149,7 +196,29 @@ listen: "{host}:{port}"
 {client_tls}websocket {{
   listen: "{host}:{ws_port}"
   {tls_block}}}
-{nats_auth(creds, TLS_AUTH_TIMEOUT if tls else AUTH_TIMEOUT)}"""
+{cluster}{nats_auth(creds, TLS_AUTH_TIMEOUT if tls else AUTH_TIMEOUT)}"""
+
+
+def nats_cluster(
+    creds: Credentials, name: str, host: str, port: int, peers: list[int], monitor: int
+) -> str:
+    """The part of a cluster node's config that makes it one: its name, its route
+    listener on `port` (routes log in as ROUTE_USER) and routes to the `peers`' route
+    ports. The nodes do not advertise each other to clients (they would reach them
+    without their credentials in the URL): clients are given every node's URL instead.
+    `monitor`: the HTTP monitoring port (/healthz, /jsz), on `host` only."""
+    password = quote(creds.nats[ROUTE_USER], safe="")
+    routes = ", ".join(f'"nats-route://{ROUTE_USER}:{password}@{host}:{p}"' for p in peers)
+    return f"""server_name: "{name}"
+http: "{host}:{monitor}"
+cluster {{
+  name: runyard
+  listen: "{host}:{port}"
+  no_advertise: true
+  authorization {{ user: {ROUTE_USER}, password: "{_bcrypt(creds.nats[ROUTE_USER])}" }}
+  routes: [ {routes} ]
+}}
+"""
 
 
 def service_env(creds: Credentials, service: str, nats_url: str, redis_url: str) -> dict[str, str]:
@@ -158,7 +227,7 @@ def service_env(creds: Credentials, service: str, nats_url: str, redis_url: str)
     several servers, comma-separated."""
 
     def nats(user: str) -> str:
-        return ",".join(with_user(u.strip(), user, creds.nats[user]) for u in nats_url.split(","))
+        return with_user(nats_url, user, creds.nats[user])
 
     env = {
         "RUNYARD_NATS_URL": nats(service),
@@ -171,11 +240,42 @@ def service_env(creds: Credentials, service: str, nats_url: str, redis_url: str)
     return env
 
 
+def _digest(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
 def valkey_acl(creds: Credentials) -> str:
-    """The ACL file: no default user, one user per service, by password hash only."""
+    """The ACL file: no default user, one user per service (and Valkey's own replica and
+    Sentinel users), by password hash only."""
     lines = ["user default off"]
     for name, password in creds.valkey.items():
-        digest = hashlib.sha256(password.encode()).hexdigest()
-        rules = OPS_ACL if name == "ops" else SERVICE_ACL
-        lines.append(f"user {name} on #{digest} resetchannels {rules}")
+        rules = OPS_ACL if name == "ops" else SERVER_ACL.get(name, SERVICE_ACL)
+        lines.append(f"user {name} on #{_digest(password)} resetchannels {rules}")
+    return "\n".join(lines) + "\n"
+
+
+def valkey_replication(creds: Credentials) -> str:
+    """Config lines every Valkey node of a cluster has: how it authenticates to the
+    primary when it is (or is made) a replica."""
+    return f"masteruser {REPLICA_USER}\nmasterauth {creds.valkey[REPLICA_USER]}\n"
+
+
+def sentinel_config(creds: Credentials, master: str, host: str, port: int, quorum: int) -> str:
+    """A Sentinel's config: the primary it watches (as `master`), how it logs in to the
+    Valkey nodes and to the other Sentinels, and who may ask it what (services: only
+    where the primary is; the operator and the other Sentinels: everything). Sentinel
+    rewrites this file as it learns the cluster; it holds one plain password, its own."""
+    lines = [
+        "user default off",
+        *(
+            f"user {name} on #{_digest(creds.valkey[name])} "
+            + ("+@all" if name in ("ops", SENTINEL_USER) else SENTINEL_CLIENT_ACL)
+            for name in (*SERVICES, SENTINEL_USER)
+        ),
+        f"sentinel monitor {master} {host} {port} {quorum}",
+        f"sentinel auth-user {master} {SENTINEL_USER}",
+        f"sentinel auth-pass {master} {creds.valkey[SENTINEL_USER]}",
+        f"sentinel sentinel-user {SENTINEL_USER}",
+        f"sentinel sentinel-pass {creds.valkey[SENTINEL_USER]}",
+    ]
     return "\n".join(lines) + "\n"

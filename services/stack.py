@@ -48,7 +48,7 @@ SERVICE_STOP = 3.0  # seconds for a service in `Stack.stop` before it is killed
 # still held by an auth callout that nobody answers any more, up to its auth timeout.
 SERVER_STOP = 2.0
 _PR_SET_PDEATHSIG = 1
-NATS, VALKEY = "nats-server", "valkey-server"
+NATS, VALKEY, SENTINEL = "nats-server", "valkey-server", "valkey-sentinel"
 
 
 class StackError(RuntimeError):
@@ -133,6 +133,12 @@ class Server:
     log: Path
     env: dict[str, str] | None = None  # None: this process's environment
     process: subprocess.Popen[bytes] | None = None
+    kind: str = ""  # NATS, VALKEY or SENTINEL for a server of a cluster ("": its name)
+
+    @property
+    def what(self) -> str:
+        """What it is: NATS, VALKEY, SENTINEL, or a service's name."""
+        return self.kind or self.name
 
     def start(self) -> None:
         parent = os.getpid()
@@ -204,6 +210,7 @@ def _answers(
 _PROBES: dict[str, tuple[bytes | None, tuple[bytes, ...]]] = {
     NATS: (None, (b"INFO",)),
     VALKEY: (b"PING\r\n", (b"+PONG", b"-NOAUTH")),
+    SENTINEL: (b"PING\r\n", (b"+PONG", b"-NOAUTH")),
 }
 
 
@@ -291,13 +298,13 @@ class Stack:
 
     def _tls_for(self, server: Server) -> ssl.SSLContext | None:
         """NATS with TLS speaks TLS first (`handshake_first`), even to this probe."""
-        if server.name != NATS or self.tls is None:
+        if server.what != NATS or self.tls is None:
             return None
         return ssl.create_default_context(cafile=self.tls.ca)
 
     def _run(self, server: Server) -> None:
         """Start `server` and wait until it answers on its port."""
-        probe, expect = _PROBES[server.name]
+        probe, expect = _PROBES[server.what]
         server.start()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -344,7 +351,7 @@ class Stack:
         port, data and credentials; waits until it answers (nats-server, valkey-server)."""
         if server.running:
             return
-        if server.name in (NATS, VALKEY):
+        if server.what in _PROBES:
             self._run(server)
         else:
             server.start()
@@ -354,7 +361,7 @@ class Stack:
         at most), then Valkey and NATS (SERVER_STOP); safe to call twice. The servers
         that had to be killed."""
         servers, self.servers = self.servers, []
-        own = [s for s in servers if s.name in (NATS, VALKEY)]
+        own = [s for s in servers if s.what in _PROBES]
         killed = stop_all([s for s in servers if s not in own], SERVICE_STOP)
         return killed + stop_all(own, SERVER_STOP)
 

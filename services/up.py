@@ -23,6 +23,7 @@ from runyard.cli.run import follow
 from schemas.status import Status
 from services import addresses
 from services.bootstrap import EXAMPLES_PROJECT, bootstrap
+from services.cluster import Cluster
 from services.credentials import without_user
 from services.stack import PortInUse, Server, Stack, StackError
 from services.store.crypto import new_key
@@ -60,10 +61,40 @@ def _secret_key(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def services(
+    stack: Stack,
+    data_dir: Path,
+    env: Callable[[str], dict[str, str]],
+    port: int,
+    hooks_port: int,
+    replicas: int = 1,
+) -> list[Server]:
+    """Every service, `replicas` of each (named `dispatcher-1`, … when more than one),
+    the dispatchers first; `env(service)` is the environment a service runs with. Web
+    and webhook replicas each listen on a port of their own: `port`, `port + 2`, … and
+    `hooks_port`, `hooks_port + 2`, … (a load balancer in front shares them out)."""
+    made = []
+    for name in ("dispatcher", "logs", "scheduler", "trigger", "web"):
+        for i in range(replicas):
+            args = {
+                "trigger": ["--port", str(hooks_port + 2 * i)],
+                "web": ["--port", str(port + 2 * i), f"--public-nats-url={stack.agent_nats_url}"],
+            }.get(name, [])
+            part = f"{name}-{i + 1}" if replicas > 1 else name
+            made.append(_service(data_dir, part, env(name), "serve", name, *args))
+    return made
+
+
 def _start_services(
-    stack: Stack, data_dir: Path, port: int, hooks_port: int, examples: Path | None
+    stack: Stack,
+    data_dir: Path,
+    port: int,
+    hooks_port: int,
+    examples: Path | None,
+    replicas: int = 1,
 ) -> str:
-    """Start every service and the local agent; returns the web URL."""
+    """Start every service (`replicas` of each) and the local agent; returns the web
+    URL."""
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
     saved = config.load()
     url = f"http://127.0.0.1:{port}"
@@ -91,22 +122,8 @@ def _start_services(
     # and the examples' actions from their copies beside them, so they run offline
     if examples is not None and (examples / "actions").is_dir():
         agent_env.setdefault(DIR_SETTING, str((examples / "actions").resolve()))
-    dispatcher = _service(data_dir, "dispatcher", env("dispatcher"), "serve", "dispatcher")
-    services = [
-        dispatcher,
-        _service(data_dir, "logs", env("logs"), "serve", "logs"),
-        _service(data_dir, "scheduler", env("scheduler"), "serve", "scheduler"),
-        _service(
-            data_dir, "trigger", env("trigger"), "serve", "trigger", "--port", str(hooks_port)
-        ),
-        _service(
-            data_dir,
-            "web",
-            env("web"),
-            *("serve", "web", "--port", str(port)),
-            f"--public-nats-url={stack.agent_nats_url}",
-        ),
-    ]
+    parts = services(stack, data_dir, env, port, hooks_port, replicas)
+    dispatcher = parts[0]
     agent = _service(
         data_dir,
         "agent",
@@ -115,21 +132,21 @@ def _start_services(
         *(f"--hide={p}" for p in _hidden_from_steps(data_dir, agent_dir)),
     )
     logged = dispatcher.log.stat().st_size if dispatcher.log.exists() else 0
-    for server in services:
+    for server in parts:
         stack.servers.append(server)
         server.start()
     # The agent only once the dispatcher answers agents' admissions: NATS holds a
     # connection that asks before then until its auth timeout, stopping included.
-    _wait_for("the dispatcher", lambda: _logged(dispatcher, logged, "dispatcher ready"), services)
+    _wait_for("the dispatcher", lambda: _logged(dispatcher, logged, "dispatcher ready"), parts)
     stack.servers.append(agent)
     agent.start()
-    services.append(agent)
+    parts.append(agent)
     api = Api()
-    _wait_for("the web API", lambda: bool(api.call("GET", "/api/health")["ok"]), services)
+    _wait_for("the web API", lambda: bool(api.call("GET", "/api/health")["ok"]), parts)
     _wait_for(
         "the local agent",
         lambda: bool(api.call("GET", f"/api/agents/{setup.agent.id}")["online"]),
-        services,
+        parts,
     )
     click.echo(f"loaded {len(setup.loaded)} example pipeline(s) into project '{EXAMPLES_PROJECT}'")
     click.echo(f"log in to {url} as admin, password in {setup.admin_password_file}")
@@ -199,10 +216,17 @@ def _stop(stack: Stack) -> None:
     click.echo(f"stopped in {time.monotonic() - started:.1f} s")
 
 
-def _stack(data_dir: Path, public_host: str, nats: int | None, valkey: int | None) -> Stack:
-    """The servers, on the ports of the last start in `data_dir` unless told others."""
+def _stack(
+    data_dir: Path, public_host: str, nats: int | None, valkey: int | None, nodes: int | None
+) -> Stack:
+    """The servers, on the ports of the last start in `data_dir` unless told others;
+    a local cluster of `nodes` NATS nodes (and Valkey with Sentinel) when given."""
     listen = "0.0.0.0" if public_host else "127.0.0.1"
     ports = addresses.choose(data_dir, listen, nats, valkey)
+    if nodes:
+        if public_host:
+            raise click.UsageError("--cluster runs on this machine only: leave out --public")
+        return Cluster(data_dir, nats_port=ports.nats, valkey_port=ports.valkey, nodes=nodes)
     return Stack(
         data_dir,
         public_host=public_host,
@@ -305,6 +329,15 @@ def _terminal_foreground() -> Iterator[None]:
     type=click.IntRange(1, 65535),
     help="Valkey port  [default: the last start's in --data-dir, else a free one]",
 )
+@click.option(
+    "--cluster",
+    "nodes",
+    default=None,
+    type=click.IntRange(3, 5),
+    metavar="N",
+    help="a local cluster: N NATS nodes (on --nats-port and the next ports), Valkey "
+    "with a replica and 3 Sentinels, and two replicas of every service",
+)
 def up(
     data_dir: Path,
     port: int,
@@ -314,6 +347,7 @@ def up(
     public_host: str,
     nats_port: int | None,
     valkey_port: int | None,
+    nodes: int | None,
 ) -> None:
     """Start Runyard on this machine: NATS and Valkey, the dispatcher, log collector,
     scheduler, webhook receiver, web API and one local agent (2 slots); load the
@@ -324,12 +358,19 @@ def up(
     so agents made with `runyard agent create` reconnect by themselves.
 
     \b
-    Example:
+    With --cluster 3 every part runs more than once, as in production: the web API
+    answers on --port and --port + 2, the webhook receiver on --hooks-port and
+    --hooks-port + 2, and losing any one NATS node, the Valkey primary or a replica
+    of any service does not stop it.
+
+    \b
+    Examples:
       runyard up --data-dir /var/lib/runyard --port 8400
+      runyard up --cluster 3
     """
     data_dir = data_dir.resolve()
     try:
-        stack = _stack(data_dir, public_host, nats_port, valkey_port)
+        stack = _stack(data_dir, public_host, nats_port, valkey_port, nodes)
         with _terminal_foreground(), stack:
             _keep_ports(stack)
             click.echo(f"NATS   {stack.agent_nats_url} (agents), {stack.ws_url} (WebSocket)")
@@ -337,7 +378,8 @@ def up(
                 ca = stack.tls.ca.read_text()
                 click.echo(f"TLS    CA {stack.tls.ca}, fingerprint {fingerprint(ca)}")
             click.echo(f"Valkey {without_user(stack.redis_url)} (password-protected)")
-            url = _start_services(stack, data_dir, port, hooks_port, examples)
+            replicas = 2 if nodes else 1
+            url = _start_services(stack, data_dir, port, hooks_port, examples, replicas)
             click.echo(f"Webhooks at http://127.0.0.1:{hooks_port}/hooks/<host>/<project>")
             if example:
                 _run_example(example)

@@ -1,14 +1,91 @@
-"""Connecting to Redis / Valkey."""
+"""Connecting to Redis / Valkey: one server, or the primary that Sentinels name.
+
+`redis://user:password@host:port/db` (or `rediss://`, `unix://`) is one server.
+`redis+sentinel://user:password@host:port,host:port,…/master/db` asks those Sentinels
+where the primary called `master` is, with the same user and password (the Sentinels
+know the services' users too), and asks again whenever the primary goes away: after a
+failover, commands go to the replica Sentinel promoted.
+
+Through Sentinel, a command that meets a lost connection, or a primary demoted to a
+replica (READONLY), is sent again (with back-off, for FAILOVER_RETRIES tries: longer
+than Sentinel takes to promote a replica), and a Lua script the new primary has not
+seen is loaded again on NOSCRIPT (redis-py's `Script` does that). Sending a change
+again is safe: every change of run, queue, placement and log state is a
+compare-and-set script (services/store/scripts.py), which does nothing the second time.
+"""
 
 from __future__ import annotations
 
+from urllib.parse import unquote, urlsplit
+
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
 
 Redis = aioredis.Redis
 
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+# 0.05 s doubling to 1 s, 30 tries: about 25 s, well past a Sentinel failover (a few s)
+FAILOVER_RETRIES = 30
+FAILOVER_BACKOFF = ExponentialBackoff(cap=1.0, base=0.05)
+
+
+class _FailoverClient(aioredis.Redis):
+    """The primary's client; closing it closes its connections to the Sentinels too."""
+
+    sentinels: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinels is not None:
+            await self.sentinels.aclose()
+
 
 def connect(url: str) -> Redis:
+    if urlsplit(url).scheme == SENTINEL_SCHEME:
+        return _through_sentinels(url)
     return aioredis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+def sentinel_url(user: str, password: str, sentinels: list[tuple[str, int]], master: str) -> str:
+    """The URL `connect` reads for the primary `master` watched by `sentinels`."""
+    hosts = ",".join(f"{host}:{port}" for host, port in sentinels)
+    return f"{SENTINEL_SCHEME}://{user}:{password}@{hosts}/{master}/0"
+
+
+def _through_sentinels(url: str) -> Redis:
+    parts = urlsplit(url)
+    login, _, hosts = parts.netloc.rpartition("@")
+    user, _, password = login.partition(":")
+    sentinels = []
+    for address in hosts.split(","):
+        host, _, port = address.strip().rpartition(":")
+        sentinels.append((host, int(port)) if host else (address.strip(), SENTINEL_PORT))
+    master, _, db = parts.path.strip("/").partition("/")
+    if not master:
+        raise ValueError(f"Redis URL {_safe(url)!r} names no master: write …/MASTER/DB")
+    auth = {"username": unquote(user) or None, "password": unquote(password) or None}
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        sentinels,
+        sentinel_kwargs={**auth, "socket_connect_timeout": 2},
+        decode_responses=True,
+        health_check_interval=30,
+        socket_connect_timeout=2,
+        retry=Retry(FAILOVER_BACKOFF, FAILOVER_RETRIES),
+        db=int(db or 0),
+        **auth,
+    )
+    client = sentinel.master_for(master, redis_class=_FailoverClient)
+    assert isinstance(client, _FailoverClient)
+    client.sentinels = sentinel
+    return client
+
+
+def _safe(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def strs(values: object) -> list[str]:
