@@ -4,20 +4,19 @@ timeout and cancel stop the whole group (TERM, then KILL after a grace period).
 When the step's main process exits, whatever it left running in its group is killed
 too: a step's background processes end with the step, and no child outlives it.
 
-With a `Tracker` (the agent's; agent/reaper.py) the step also dies with the agent: its
-main process gets a parent-death signal, and the tracker learns its process group so
-the agent's watchdog can end it.
+The agent passes a `Spawn` (agent/launcher.py: its job's spawner starts the process,
+with a parent-death signal, inside the job's sandbox) and a `Tracker`, which learns the
+step's process group so the agent's watchdog can end it (agent/reaper.py). Without a
+`Spawn` (local mode), the process is a child of this one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,6 @@ LineSink = Callable[[str, str], None]  # (stream "out" | "err", line without new
 # Awaited after each chunk read: returns once the sink can take more (backpressure; the
 # step blocks writing to a full pipe meanwhile).
 Throttle = Callable[[], Awaitable[None]]
-PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
 
 
 class Tracker(Protocol):
@@ -44,27 +41,41 @@ class Tracker(Protocol):
         """The step's main process runs: `pid` is also its process group."""
 
 
-def _die_with(parent: int) -> None:
-    """In the child, last before exec: SIGKILL when the parent (its thread) dies."""
-    if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died already
-        os._exit(1)
+class Child(Protocol):
+    """A started step process (`asyncio.subprocess.Process` is one)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+
+    @property
+    def stderr(self) -> asyncio.StreamReader | None: ...
+
+    async def wait(self) -> int: ...
+
+    def kill(self) -> None: ...
 
 
-def _child_setup(
-    tracker: Tracker | None, preexec: Callable[[], None] | None
-) -> Callable[[], None] | None:
-    if tracker is None:
-        return preexec
-    parent = os.getpid()
+# (argv, cwd, env) → the started process, in a session of its own, stdin /dev/null and
+# stdout and stderr on pipes; OSError when it cannot start
+Spawn = Callable[[Sequence[str], Path, Mapping[str, str]], Awaitable[Child]]
 
-    def setup() -> None:
-        if preexec is not None:
-            preexec()
-        _die_with(parent)
 
-    return setup
+async def spawn_here(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> Child:
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=dict(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -112,11 +123,16 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-async def _stop_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+async def _stop_group(proc: Child, grace: float) -> None:
     _signal_group(proc.pid, signal.SIGTERM)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), grace)
+        await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
     _signal_group(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+    if proc.returncode is None:  # whoever reports its exit does not answer
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
     await proc.wait()
 
 
@@ -145,22 +161,12 @@ async def run_process(
     cancel: asyncio.Event | None = None,
     grace: float = GRACE,
     throttle: Throttle | None = None,
-    preexec: Callable[[], None] | None = None,
+    spawn: Spawn = spawn_here,
     tracker: Tracker | None = None,
 ) -> ProcessResult:
-    """Run `argv` to its end, its timeout, or `cancel` being set; `preexec` runs in the
-    child before the program (the agent's sandbox)."""
+    """Run `argv` to its end, its timeout, or `cancel` being set."""
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=cwd,
-            env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=_child_setup(tracker, preexec),
-        )
+        proc = await spawn(argv, cwd, env)
     except (OSError, subprocess.SubprocessError) as exc:
         sink("err", f"cannot start {argv[0]}: {getattr(exc, 'strerror', None) or exc}")
         return ProcessResult(Status.FAILURE, None)

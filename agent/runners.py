@@ -25,7 +25,7 @@ from typing import Any
 from agent import outputs
 from agent.action_inputs import ActionInputError, check_inputs
 from agent.actions import ActionCache, ActionError, LoadedAction
-from agent.process import LineSink, Throttle, Tracker, run_process
+from agent.process import LineSink, Spawn, Throttle, Tracker, run_process, spawn_here
 from agent.sandbox import Sandbox
 from runyard.engine.events import ResolvedStep
 from runyard.engine.masking import Masker
@@ -99,10 +99,12 @@ class StepRunner:
         cancel: asyncio.Event | None = None,
         throttle: Throttle | None = None,
         tracker: Tracker | None = None,
+        spawn: Spawn = spawn_here,
     ) -> StepResult:
-        """`tracker` (the agent's) follows the step's processes so they die with it."""
+        """`spawn` and `tracker` (the agent's) start the step in its job's sandbox and
+        follow its processes so they die with the agent."""
         started = time.time()
-        result = await self._run(step, workspace, sink, cancel, throttle, tracker)
+        result = await self._run(step, workspace, sink, cancel, throttle, tracker, spawn)
         result.started_at, result.finished_at = started, time.time()
         return result
 
@@ -114,6 +116,7 @@ class StepRunner:
         cancel: asyncio.Event | None,
         throttle: Throttle | None,
         tracker: Tracker | None,
+        spawn: Spawn,
     ) -> StepResult:
         mask = Masker(step.mask)
         found: dict[str, Any] = {}
@@ -160,7 +163,7 @@ class StepRunner:
             timeout=step.timeout,
             cancel=cancel,
             throttle=throttle,
-            preexec=self.sandbox.preexec(workspace) if self.sandbox else None,
+            spawn=spawn,
             tracker=tracker,
         )
         found.update(outputs.read_file(output_file))

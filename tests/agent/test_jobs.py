@@ -1,0 +1,148 @@
+"""An agent's job and step handlers report, whatever breaks in the agent itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from agent import reaper
+from agent.actions import ActionCache
+from agent.guard import Containment
+from agent.jobs import Jobs
+from agent.journal import Journal, Ledger
+from agent.launcher import Launcher
+from agent.runners import StepRunner
+from agent.spool import Spool
+from schemas.messages import JobAssign, StepAssign
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+class Offline:
+    """A NATS client that takes everything and sends nothing (the spool keeps it)."""
+
+    is_connected = True
+
+    def jetstream(self) -> Any:
+        return None
+
+
+class Delivery:
+    def __init__(self) -> None:
+        self.acks = 0
+
+    async def ack(self) -> None:
+        self.acks += 1
+
+
+@pytest.fixture
+async def jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Jobs]:
+    monkeypatch.setattr(reaper, "cgroup_base", lambda own, name: None)
+    nc = cast(Client, Offline())
+    ledger = Ledger(tmp_path / "state" / "started")
+    launcher = Launcher(None)
+    launcher.start()
+    made = Jobs(
+        agent="a1",
+        js=cast(JetStreamContext, None),
+        work=tmp_path / "work",
+        spool=Spool(nc, tmp_path / "spool"),
+        journal=Journal(tmp_path / "state" / "done"),
+        ledger=ledger,
+        contain=Containment("a1", ledger),
+        runner=StepRunner(ActionCache(tmp_path / "actions"), tmp_path / "cache"),
+        launcher=launcher,
+        host={},
+        spawn=asyncio.ensure_future,
+    )
+    yield made
+    made.close()
+    launcher.stop()
+    ledger.close()
+
+
+def queued(jobs: Jobs, msg_id: str) -> dict[str, Any]:
+    (found,) = [json.loads(m.data) for m in jobs.spool.memory if m.msg_id == msg_id]
+    return cast(dict[str, Any], found)
+
+
+async def claimed(jobs: Jobs, run: str) -> None:
+    assign = JobAssign(run=run, job="j", project="p", pipeline="ci")
+    await jobs.assigned(assign, cast(Msg, Delivery()))
+
+
+async def test_a_job_is_claimed_and_its_steps_fail_when_git_is_missing(
+    jobs: Jobs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no git here
+    assign = JobAssign(
+        run="r1", job="build", project="p", pipeline="ci", repository="https://x/y.git", sha=SHA
+    )
+    first = Delivery()
+    await jobs.assigned(assign, cast(Msg, first))
+
+    key = "r1|build|1"
+    claim = queued(jobs, f"claim:{key}")
+    assert claim["type"] == "job.claimed"
+    assert jobs.spool.callbacks[f"claim:{key}"] == first.ack  # acked once it is stored
+    again = Delivery()
+    await jobs.assigned(assign, cast(Msg, again))  # redelivered: its claim is queued
+    assert again.acks == 1
+
+    step = StepAssign(run="r1", job="build", index=0, step="s", name="s", run_script="true")
+    jobs.step_assigned(step, cast(Msg, Delivery()))
+    task = jobs.jobs[key].step
+    assert task is not None
+    await task
+    finished = queued(jobs, f"sf:{key}|0")
+    assert finished["status"] == "failure"
+    assert "could not prepare" in finished["error"] and "git" in finished["error"]
+
+
+async def test_a_step_the_agent_fails_to_run_is_still_reported(
+    jobs: Jobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await claimed(jobs, "r2")
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(jobs.runner, "run", broken)
+    jobs.step_assigned(
+        StepAssign(run="r2", job="j", index=0, step="s", name="s", run_script="true"),
+        cast(Msg, Delivery()),
+    )
+    task = jobs.jobs["r2|j|1"].step
+    assert task is not None
+    await task
+    finished = queued(jobs, "sf:r2|j|1|0")
+    assert finished["status"] == "failure" and "disk on fire" in finished["error"]
+    assert not jobs.ledger.jobs["r2|j|1"].steps  # not reported `interrupted` on restart
+
+
+async def test_steps_run_through_the_jobs_spawner(jobs: Jobs) -> None:
+    await claimed(jobs, "r3")
+    script = 'echo "$PPID"; echo err >&2; exit 3'
+    jobs.step_assigned(
+        StepAssign(run="r3", job="j", index=0, step="s", name="s", run_script=script),
+        cast(Msg, Delivery()),
+    )
+    job = jobs.jobs["r3|j|1"]
+    assert job.step is not None
+    await job.step
+    finished = queued(jobs, "sf:r3|j|1|0")
+    assert (finished["status"], finished["exit_code"]) == ("failure", 3)
+    logs = [json.loads(m.data) for m in jobs.spool.memory if m.msg_id.startswith("log:r3")]
+    lines = {line["stream"]: line["text"] for batch in logs for line in batch["lines"]}
+    assert lines["err"] == "err"
+    assert job.spawner is not None
+    assert int(lines["out"]) == job.spawner.pid  # forked by the job's spawner, not the agent
