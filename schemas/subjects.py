@@ -55,10 +55,6 @@ AGENTS_REVOKED = f"{PREFIX}.agents.revoked"
 AUTH_CALLOUT = "$SYS.REQ.USER.AUTH"
 
 
-def run_changed(run: str) -> str:
-    return f"{PREFIX}.runs.{run}.changed"
-
-
 EVENTS_ALL = f"{PREFIX}.events.>"
 INBOX_ALL = f"{PREFIX}.agent.*.inbox"
 AGENT_EVENTS_ALL = f"{PREFIX}.agent.*.events"
@@ -66,7 +62,6 @@ LOGS_ALL = f"{PREFIX}.agent.*.logs.>"
 HEARTBEATS_ALL = f"{PREFIX}.agent.*.hb"
 # Pipelines created, changed or deleted (the scheduler keeps its cron jobs in step).
 PIPELINES_CHANGED = f"{PREFIX}.pipelines.changed"
-RUNS_CHANGED_ALL = f"{PREFIX}.runs.*.changed"
 
 # --- streams ------------------------------------------------------------------------
 
@@ -133,3 +128,51 @@ def attempt_member(run: str, job: str, attempt: int, *more: object) -> str:
     """A job attempt in Redis sets and hashes (placements, queues, timers):
     `run|job|attempt[|…]`; the dispatcher and the log collector must agree on it."""
     return "|".join([run, job, str(attempt), *map(str, more)])
+
+
+# Dispatcher state. Runs and their history are kept (no expiry); every other entry is
+# removed when its job, message or timer is done.
+OUTBOX = key("outbox")  # message id → packed message a commit recorded, until sent
+QUEUE = key("queue")  # job attempts waiting for an agent, by time queued (sorted set)
+QUEUE_INFO = key("queue", "info")  # job attempt → what it needs and its job.assign
+TIMERS = key("timers")  # `<kind>|<job attempt>[|step]` → deadline (sorted set)
+PLACEMENTS = key("placements")  # job attempt → the agent holding it (the fence)
+PLACED = key("placed")  # job attempt → when it was placed (sorted set)
+ONLINE = key("online")  # agent → its last heartbeat (sorted set)
+GROUPS = key("groups")  # keys of concurrency groups with runs in them (set)
+
+
+def run_key(run: str) -> str:
+    """A run's hash: facts, summary, `state`, `ver`, `stale:…` and `finished:…`."""
+    return key("run", run)
+
+
+def run_history_key(project: str, pipeline: str) -> str:
+    """A pipeline's run ids by run number (sorted set)."""
+    return key("runs", project, pipeline)
+
+
+def run_number_key(project: str, pipeline: str) -> str:
+    """A pipeline's last run number (counter)."""
+    return key("runnum", project, pipeline)
+
+
+def group_key(project: str, group: str) -> str:
+    """A concurrency group's run ids by event time (sorted set)."""
+    return key("group", project, group)
+
+
+def chains_key(project: str) -> str:
+    """Pipeline → the pipeline it runs after (`triggers.pipeline`), for the project."""
+    return key("chains", project)
+
+
+def agent_key(agent: str, *more: str) -> str:
+    """An agent's hash (expires AGENT_TTL after its last heartbeat); with `more`, its
+    `projects`, `orgs`, `jobs` (sets) and `metrics` (list)."""
+    return key("agent", agent, *more)
+
+
+def org_key(org: str, *more: str) -> str:
+    """An organization's hash; with `more`, its `members`, `projects` and `teams`."""
+    return key("org", org, *more)

@@ -19,14 +19,13 @@ from schemas.messages import (
     JobFinish,
     JobFinished,
     JobRevoked,
-    RunChanged,
     StepFinished,
     decode_agent_event,
 )
 from schemas.status import Status
 from services.dispatcher import effects, fencing
 from services.dispatcher.admission import Admission
-from services.dispatcher.changes import Changes, applying
+from services.dispatcher.changes import Changes, NotHolder, applying
 from services.dispatcher.placer import Placer
 from services.dispatcher.runs import LiveRun
 from services.store import records
@@ -60,43 +59,48 @@ class Agents:
     # --- agent events ---------------------------------------------------------------
 
     async def on_event(self, msg: Msg) -> None:
+        """Only the agent that holds the attempt may report on it: nats-server lets an
+        agent publish on its own subject alone, so the subject names the sender, and
+        the holder is checked by the commit (or release) the event makes."""
         try:
             event = decode_agent_event(msg.data)
         except ValueError as exc:
             log.error("dropping an unreadable agent event on %s: %s", msg.subject, exc)
             return
-        if not await self._from_holder(msg.subject, event):
+        sender = subject_agent(msg.subject)
+        if sender != event.agent:
+            log.warning("dropped %s for agent %s sent by %s", event.type, event.agent, sender)
             return
-        if isinstance(event, JobClaimed):
-            await self._claimed(event)
-        elif isinstance(event, StepFinished):
-            await self.changes.change(event.run, lambda e, now: e.apply(step_done(event)))
-        else:
-            await self._job_finished(event)
+        fence = (effects.member(event.run, event.job, event.attempt), sender)
+        try:
+            if isinstance(event, JobClaimed):
+                await self._claimed(event, fence)
+            elif isinstance(event, StepFinished):
+                done = step_done(event)
+                await self.changes.change(event.run, lambda e, now: e.apply(done), fence=fence)
+            else:
+                await self._job_finished(event)
+        except NotHolder as refused:
+            await self._refuse(event, refused.holder)
 
-    async def _from_holder(
-        self, subject: str, event: JobClaimed | StepFinished | JobFinished
-    ) -> bool:
-        """Only the agent that holds this attempt may report on it. nats-server lets an
-        agent publish on its own subject alone, so the subject names the sender."""
-        sender = subject_agent(subject)
+    async def _refuse(
+        self, event: JobClaimed | StepFinished | JobFinished, holder: str | None
+    ) -> None:
+        """An event from an agent that does not hold its attempt: dropped, and that
+        agent must stop the job; kept with the run when the attempt was taken from it
+        or another agent holds it."""
         m = effects.member(event.run, event.job, event.attempt)
-        holder = await self.r.hget(store.PLACEMENTS, m)
-        if sender == event.agent and holder is not None and str(holder) == sender:
-            return True
         log.warning(
             "dropped %s for %s from agent %s: the attempt is held by %s",
             event.type,
             m,
-            sender,
+            event.agent,
             holder or "nobody",
         )
-        if sender and sender == event.agent:  # a stale holder: it must stop that job
-            await self.revoke(sender, event.run, event.job, event.attempt)
-            if holder is not None or await self._taken_away(event.run, event.job, event.attempt):
-                report = fencing.event_report(event, time.time())
-                await store.record_stale(self.r, event.run, fencing.report_field(report), report)
-        return False
+        await self.revoke(event.agent, event.run, event.job, event.attempt)
+        if holder is not None or await self._taken_away(event.run, event.job, event.attempt):
+            report = fencing.event_report(event, time.time())
+            await store.record_stale(self.r, event.run, fencing.report_field(report), report)
 
     async def revoke(self, agent: str, run: str, job: str, attempt: int) -> None:
         revoked = JobRevoked(run=run, job=job, attempt=attempt)
@@ -107,7 +111,7 @@ class Agents:
         state = live.engine.state.jobs.get(job) if live is not None else None
         return state is not None and fencing.taken_away(state, attempt)
 
-    async def _claimed(self, event: JobClaimed) -> None:
+    async def _claimed(self, event: JobClaimed, fence: tuple[str, str]) -> None:
         stale = True
 
         def apply(engine: Engine, now: float) -> list[Command]:
@@ -124,7 +128,7 @@ class Agents:
                     fx, live.facts, event.job, event.attempt, plan.spec.timeout * 60, now
                 )
 
-        live = await self.changes.change(event.run, apply, timer)
+        live = await self.changes.change(event.run, apply, timer, fence)
         if live is None or stale:
             # a claim for an attempt that is over (cancelled while placed): let it go
             finish = JobFinish(
@@ -136,7 +140,9 @@ class Agents:
 
     async def _job_finished(self, event: JobFinished) -> None:
         m = effects.member(event.run, event.job, event.attempt)
-        await self.placer.release(event.agent, m)
+        holder = await self.placer.release(event.agent, m)
+        if holder != event.agent:
+            raise NotHolder(holder)
         self.placer.kick.set()
         await self._record_outputs(event)
 
@@ -167,9 +173,6 @@ class Agents:
             "errors": errors,
         }
         await self.r.hset(store.run_key(event.run), f"finished:{event.job}", store.dumps(record))
-        status = await self.r.hget(store.run_key(event.run), "status")
-        changed = RunChanged(run=event.run, status=Status(str(status or "running")), at=time.time())
-        await self.nc.publish(subjects.run_changed(event.run), changed.encode())
 
     # --- heartbeats -----------------------------------------------------------------
 

@@ -65,6 +65,11 @@ class Effects:
     timers: list[tuple[str, float]] = field(default_factory=list)  # member, deadline
     untimers: list[str] = field(default_factory=list)
     done: Status | None = None
+    # the `pipeline` event of a run that ended: sent only if some pipeline chains after it
+    chain: tuple[str, str, bytes] | None = None
+    # queued jobs to place on an agent in the same commit: member → agent, when it has
+    # a free slot and nothing else waits in the queue
+    place: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The part the commit script applies (the outbox entries carry their subject)."""
@@ -72,11 +77,27 @@ class Effects:
             {
                 "outbox": [[i, pack(s, d)] for i, s, d in self.outbox],
                 "enqueue": [list(e) for e in self.enqueue],
+                "place": [[m, self.place[m], *_packed(self.assignment(m))] for m in self.place],
                 "dequeue": self.dequeue,
                 "timers": [list(t) for t in self.timers],
                 "untimers": self.untimers,
             }
         ).decode()
+
+    def assignment(self, m: str) -> tuple[str, str, bytes]:
+        """The outbox entry that sends queued job `m` to the agent chosen for it."""
+        info = next(i for e, _, i in self.enqueue if e == m)
+        return assign_entry(m, self.place[m], str(decode_info(info)["assign"]).encode())
+
+
+def assign_entry(m: str, agent: str, assign: bytes) -> tuple[str, str, bytes]:
+    """The outbox entry (id, subject, data) that gives job attempt `m` to `agent`."""
+    return "assign:" + m, subjects.agent_inbox(agent), assign
+
+
+def _packed(entry: tuple[str, str, bytes]) -> tuple[str, str]:
+    msg_id, subject, data = entry
+    return msg_id, pack(subject, data)
 
 
 def pack(subject: str, data: bytes) -> str:
@@ -158,7 +179,7 @@ def translate(
             _finish_job(fx, command, plan, state, facts)
         elif isinstance(command, RunDone):
             fx.done = command.status
-            fx.outbox.append(_chain(state, facts, command.status, now))
+            fx.chain = _chain(state, facts, command.status, now)
     return fx
 
 

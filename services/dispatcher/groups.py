@@ -12,6 +12,7 @@ from runyard.engine.text import to_text
 from schemas.pipeline import Pipeline
 from schemas.status import Status
 from services.dispatcher.changes import Changes
+from services.dispatcher.runs import LiveRun
 from services.store import runs as store
 from services.store.connection import strs
 
@@ -55,10 +56,10 @@ class Groups:
                     await self.changes.change(other, lambda e, now: e.apply(RunCancelled(at=now)))
         await self.advance(gkey)
 
-    async def advance_for(self, run_id: str) -> None:
-        project, group = await self.r.hmget(store.run_key(run_id), ["project", "group"])
-        if project and group:
-            await self.advance(store.group_key(str(project), str(group)))
+    async def advance_for(self, live: LiveRun) -> None:
+        """The next run of the group of `live`, which has ended."""
+        if live.group:
+            await self.advance(store.group_key(live.facts.project, live.group))
 
     async def advance(self, gkey: str) -> None:
         """Start the oldest run of a concurrency group once every older one has ended."""

@@ -5,6 +5,9 @@ spreads over agents rather than filling the first one."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 
 @dataclass
@@ -18,6 +21,15 @@ class Candidate:
     @property
     def free(self) -> int:
         return self.slots - self.used
+
+
+def candidate(row: list[Any]) -> Candidate:
+    """An agent as the `CANDIDATES` script reads it: [id, slots, used, labels JSON,
+    projects (its own and its organizations')]."""
+    agent, slots, used, labels, projects = row
+    return Candidate(
+        agent, frozenset(orjson.loads(labels)), frozenset(projects or ()), int(slots), int(used)
+    )
 
 
 def eligible(agent: Candidate, project: str, runs_on: list[str]) -> bool:

@@ -15,7 +15,7 @@ import orjson
 from schemas import subjects
 from services.dispatcher import effects, placement
 from services.dispatcher.changes import Changes
-from services.store import orgs, records
+from services.store import records
 from services.store import runs as store
 from services.store.connection import strs
 
@@ -42,37 +42,39 @@ class Placer:
             except Exception:
                 log.exception("placing queued jobs")
 
-    async def _candidates(self) -> list[placement.Candidate]:
-        ids = strs(
-            await self.r.zrangebyscore(store.ONLINE, time.time() - records.ONLINE_AFTER, "+inf")
+    async def _candidates(self, only_if_none_waits: bool = False) -> list[placement.Candidate]:
+        """Online agents with a free slot (none when `only_if_none_waits` and the
+        queue is not empty)."""
+        rows = await self.scripts.candidates(
+            keys=[store.ONLINE, store.QUEUE],
+            args=[
+                time.time() - records.ONLINE_AFTER,
+                records.agent_key(""),
+                subjects.org_key(""),
+                int(only_if_none_waits),
+            ],
         )
-        async with self.r.pipeline(transaction=False) as p:
-            for agent in ids:
-                p.hmget(records.agent_key(agent), ["slots", "used", "labels"])
-                p.smembers(records.agent_key(agent, "projects"))
-                p.smembers(records.agent_key(agent, "orgs"))
-            rows = await p.execute()
-        found = []
-        for i, agent in enumerate(ids):
-            (slots, used, labels), projects, member_of = rows[3 * i : 3 * i + 3]
-            if slots is None:
-                continue
-            if member_of:  # an organization assigns the agent to all its projects
-                projects = set(projects) | await orgs.org_projects(self.r, strs(member_of))
-            found.append(
-                placement.Candidate(
-                    agent,
-                    frozenset(orjson.loads(labels or "[]")),
-                    frozenset(projects),
-                    int(slots),
-                    int(used or 0),
-                )
-            )
-        return found
+        found = [placement.candidate(orjson.loads(row)) for row in rows]
+        return [a for a in found if a.free > 0]
+
+    async def direct(self, queued: list[tuple[str, float, str]]) -> dict[str, str]:
+        """Agents for the jobs a commit queues (member → agent), when nothing waits in
+        the queue before them; the commit places each only if its agent still has a
+        free slot and the queue is still empty."""
+        agents = await self._candidates(only_if_none_waits=True)
+        chosen: dict[str, str] = {}
+        for m, _, info in queued:
+            wanted = effects.decode_info(info)
+            agent = placement.choose(agents, wanted["project"], wanted["runs_on"])
+            if agent is None:  # this one waits, so every later one does too
+                break
+            agent.used += 1
+            chosen[m] = agent.id
+        return chosen
 
     async def place_queued(self) -> None:
         async with self.placing:
-            agents = [a for a in await self._candidates() if a.free > 0]
+            agents = await self._candidates()
             if not agents:  # nothing can be placed: leave the queue unread
                 return
             queued = strs(await self.r.zrange(store.QUEUE, 0, 499))
@@ -89,29 +91,29 @@ class Placer:
                 await self._place(m, chosen, wanted["assign"].encode())
 
     async def _place(self, m: str, agent: placement.Candidate, assign: bytes) -> None:
-        msg_id = "assign:" + m
-        subject = subjects.agent_inbox(agent.id)
+        entry = effects.assign_entry(m, agent.id, assign)
+        msg_id, subject, _ = entry
         result = await self.scripts.place(
-            keys=[
-                store.QUEUE,
-                store.QUEUE_INFO,
-                store.PLACEMENTS,
-                records.agent_key(agent.id),
-                records.agent_key(agent.id, "jobs"),
-                store.OUTBOX,
-                store.PLACED,
+            keys=[store.QUEUE, store.QUEUE_INFO, store.PLACEMENTS, store.OUTBOX, store.PLACED],
+            args=[
+                m,
+                agent.id,
+                msg_id,
+                effects.pack(subject, assign),
+                time.time(),
+                records.agent_key(""),
             ],
-            args=[m, agent.id, msg_id, effects.pack(subject, assign), time.time()],
         )
         if result == 1:
             agent.used += 1
-            await self.changes.send_outbox([(msg_id, subject, assign)])
+            await self.changes.send_outbox([entry])
         elif result == -1:
             agent.used = agent.slots
 
-    async def release(self, agent: str, m: str) -> bool:
-        """Free the slot of attempt `m`, if `agent` holds it."""
-        released = await self.scripts.release(
+    async def release(self, agent: str, m: str) -> str | None:
+        """Free the slot of attempt `m` if `agent` holds it (→ `agent`); otherwise the
+        holder of `m` is left as it is and returned (None: nobody)."""
+        result = await self.scripts.release(
             keys=[
                 store.PLACEMENTS,
                 records.agent_key(agent),
@@ -120,4 +122,4 @@ class Placer:
             ],
             args=[m, agent],
         )
-        return bool(released)
+        return agent if result == 1 else (str(result) or None)

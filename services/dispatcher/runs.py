@@ -109,6 +109,7 @@ class LiveRun:
     engine: Engine
     version: int
     state_json: str
+    group: str = ""  # its concurrency group, if it has one
 
 
 def live_run(stored: StoredRun, secrets: dict[str, str]) -> LiveRun:
@@ -129,4 +130,5 @@ def live_run(stored: StoredRun, secrets: dict[str, str]) -> LiveRun:
     )
     state = RunState.model_validate_json(f["state"])
     facts = facts_for(stored.id, pipeline, f["project"], event)
-    return LiveRun(facts, Engine(plan, info, state), stored.version, f["state"])
+    engine = Engine(plan, info, state)
+    return LiveRun(facts, engine, stored.version, f["state"], f.get("group", ""))

@@ -47,7 +47,8 @@ class Dispatcher:
         self.triggers = Triggers(self.changes, self.groups)
         self.agents = Agents(self.changes, self.placer, self.admission)
         self.timers = Timers(self.changes, self.groups, self.placer)
-        self.changes.queued = self.placer.place_queued
+        self.changes.choose = self.placer.direct
+        self.changes.queued = self.placer.kick.set
         self.changes.ended = self.groups.advance_for
 
     async def start(self) -> None:
@@ -64,6 +65,7 @@ class Dispatcher:
             subjects.HEARTBEATS_ALL, queue=subjects.DISPATCHER_QUEUE, cb=self.agents.on_heartbeat
         )
         self._spawn(self.timers.run())
+        self._spawn(self.changes.forget_sent())
         self._spawn(self.placer.run())
         self._spawn(self._reseal_secrets())
         if self.admission is not None:

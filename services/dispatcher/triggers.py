@@ -3,6 +3,7 @@ once per (event, pipeline) and started (or queued in its concurrency group)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -16,7 +17,7 @@ from schemas.status import Status
 from services.dispatcher import matching
 from services.dispatcher.changes import Changes
 from services.dispatcher.groups import Groups, group_of
-from services.dispatcher.runs import BadPipeline, plan_for
+from services.dispatcher.runs import BadPipeline, live_run, plan_for
 from services.store import records
 from services.store import runs as store
 
@@ -38,29 +39,33 @@ class Triggers:
         if isinstance(event, RunCancel):
             await self.changes.change(event.run, lambda e, now: e.apply(RunCancelled(at=now)))
             return
-        for name in await self._pipelines_for(event):
-            await self._create_run(event, name)
+        for record in await self._pipelines_for(event):
+            await self._create_run(event, record)
 
-    async def _pipelines_for(self, event: TriggerEvent) -> list[str]:
+    async def _pipelines_for(self, event: TriggerEvent) -> list[records.PipelineRecord]:
         if event.pipeline is not None and event.kind != "webhook":
-            return [event.pipeline]
-        names = []
+            try:
+                return [await records.get_pipeline(self.r, event.project, event.pipeline)]
+            except records.NotFound as exc:
+                log.error("event %s: %s", event.id, exc)
+                return []
+        found = []
         for record in await records.list_pipelines(self.r, event.project):
             try:
                 pipeline, _ = plan_for(record.source, record.format)
             except BadPipeline:
                 continue
             if matching.starts(pipeline, event):
-                names.append(record.name)
-        return names
+                found.append(record)
+        return found
 
-    async def _create_run(self, event: TriggerEvent, name: str) -> None:
+    async def _create_run(self, event: TriggerEvent, record: records.PipelineRecord) -> None:
         try:
-            record = await records.get_pipeline(self.r, event.project, name)
             pipeline, plan = plan_for(record.source, record.format)
-        except (records.NotFound, BadPipeline) as exc:
+        except BadPipeline as exc:
             log.error("event %s: %s", event.id, exc)
             return
+        name = record.name
         run_id = store.run_id_for(event.id, event.project, name)
         event_dict = event.model_dump(mode="json")
         inputs = form_inputs(pipeline, event.inputs)
@@ -80,9 +85,15 @@ class Triggers:
             "group": group or "",
         }
         state = initial_state(plan, run_id).model_dump_json()
-        number = await store.create_run(self.r, self.changes.scripts, run_id, fields, state)
+        number, secrets = await asyncio.gather(
+            store.create_run(self.r, self.changes.scripts, run_id, fields, state),
+            records.secrets_of(self.r, event.project),
+        )
         if number:
             log.info("run %s: %s #%d", run_id, name, number)
+            # the run as just written: no need to read it back
+            stored = fields | {"state": state, "ver": "0", "number": str(number)}
+            self.changes.keep(live_run(store.StoredRun(run_id, stored), secrets))
         if group is None:
             await self.changes.change(run_id, lambda e, now: e.start(now))
             return

@@ -13,8 +13,9 @@ from typing import Any
 import orjson
 
 from runyard.pipeline.validate import Result, validate_text
+from schemas.subjects import agent_key as agent_key  # kept here for callers
 from schemas.subjects import key
-from services.store import crypto
+from services.store import chains, crypto
 from services.store.connection import Redis, strdict, strs
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,7 @@ async def save_pipeline(r: Redis, project: str, name: str, source: str, fmt: str
         p.hset(k, mapping={"source": source, "format": fmt, "updated_at": str(now)})
         p.hset(key("pipeline", project, name, "versions"), str(version), source)
         p.sadd(key("pipelines", project), name)
+        chains.record(p, project, name, validate_source(source, fmt).pipeline)
         await p.execute()
     return version
 
@@ -250,8 +252,11 @@ async def list_pipelines(r: Redis, project: str) -> list[PipelineRecord]:
 
 
 async def delete_pipeline(r: Redis, project: str, name: str) -> None:
-    await r.delete(key("pipeline", project, name), key("pipeline", project, name, "versions"))
-    await r.srem(key("pipelines", project), name)
+    async with r.pipeline(transaction=True) as p:
+        p.delete(key("pipeline", project, name), key("pipeline", project, name, "versions"))
+        p.srem(key("pipelines", project), name)
+        chains.record(p, project, name, None)
+        await p.execute()
 
 
 # --- API keys -------------------------------------------------------------------------
@@ -326,10 +331,6 @@ async def check_api_key(r: Redis, token: str) -> dict[str, str] | None:
 
 
 # --- agents ---------------------------------------------------------------------------
-
-
-def agent_key(agent_id: str, *more: str) -> str:
-    return key("agent", agent_id, *more)
 
 
 @dataclass

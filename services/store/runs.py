@@ -9,35 +9,31 @@ from typing import Any
 
 import orjson
 
-from schemas.subjects import attempt_member, key
+# the key patterns live in schemas.subjects; these names are kept for callers
+from schemas.subjects import GROUPS as GROUPS
+from schemas.subjects import ONLINE as ONLINE
+from schemas.subjects import OUTBOX as OUTBOX
+from schemas.subjects import PLACED as PLACED
+from schemas.subjects import PLACEMENTS as PLACEMENTS
+from schemas.subjects import QUEUE as QUEUE
+from schemas.subjects import QUEUE_INFO as QUEUE_INFO
+from schemas.subjects import TIMERS as TIMERS
+from schemas.subjects import attempt_member, run_history_key, run_number_key
+from schemas.subjects import group_key as group_key
+from schemas.subjects import run_key as run_key
 from services.store.connection import Redis, strdict, strs
 from services.store.scripts import Scripts
 
-OUTBOX = key("outbox")
-QUEUE = key("queue")
-QUEUE_INFO = key("queue", "info")
-TIMERS = key("timers")
-PLACEMENTS = key("placements")  # job attempt → the agent holding it (the fence)
-PLACED = key("placed")  # job attempt → when it was placed (sorted set)
-ONLINE = key("online")
-GROUPS = key("groups")
-
-
-def run_key(run_id: str) -> str:
-    return key("run", run_id)
-
+history_key = run_history_key
 
 # Fields `stale:<job>|<attempt>|<agent>|<what>` of a run's hash: a late report, kept with
 # the run (one per attempt, agent and kind of report, so repeats overwrite it).
 STALE = "stale:"
 
 
-def history_key(project: str, pipeline: str) -> str:
-    return key("runs", project, pipeline)
-
-
-def group_key(project: str, group: str) -> str:
-    return key("group", project, group)
+def commit_keys(run_id: str) -> list[str]:
+    """The KEYS of the `COMMIT` script for a run."""
+    return [run_key(run_id), OUTBOX, QUEUE, QUEUE_INFO, TIMERS, PLACEMENTS, PLACED]
 
 
 def run_id_for(event_id: str, project: str, pipeline: str) -> str:
@@ -98,7 +94,7 @@ async def create_run(
     """The new run's number, or 0 when a run with this id exists already."""
     project, pipeline = fields["project"], fields["pipeline"]
     result = await scripts.create_run(
-        keys=[run_key(run_id), history_key(project, pipeline), key("runnum", project, pipeline)],
+        keys=[run_key(run_id), history_key(project, pipeline), run_number_key(project, pipeline)],
         args=[dumps(fields), state, run_id],
     )
     return int(result)

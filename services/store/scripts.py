@@ -9,20 +9,57 @@ from __future__ import annotations
 
 from services.store.connection import Redis
 
-# KEYS: run, outbox, queue, queue info, timers
-# ARGV: expected version, state JSON, summary fields JSON, effects JSON
-COMMIT = """
+# Give job attempt `m` to agent `id` when it has a free slot: count the slot,
+# record the placement (the fence) and when, and the `job.assign` in the outbox.
+_TAKE_SLOT = """
+local function take_slot(placements, placed, outbox, prefix, m, id, msg_id, entry, now)
+  local agent = prefix .. id
+  local slots = tonumber(redis.call('HGET', agent, 'slots') or '0')
+  local used = tonumber(redis.call('HGET', agent, 'used') or '0')
+  if used >= slots then return false end
+  redis.call('HINCRBY', agent, 'used', 1)
+  redis.call('HSET', placements, m, id)
+  redis.call('SADD', agent .. ':jobs', m)
+  redis.call('ZADD', placed, now, m)
+  redis.call('HSET', outbox, msg_id, entry)
+  return true
+end
+"""
+
+# KEYS: run, outbox, queue, queue info, timers, placements, placed
+# ARGV: expected version, state JSON, summary fields JSON, effects JSON, fence member
+# ('' for none), fence agent, agent key prefix, now
+# → {1, members placed on an agent}; {0} when the run's version moved on; {-1, holder}
+# when the fence member is not held by the fence agent (nothing written)
+# A queued job named in `place` goes straight to its agent when that agent has a free
+# slot and no older job waits in the queue (so the queue stays first come, first served).
+COMMIT = (
+    _TAKE_SLOT
+    + """
+if ARGV[5] ~= '' then
+  local holder = redis.call('HGET', KEYS[6], ARGV[5])
+  if holder ~= ARGV[6] then return {-1, holder or ''} end
+end
 local ver = redis.call('HGET', KEYS[1], 'ver')
-if ver ~= ARGV[1] then return 0 end
+if ver ~= ARGV[1] then return {0} end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'ver', tostring(tonumber(ver) + 1))
 for field, value in pairs(cjson.decode(ARGV[3])) do
   redis.call('HSET', KEYS[1], field, value)
 end
 local fx = cjson.decode(ARGV[4])
 for _, o in ipairs(fx.outbox) do redis.call('HSET', KEYS[2], o[1], o[2]) end
+local direct = {}
+for _, p in ipairs(fx.place) do direct[p[1]] = p end
+local result = {1}
+local waiting = redis.call('ZCARD', KEYS[3]) > 0
 for _, q in ipairs(fx.enqueue) do
-  if redis.call('ZADD', KEYS[3], 'NX', q[2], q[1]) == 1 then
+  local p = direct[q[1]]
+  if p and not waiting
+      and take_slot(KEYS[6], KEYS[7], KEYS[2], ARGV[7], q[1], p[2], p[3], p[4], ARGV[8]) then
+    table.insert(result, q[1])
+  elseif redis.call('ZADD', KEYS[3], 'NX', q[2], q[1]) == 1 then
     redis.call('HSET', KEYS[4], q[1], q[3])
+    waiting = true
   end
 end
 for _, m in ipairs(fx.dequeue) do
@@ -31,7 +68,32 @@ for _, m in ipairs(fx.dequeue) do
 end
 for _, t in ipairs(fx.timers) do redis.call('ZADD', KEYS[5], t[2], t[1]) end
 for _, m in ipairs(fx.untimers) do redis.call('ZREM', KEYS[5], m) end
-return 1
+return result
+"""
+)
+
+# KEYS: online agents, queue.  ARGV: online since, agent key prefix, organization key
+# prefix, 1 to find none while the queue is not empty
+# → JSON [id, slots, used, labels JSON, [project, …]] of each online agent with a record
+# (its projects include those of its organizations)
+CANDIDATES = """
+if ARGV[4] == '1' and redis.call('ZCARD', KEYS[2]) > 0 then return {} end
+local found = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
+  local agent = ARGV[2] .. id
+  local row = redis.call('HMGET', agent, 'slots', 'used', 'labels')
+  if row[1] then
+    local projects = redis.call('SMEMBERS', agent .. ':projects')
+    for _, org in ipairs(redis.call('SMEMBERS', agent .. ':orgs')) do
+      for _, p in ipairs(redis.call('SMEMBERS', ARGV[3] .. org .. ':projects')) do
+        table.insert(projects, p)
+      end
+    end
+    local labels = row[3] or '[]'
+    table.insert(found, cjson.encode({id, row[1], row[2] or '0', labels, projects}))
+  end
+end
+return found
 """
 
 # KEYS: run, history, counter.  ARGV: fields JSON, state JSON.  → run number, or 0
@@ -46,28 +108,26 @@ redis.call('ZADD', KEYS[2], number, ARGV[3])
 return number
 """
 
-# KEYS: queue, queue info, placements, agent, agent jobs, outbox, placed
-# ARGV: member, agent id, outbox id, outbox entry, now
+# KEYS: queue, queue info, placements, outbox, placed
+# ARGV: member, agent id, outbox id, outbox entry, now, agent key prefix
 # → 1 placed, 0 no longer queued, -1 agent full
-PLACE = """
+PLACE = (
+    _TAKE_SLOT
+    + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-local slots = tonumber(redis.call('HGET', KEYS[4], 'slots') or '0')
-local used = tonumber(redis.call('HGET', KEYS[4], 'used') or '0')
-if used >= slots then return -1 end
+if not take_slot(KEYS[3], KEYS[5], KEYS[4], ARGV[6], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+  then return -1 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HINCRBY', KEYS[4], 'used', 1)
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[5], ARGV[1])
-redis.call('HSET', KEYS[6], ARGV[3], ARGV[4])
-redis.call('ZADD', KEYS[7], ARGV[5], ARGV[1])
 return 1
 """
+)
 
 # KEYS: placements, agent, agent jobs, placed.  ARGV: member, agent id
-# → 1 released, 0 not placed (on that agent)
+# → 1 released, else the agent that holds it ('' for none)
 RELEASE = """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+local holder = redis.call('HGET', KEYS[1], ARGV[1])
+if holder ~= ARGV[2] then return holder or '' end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
@@ -180,6 +240,7 @@ class Scripts:
 
     def __init__(self, r: Redis) -> None:
         self.commit = r.register_script(COMMIT)
+        self.candidates = r.register_script(CANDIDATES)
         self.create_run = r.register_script(CREATE_RUN)
         self.place = r.register_script(PLACE)
         self.release = r.register_script(RELEASE)
