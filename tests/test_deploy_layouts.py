@@ -12,6 +12,7 @@ PID 1): pull images, start the containers or units, or schedule the pods."""
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import re
@@ -237,47 +238,79 @@ def test_the_compose_nats_node_passes_nats_servers_check(secrets: Path, tmp_path
     assert routes == [n for n in compose()["services"] if n.startswith("nats-")]
 
 
-def test_the_valkey_script_starts_valkey_with_the_acl(secrets: Path, tmp_path: Path) -> None:
-    """deploy/kubernetes/valkey.sh (compose runs it too) as the primary: every service
-    logs in with its .env file, nobody without one."""
+def until(check: Callable[[], object], what: str, servers: list[Server], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if check():
+                return
+        except redis.ConnectionError:
+            pass
+        for server in servers:
+            assert server.running, f"{server.name} exited: {server.tail()}"
+        assert time.monotonic() < deadline, f"{what} within {seconds:g} s"
+        time.sleep(0.05)
+
+
+def test_the_valkey_script_makes_a_primary_a_replica_and_a_sentinel(
+    secrets: Path, tmp_path: Path
+) -> None:
+    """deploy/kubernetes/valkey.sh (compose runs it too), each node on its own loopback
+    address: services log in to the primary with their .env files and nobody without
+    one; the replica copies it and Sentinel watches it, both logged in as `ops`."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "valkey-server").symlink_to(valkey_binary())
+    (bin_dir / "valkey-sentinel").write_text('#!/bin/sh\nexec valkey-server "$@" --sentinel\n')
+    (bin_dir / "valkey-sentinel").chmod(0o755)
     port = free_port()
-    env = {
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "SECRETS": str(secrets),
-        "DATA": str(tmp_path),
-        "VALKEY_SELF": "127.0.0.1",
-        "VALKEY_PRIMARY": "127.0.0.1",
-        "VALKEY_PORT": str(port),
-    }
-    argv = ["sh", str(KUBE / "valkey.sh"), "server"]
-    server = Server("valkey", argv, port, tmp_path / "valkey.log", env)
-    server.start()
+    primary, replica, watcher = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+    servers = []
+    for name, address, role in [
+        ("primary", primary, "server"), ("replica", replica, "server"),
+        ("sentinel", watcher, "sentinel"),
+    ]:  # fmt: skip
+        (tmp_path / name).mkdir()
+        env = {
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "SECRETS": str(secrets),
+            "DATA": str(tmp_path / name),
+            "VALKEY_SELF": address,
+            "VALKEY_BIND": address,
+            "VALKEY_PRIMARY": primary,
+            "VALKEY_PORT": str(port),
+        }
+        argv = ["sh", str(KUBE / "valkey.sh"), role]
+        servers.append(Server(name, argv, port, tmp_path / f"{name}.log", env))
+        servers[-1].start()
     try:
-        url = (secrets / "web.env").read_text().split("RUNYARD_REDIS_URL=")[1].split()[0]
-        client = redis.Redis.from_url(url.replace("v:6379", f"127.0.0.1:{port}"))
-        with client:
-            for _ in range(100):
-                try:
-                    assert client.set("ry:layout", "1")
-                    break
-                except redis.ConnectionError:
-                    assert server.running, server.tail()
-                    time.sleep(0.05)
-        with redis.Redis(port=port) as stranger, pytest.raises(redis.AuthenticationError):
+        web = (secrets / "web.env").read_text().split("RUNYARD_REDIS_URL=")[1].split()[0]
+        url = web.replace("v:6379", f"{primary}:{port}")
+        with redis.Redis.from_url(url) as client:
+            until(lambda: client.set("ry:layout", "1"), "the primary answers", servers, 20)
+        with redis.Redis(primary, port) as stranger, pytest.raises(redis.AuthenticationError):
             stranger.ping()
-        assert "appendonly yes" in (tmp_path / "valkey.conf").read_text()
+        ops = (secrets / "ops.env").read_text().split("RUNYARD_REDIS_URL=")[1].split()[0]
+        with redis.Redis.from_url(ops.replace("v:6379", f"{replica}:{port}")) as copy_:
+            # Valkey waits 5 s (repl-diskless-sync-delay) for more replicas before a sync
+            until(lambda: copy_.get("ry:layout") == b"1", "the replica has copied", servers, 30)
+        with redis.Redis(watcher, 26379) as sentinel:
+            # "master,disconnected" while its login to the primary fails
+            until(
+                lambda: sentinel.sentinel_master("runyard")["flags"] == "master",
+                "Sentinel logged in to the primary", servers, 15,
+            )  # fmt: skip
+            assert sentinel.sentinel_master("runyard")["ip"] == primary
         # the docs' first admin key, made as the web service would (its identity)
         made = subprocess.run(
             [sys.executable, "-c", admin_key_snippet()],
             capture_output=True, text=True, check=False, timeout=60, cwd=ROOT,
-            env={**os.environ, "RUNYARD_REDIS_URL": url.replace("v:6379", f"127.0.0.1:{port}")},
+            env={**os.environ, "RUNYARD_REDIS_URL": url},
         )  # fmt: skip
         assert made.returncode == 0 and made.stdout.startswith("ryk"), made.stderr
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
 
 
 # --- Kubernetes -------------------------------------------------------------------------
@@ -295,6 +328,15 @@ def manifests() -> list[dict[str, Any]]:
         for doc in yaml.safe_load_all((KUBE / name).read_text())
         if doc
     ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _schemas_read_once() -> Iterator[None]:
+    # kubernetes-validate reads its schema files, megabytes of them, at every call
+    with pytest.MonkeyPatch.context() as patch:
+        utils = kubernetes_validate.utils
+        patch.setattr(utils, "schema_contents", functools.cache(utils.schema_contents))
+        yield
 
 
 def validate_kube(resource: dict[str, Any]) -> None:

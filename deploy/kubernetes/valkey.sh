@@ -8,6 +8,7 @@
 #   SECRETS         the directory holding `runyard credentials` output (ops.env, the ACL)
 #   DATA            where Valkey keeps its data (a persistent volume)
 #   VALKEY_PORT     the port of every Valkey node (default 6379; Sentinels use 26379)
+#   VALKEY_BIND     the addresses to listen on (default: every interface)
 set -eu
 SECRETS=${SECRETS:-/etc/runyard}
 DATA=${DATA:-/data}
@@ -34,6 +35,7 @@ server() {
     conf=$DATA/valkey.conf
     {
         echo "port $PORT"
+        if [ -n "${VALKEY_BIND:-}" ]; then echo "bind $VALKEY_BIND"; fi
         # reached from other hosts; every user needs a password (the ACL), so protected
         # mode (loopback only while the default user has none) would only refuse them
         echo "protected-mode no"
@@ -53,7 +55,8 @@ sentinel() {
     # Sentinel rewrites its file as it learns the primary, replicas and other Sentinels:
     # written once, then kept on the volume.
     if [ ! -f "$conf" ]; then
-        cat >"$conf" <<CONF
+        if [ -n "${VALKEY_BIND:-}" ]; then echo "bind $VALKEY_BIND" >"$conf"; fi
+        cat >>"$conf" <<CONF
 port 26379
 protected-mode no
 dir $DATA
