@@ -65,20 +65,20 @@ def services(
     stack: Stack,
     data_dir: Path,
     env: Callable[[str], dict[str, str]],
-    port: int,
-    hooks_port: int,
-    replicas: int = 1,
+    web_ports: list[int],
+    hooks_ports: list[int],
 ) -> list[Server]:
-    """Every service, `replicas` of each (named `dispatcher-1`, … when more than one),
-    the dispatchers first; `env(service)` is the environment a service runs with. Web
-    and webhook replicas each listen on a port of their own: `port`, `port + 2`, … and
-    `hooks_port`, `hooks_port + 2`, … (a load balancer in front shares them out)."""
+    """Every service, as many replicas of each as `web_ports` has ports (named
+    `dispatcher-1`, … when more than one), the dispatchers first; `env(service)` is the
+    environment a service runs with. Each web and webhook replica listens on a port of
+    its own (a load balancer in front shares them out)."""
+    replicas = len(web_ports)
     made = []
     for name in ("dispatcher", "logs", "scheduler", "trigger", "web"):
         for i in range(replicas):
             args = {
-                "trigger": ["--port", str(hooks_port + 2 * i)],
-                "web": ["--port", str(port + 2 * i), f"--public-nats-url={stack.agent_nats_url}"],
+                "trigger": ["--port", str(hooks_ports[i])],
+                "web": ["--port", str(web_ports[i]), f"--public-nats-url={stack.agent_nats_url}"],
             }.get(name, [])
             part = f"{name}-{i + 1}" if replicas > 1 else name
             made.append(_service(data_dir, part, env(name), "serve", name, *args))
@@ -93,8 +93,9 @@ def _start_services(
     examples: Path | None,
     replicas: int = 1,
 ) -> str:
-    """Start every service (`replicas` of each) and the local agent; returns the web
-    URL."""
+    """Start every service (`replicas` of each: web and webhook replicas on `port`,
+    `port + 2`, … and `hooks_port`, `hooks_port + 2`, …) and the local agent; returns
+    the web URL."""
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
     saved = config.load()
     url = f"http://127.0.0.1:{port}"
@@ -122,7 +123,10 @@ def _start_services(
     # and the examples' actions from their copies beside them, so they run offline
     if examples is not None and (examples / "actions").is_dir():
         agent_env.setdefault(DIR_SETTING, str((examples / "actions").resolve()))
-    parts = services(stack, data_dir, env, port, hooks_port, replicas)
+    shifts = [2 * i for i in range(replicas)]
+    parts = services(
+        stack, data_dir, env, [port + s for s in shifts], [hooks_port + s for s in shifts]
+    )
     dispatcher = parts[0]
     agent = _service(
         data_dir,
