@@ -350,9 +350,9 @@ class Jobs:
         result: StepResult,
     ) -> None:
         key = job_key(assign.run, assign.job, assign.attempt)
-        sink.flush(final=True)
         self.journal.add(step_key)
         if job.revoked:
+            sink.flush(final=True)
             self.ledger.step_done(key, ledger_key, None)
             return
         finished = StepFinished(
@@ -372,6 +372,8 @@ class Jobs:
                 await job.step_msg.ack()
 
         self.send_event(data, "sf:" + step_key[5:], ack)
+        # the log's end after the result: the next step waits for one store, not two
+        sink.flush(final=True)
         job.step_index = None
 
 
