@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from agent import spawner
 from agent.sandbox import Sandbox
 
 log = logging.getLogger("runyard.agent")
+
+READY_WAIT = 60.0  # seconds a job's spawner may take to build its sandbox
 
 
 def _frame(message: dict[str, Any]) -> bytes:
@@ -69,7 +71,12 @@ class Child:
 class JobSpawner:
     """One job's spawner: `spawn` starts a step in the job's sandbox."""
 
-    def __init__(self, sock: socket.socket | None, error: str | None = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket | None,
+        error: str | None = None,
+        stuck: Callable[[], None] | None = None,
+    ) -> None:
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[int] = loop.create_future()
         self.ready.add_done_callback(lambda f: f.exception())  # read, even if never awaited
@@ -78,6 +85,7 @@ class JobSpawner:
         self.starting: deque[asyncio.Future[int]] = deque()
         self.exits: dict[int, asyncio.Future[int]] = {}
         self.pending = b""
+        self.stuck = stuck  # what to do when it never says it is ready
         if sock is None:
             self.ready.set_exception(OSError(0, error or "no spawner"))
             return
@@ -86,7 +94,13 @@ class JobSpawner:
 
     async def spawn(self, argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> Child:
         """Start `argv`; OSError when it cannot start (its reason as the spawner said)."""
-        await asyncio.shield(self.ready)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.ready), READY_WAIT)
+        except TimeoutError:
+            if self.stuck is not None:
+                self.stuck()
+            self.kill()
+            raise OSError(0, "the job's spawner did not start") from None
         assert self.sock is not None
         loop = asyncio.get_running_loop()
         out_r, out_w = os.pipe()
@@ -239,7 +253,14 @@ class Launcher:
             if self.proc is not None:
                 self.proc.kill()  # a cut message would garble the next; start afresh
             return JobSpawner(None, "the step spawner does not answer")
-        return JobSpawner(ours)
+        return JobSpawner(ours, stuck=self._stuck)
+
+    def _stuck(self) -> None:
+        """A job's spawner never came: the fork server is stopped or hangs; the next
+        job starts a new one."""
+        if self.proc is not None:
+            log.warning("the step spawner does not answer; killing it")
+            self.proc.kill()
 
     def stop(self) -> None:
         if self.sock is not None:

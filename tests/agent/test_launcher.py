@@ -1,0 +1,107 @@
+"""Steps start from their job's spawner (agent/spawner.py): in the job's sandbox, dying
+with the agent, and a spawner a step has stopped or killed does not hang the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent import launcher as launching
+from agent.launcher import Child, JobSpawner, Launcher
+from agent.sandbox import Sandbox
+from tests.processes import alive, wait_dead
+
+
+@pytest.fixture
+async def fork_server() -> AsyncIterator[Launcher]:
+    made = Launcher(None)
+    made.start()
+    yield made
+    made.stop()
+
+
+async def started(job: JobSpawner, workspace: Path, script: str) -> Child:
+    return await job.spawn(["bash", "-c", script], workspace, {"PATH": os.environ["PATH"]})
+
+
+async def test_a_step_runs_in_a_session_of_its_own_with_its_output_on_pipes(
+    fork_server: Launcher, tmp_path: Path
+) -> None:
+    job = fork_server.job(tmp_path)
+    child = await started(job, tmp_path, "echo $PPID $(ps -o sid= $$); pwd; echo oops >&2; exit 7")
+    assert child.stdout is not None and child.stderr is not None
+    out, err = await child.stdout.read(), await child.stderr.read()
+    assert await child.wait() == 7
+    parent, session = out.decode().split("\n")[0].split()
+    assert (int(parent), int(session)) == (job.pid, child.pid)
+    assert out.decode().split("\n")[1] == str(tmp_path)
+    assert err == b"oops\n"
+    job.close()
+
+
+async def test_a_program_that_is_not_there_says_so(fork_server: Launcher, tmp_path: Path) -> None:
+    job = fork_server.job(tmp_path)
+    with pytest.raises(OSError) as raised:
+        await job.spawn(["no-such-program-here"], tmp_path, {"PATH": "/usr/bin:/bin"})
+    assert raised.value.errno == errno.ENOENT
+    child = await started(job, tmp_path, "exit 0")  # the spawner carries on
+    assert await child.wait() == 0
+    job.close()
+
+
+async def test_steps_die_with_the_fork_server_and_their_spawner(
+    fork_server: Launcher, tmp_path: Path
+) -> None:
+    job = fork_server.job(tmp_path)
+    child = await started(job, tmp_path, "exec sleep 307")
+    assert fork_server.proc is not None and job.pid is not None
+    os.kill(fork_server.proc.pid, signal.SIGKILL)  # as when the agent is killed
+    assert await asyncio.to_thread(wait_dead, [job.pid, child.pid], 10) == []
+    assert await child.wait() == -signal.SIGKILL
+    fork_server.proc.wait()
+
+
+async def test_a_stopped_fork_server_fails_the_step_and_is_replaced(
+    fork_server: Launcher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(launching, "READY_WAIT", 0.5)
+    assert fork_server.proc is not None
+    stopped = fork_server.proc.pid
+    os.kill(stopped, signal.SIGSTOP)  # what a step of the agent's user could do
+    with pytest.raises(OSError, match="did not start"):
+        await started(fork_server.job(tmp_path), tmp_path, "exit 0")
+    assert await asyncio.to_thread(wait_dead, [stopped], 10) == []
+    job = fork_server.job(tmp_path)  # a new fork server
+    assert await (await started(job, tmp_path, "exit 0")).wait() == 0
+    job.close()
+
+
+async def test_a_sandboxed_step_cannot_look_into_its_spawner(tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path / "agent")
+    if (why := sandbox.probe()) is not None:
+        pytest.skip(f"no user namespaces here: {why}")
+    workspace = tmp_path / "agent" / "work" / "r" / "j"
+    workspace.mkdir(parents=True)
+    fork_server = Launcher(sandbox)
+    fork_server.start()
+    try:
+        job = fork_server.job(workspace)
+        script = "cat /proc/$PPID/environ; ls ../..; cat ../../../agent.json; touch ../../x"
+        child = await started(job, workspace, script)
+        assert child.stdout is not None and child.stderr is not None
+        out, err = await child.stdout.read(), await child.stderr.read()
+        assert await child.wait() != 0
+        assert out.decode().split() == ["r"]  # only its own run's folder
+        said = err.decode()
+        assert "environ: Permission denied" in said
+        assert not (tmp_path / "agent" / "work" / "x").exists()
+        assert job.pid is not None and alive(job.pid)
+        job.close()
+    finally:
+        fork_server.stop()
