@@ -37,7 +37,9 @@ def error_response(path: str, status: int, message: str) -> Response:
     if path.startswith(("/api/", "/hooks/")):
         return JSONResponse({"error": message}, status_code=status)
     body = (
-        f"<!doctype html><title>{status} · Runyard</title>"
+        f'<!doctype html><html lang="en"><title>{status} · Runyard</title>'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
         '<link rel="stylesheet" href="/static/app.css"><main>'
         f'<h1>{status}</h1><p class="error">{html.escape(message)}</p>'
         '<p><a href="/">Back to projects</a></p></main>'

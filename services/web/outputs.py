@@ -23,7 +23,10 @@ from services.web.authz import route
 from services.web.errors import ApiError, query_int
 from services.web.lookup import nats_of, redis_of, stored_run
 
-FOLLOW_BLOCK_MS = 5000  # one blocking read of new lines; a keep-alive comment after it
+# One blocking read of new lines, then a keep-alive comment. Under redis-py's default
+# 5 s socket timeout: a read that outlasts it raises and cuts the stream off mid-chunk
+# (the browser's ERR_INCOMPLETE_CHUNKED_ENCODING).
+FOLLOW_BLOCK_MS = 2000
 PAGE = 1000
 
 

@@ -267,4 +267,4 @@ async def test_a_retried_job_shows_each_attempt_with_its_own_log(
     current = page.locator(".steps details.step")
     await current.locator("summary").click()
     await expect(current.locator(".log .line")).to_have_text(["attempt 2"])
-    await expect(page.locator(".job .needs")).to_contain_text("attempt 2")
+    await expect(page.locator(".job .where")).to_contain_text("attempt 2")

@@ -15,59 +15,25 @@ async function api(method, path, body) {
 
 const esc = (text) => String(text).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
 
-// ANSI SGR colours → spans (the common 8/16 colours and bold; others are dropped).
-const ANSI = { 30: "#555", 31: "#e06c75", 32: "#98c379", 33: "#e5c07b", 34: "#61afef", 35: "#c678dd", 36: "#56b6c2", 37: "#dcdfe4",
-  90: "#777", 91: "#ff7b86", 92: "#b5e890", 93: "#ffd479", 94: "#82c4ff", 95: "#e29cff", 96: "#7fd7e0", 97: "#fff" };
-function ansi(text) {
-  let out = "", open = 0;
-  for (const part of esc(text).split(/\x1b\[([0-9;]*)m/).entries()) {
-    const [i, chunk] = part;
-    if (i % 2 === 0) { out += chunk; continue; }
-    for (const code of chunk.split(";").map(Number)) {
-      if (code === 0 || chunk === "") { out += "</span>".repeat(open); open = 0; }
-      else if (code === 1) { out += '<span style="font-weight:700">'; open++; }
-      else if (ANSI[code]) { out += `<span style="color:${ANSI[code]}">`; open++; }
-    }
-  }
-  return out + "</span>".repeat(open);
+// Times: local date and time; durations as 4s, 2m 05s, 1h 02m; live ones tick each second.
+const pad = (n) => String(n).padStart(2, "0");
+function stamp(at) {
+  const d = new Date(at * 1000);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
-
-// --- the pipeline editor: line numbers, validation as you type, create / save ------
-function editor(root) {
-  const source = root.querySelector("#source"), gutter = root.querySelector(".gutter");
-  const problems = document.getElementById("problems"), state = document.getElementById("state");
-  let bad = new Set(), timer = 0;
-  const numbers = () => {
-    const count = source.value.split("\n").length;
-    gutter.innerHTML = Array.from({ length: count }, (_, i) =>
-      `<span class="${bad.has(i + 1) ? "bad" : ""}">${i + 1}</span>`).join("\n");
-    gutter.scrollTop = source.scrollTop;
-  };
-  const show = (list) => {
-    bad = new Set(list.map((p) => p.line));
-    problems.innerHTML = list.map((p) =>
-      `<li data-line="${p.line}">line ${p.line}, column ${p.column}: ${esc(p.message)}</li>`).join("");
-    state.textContent = list.length ? `${list.length} problem(s)` : "valid";
-    numbers();
-  };
-  const check = async () => show((await api("POST", "/api/validate", { source: source.value })).data.problems || []);
-  source.addEventListener("input", () => { numbers(); clearTimeout(timer); timer = setTimeout(check, 250); });
-  source.addEventListener("scroll", () => { gutter.scrollTop = source.scrollTop; });
-  document.getElementById("save").addEventListener("click", async () => {
-    const project = root.dataset.project, name = root.dataset.name;
-    const base = `/api/projects/${encodeURIComponent(project)}/pipelines`;
-    const result = name
-      ? await api("PUT", `${base}/${encodeURIComponent(name)}`, { source: source.value })
-      : await api("POST", base, { source: source.value });
-    if (result.ok) {
-      location.href = `/p/${encodeURIComponent(project)}/pipelines/${encodeURIComponent(result.data.name)}`;
-    } else {
-      show(result.data.problems || [{ line: 1, column: 1, message: result.data.error || "not saved" }]);
-    }
-  });
-  numbers();
-  check();
+function span(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${pad(s % 60)}s`;
+  return `${Math.floor(s / 3600)}h ${pad(Math.floor((s % 3600) / 60))}m`;
 }
+const took = (a, b) => (a && b ? span(b - a) : "");
+function tick() {
+  const now = Date.now() / 1000;
+  document.querySelectorAll("[data-since]").forEach((el) => { el.textContent = span(now - Number(el.dataset.since)); });
+  document.querySelectorAll("time[data-at]").forEach((el) => { el.textContent = stamp(Number(el.dataset.at)); });
+}
+setInterval(tick, 1000);
 
 // --- the run button, with the run form when the pipeline has one --------------------
 function runButton(button) {
@@ -105,164 +71,6 @@ function runButton(button) {
   });
 }
 
-// --- the run page: statuses live, each step's log following over SSE ---------------
-function runPage(root) {
-  const run = root.dataset.run, streams = {};
-  const badge = document.getElementById("run-status");
-  const took = (a, b) => (a && b ? `${(b - a).toFixed(1)}s` : "");
-  const PAGE = 1000;
-  const lineDiv = (line) => {
-    const div = document.createElement("div");
-    div.className = "line";
-    div.innerHTML = ansi(line.text);
-    return div;
-  };
-  // Long logs are paged: the newest PAGE lines are replayed and followed live; earlier
-  // ones load a page at a time with "Show earlier lines". Each attempt of a job has its
-  // own log per step; an earlier attempt's is read once, not followed.
-  const follow = async (job, step, pre, attempt, live = true) => {
-    const key = `${job}/${attempt}/${step}`;
-    if (streams[key]) return;
-    streams[key] = "starting";
-    const path = `/api/runs/${run}/jobs/${encodeURIComponent(job)}/steps/${encodeURIComponent(step)}/logs`;
-    const at = `attempt=${attempt}`;
-    const head = await api("GET", `${path}?from=1&limit=1&${at}`);
-    let first = live ? Math.max(1, (head.data.last || 0) - PAGE + 1) : 1;
-    if (first > 1) {
-      const more = document.createElement("button");
-      more.className = "earlier";
-      more.textContent = "Show earlier lines";
-      more.addEventListener("click", async () => {
-        const from = Math.max(1, first - PAGE);
-        const page = await api("GET", `${path}?from=${from}&limit=${first - from}&${at}`);
-        more.after(...page.data.lines.map(lineDiv));
-        first = from;
-        if (first === 1) more.remove();
-      });
-      pre.appendChild(more);
-    }
-    if (!live) {
-      for (let from = 1; ;) {
-        const page = await api("GET", `${path}?from=${from}&${at}`);
-        if (!page.ok) break;
-        pre.append(...page.data.lines.map(lineDiv));
-        if (!page.data.lines.length || page.data.ended) break;
-        from = page.data.next;
-      }
-      return;
-    }
-    const source = new EventSource(`${path}/events?from=${first}&${at}`);
-    streams[key] = source;
-    source.onmessage = (event) => {
-      pre.appendChild(lineDiv(JSON.parse(event.data)));
-      pre.scrollTop = pre.scrollHeight;
-    };
-    source.addEventListener("end", () => source.close());
-  };
-  const stepInfo = (step) => {
-    const outputs = Object.entries(step.outputs || {}).map(([k, v]) => `${k} = ${JSON.stringify(v)}`).join(", ");
-    return [took(step.started_at, step.finished_at), step.exit_code !== null ? `exit ${step.exit_code}` : "",
-      outputs, step.error || ""].filter(Boolean).join(" · ");
-  };
-  // An earlier attempt: its status, agent and steps, and what its agent said too late.
-  const attemptBox = (job, past) => {
-    const box = document.createElement("details");
-    box.className = "attempt";
-    const late = (job.stale || []).filter((s) => s.attempt === past.attempt);
-    const where = past.agent ? `on ${past.agent.name || past.agent.id}` : "";
-    box.innerHTML = `<summary>Attempt ${past.attempt} <span class="status ${esc(past.status)}">${esc(past.status)}</span> <span class="muted">${esc([where, took(past.started_at, past.finished_at), past.error || ""].filter(Boolean).join(" · "))}</span></summary>`;
-    for (const report of late) {
-      const what = report.what === "heartbeat" ? "still ran it" : `sent ${report.what}${report.step ? ` for step ${report.step}` : ""}${report.status ? ` (${report.status})` : ""}`;
-      const line = document.createElement("div");
-      line.className = "muted stale";
-      line.textContent = `late: agent ${report.agent} ${what} after the attempt was no longer its own — ignored`;
-      box.appendChild(line);
-    }
-    for (const step of past.steps) {
-      if (step.status === "queued" || step.status === "skipped") continue;
-      const item = document.createElement("details");
-      item.className = "step";
-      item.innerHTML = `<summary><span class="status ${esc(step.status)}">${esc(step.status)}</span><span class="name"></span><span class="muted info"></span></summary><pre class="log"></pre>`;
-      item.querySelector(".name").textContent = step.name;
-      item.querySelector(".info").textContent = stepInfo(step);
-      item.addEventListener("toggle", () => item.open && follow(job.key, step.id, item.querySelector(".log"), past.attempt, false));
-      box.appendChild(item);
-    }
-    return box;
-  };
-  const render = (data) => {
-    if (document.getElementById("waiting")) {  // it exists now: show its full page
-      location.reload();
-      return true;
-    }
-    badge.textContent = data.status;
-    badge.className = `status ${data.status}`;
-    for (const job of data.jobs) {
-      let box = root.querySelector(`[data-job="${CSS.escape(job.key)}"]`);
-      if (!box) {
-        box = document.createElement("section");
-        box.className = "job";
-        box.dataset.job = job.key;
-        box.innerHTML = `<h3><span class="name"></span><span class="status"></span><span class="muted needs"></span></h3><div class="attempts"></div><div class="steps"></div><div class="extra muted"></div>`;
-        root.appendChild(box);
-      }
-      box.querySelector(".name").textContent = job.name;
-      const jobStatus = box.querySelector("h3 .status");
-      jobStatus.textContent = job.status;
-      jobStatus.className = `status ${job.status}`;
-      const needs = job.needs?.length ? `after ${job.needs.join(", ")} · ` : "";
-      const attempt = job.attempt > 1 ? `attempt ${job.attempt} · ` : "";
-      box.querySelector(".needs").textContent = `${needs}${attempt}${job.agent ? "on " + job.agent.name : ""} ${took(job.started_at, job.finished_at)}`;
-      if (box.dataset.attempt !== String(job.attempt)) {  // a new attempt: its own steps and logs
-        box.dataset.attempt = String(job.attempt);
-        box.querySelector(".steps").innerHTML = "";
-      }
-      const attempts = box.querySelector(".attempts");
-      if (attempts.children.length !== (job.attempts || []).length || attempts.dataset.stale !== String((job.stale || []).length)) {
-        attempts.dataset.stale = String((job.stale || []).length);
-        attempts.replaceChildren(...(job.attempts || []).map((past) => attemptBox(job, past)));
-      }
-      for (const step of job.steps) {
-        let item = box.querySelector(`.steps [data-step="${CSS.escape(step.id)}"]`);
-        if (!item) {
-          item = document.createElement("details");
-          item.className = "step";
-          item.dataset.step = step.id;
-          item.innerHTML = `<summary><span class="status"></span><span class="name"></span><span class="muted info"></span></summary><pre class="log"></pre>`;
-          box.querySelector(".steps").appendChild(item);
-        }
-        const s = item.querySelector(".status");
-        s.textContent = step.status;
-        s.className = `status ${step.status}`;
-        item.querySelector(".name").textContent = step.name;
-        item.querySelector(".info").textContent = stepInfo(step);
-        if (step.status !== "queued" && step.status !== "skipped") {
-          if (step.status === "running") item.open = true;
-          follow(job.key, step.id, item.querySelector(".log"), job.attempt);
-        }
-      }
-      const extra = [];
-      if (job.artifacts?.length) extra.push("Artifacts: " + job.artifacts.map((a) =>
-        `<a href="/api/runs/${run}/artifacts/${encodeURIComponent(job.key)}/${encodeURIComponent(a.artifact)}/${a.path.split("/").map(encodeURIComponent).join("/")}">${esc(a.path)}</a>`).join(", "));
-      if (job.tests) extra.push(`Tests: ${job.tests.passed} passed, ${job.tests.failed} failed, ${job.tests.skipped} skipped` +
-        job.tests.failures.map((f) => `<div class="error">${esc(f.name)}: ${esc(f.message)}</div>`).join(""));
-      box.querySelector(".extra").innerHTML = extra.join("<br>");
-    }
-    return !["queued", "running"].includes(data.status);
-  };
-  const poll = async () => {
-    const result = await api("GET", `/api/runs/${run}`);
-    const done = result.ok && render(result.data);
-    if (!done) setTimeout(poll, 700);
-  };
-  document.getElementById("cancel").addEventListener("click", () => api("POST", `/api/runs/${run}/cancel`));
-  document.getElementById("rerun").addEventListener("click", async () => {
-    const result = await api("POST", `/api/runs/${run}/rerun`);
-    if (result.ok) location.href = `/runs/${result.data.run}`;
-  });
-  poll();
-}
-
 // --- agents: online dots kept live --------------------------------------------------
 function agentsPage(root) {
   const ago = () => root.querySelectorAll("td.seen[data-at]").forEach((cell) => {
@@ -290,6 +98,8 @@ document.addEventListener("DOMContentLoaded", () => {
   on(".editor", editor);
   on("#run", runButton);
   on("#jobs", runPage);
+  on("#new-project", projectForm);
+  tick();
   on("#agents", agentsPage);
 });
 
@@ -377,3 +187,15 @@ document.addEventListener("DOMContentLoaded", () => {
     if (result.ok) location.href = "/agents";
   });
 });
+
+// --- a new project, in one of the caller's organizations (or none, for site admins) --
+function projectForm(form) {
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { name: form.elements.name.value.trim() };
+    if (form.elements.org?.value) body.org = form.elements.org.value;
+    const result = await api("POST", "/api/projects", body);
+    if (result.ok) location.href = `/p/${encodeURIComponent(result.data.name)}`;
+    else form.querySelector(".problems").innerHTML = `<li>${esc(result.data.error)}</li>`;
+  });
+}
