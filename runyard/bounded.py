@@ -22,21 +22,19 @@ class JsonRefused(ValueError):
 def depth(value: Any, limit: int) -> int:
     """How deeply `value`'s lists and dicts nest (a scalar is 0), counting no further
     than `limit + 1`; iterative, so any depth is safe to measure."""
+    if not isinstance(value, dict | list | tuple):
+        return 0
     deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, level = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
-        level += 1
-        deepest = max(deepest, level)
-        if deepest > limit:
-            return deepest
-        stack.extend((child, level) for child in children)
+        if level > deepest:
+            deepest = level
+            if deepest > limit:
+                return deepest
+        children = item.values() if isinstance(item, dict) else item
+        # only containers are stacked: a webhook's scalars would be most of the work
+        stack.extend((c, level + 1) for c in children if isinstance(c, dict | list | tuple))
     return deepest
 
 

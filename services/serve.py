@@ -21,6 +21,7 @@ from services.logs.service import Collector
 from services.scheduler.service import Scheduler
 from services.store import crypto
 from services.store.connection import Redis
+from services.trigger.app import FROM_ENVIRONMENT as TRIGGER_FROM_ENVIRONMENT
 from services.trigger.app import create_app as trigger_app
 from services.web.app import create_app
 
@@ -116,16 +117,31 @@ def serve_scheduler(nats_url: str, redis_url: str) -> None:
 @REDIS
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8401, show_default=True, type=int)
-def serve_trigger(nats_url: str, redis_url: str, host: str, port: int) -> None:
+@click.option(
+    "--workers",
+    envvar="RUNYARD_TRIGGER_WORKERS",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="processes sharing the port (one hook costs about a millisecond of CPU: "
+    "one process per core)",
+)
+def serve_trigger(nats_url: str, redis_url: str, host: str, port: int, workers: int) -> None:
     """The webhook receiver over HTTP (/hooks/<host>/<project>).
 
     \b
     Example:
-      runyard serve trigger --host 0.0.0.0 --port 8401
+      runyard serve trigger --host 0.0.0.0 --port 8401 --workers 2
     """
     _logging()
+    if workers > 1:
+        # uvicorn starts each worker from an import path; they read the URLs from here
+        os.environ.update(RUNYARD_NATS_URL=nats_url, RUNYARD_REDIS_URL=redis_url)
     uvicorn.run(
-        trigger_app(nats_url, redis_url),
+        trigger_app(nats_url, redis_url) if workers == 1 else TRIGGER_FROM_ENVIRONMENT,
+        factory=workers > 1,
+        workers=workers,
+        proxy_headers=False,  # nothing reads the client's address: skip it per request
         host=host,
         port=port,
         log_level="warning",

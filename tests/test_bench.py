@@ -72,10 +72,29 @@ def test_logs_bench_smoke(stack: Stack, tmp_path: Path) -> None:
 
 def test_webhooks_bench_smoke(stack: Stack, tmp_path: Path) -> None:
     rows = run_bench(
-        "webhooks.py", stack, tmp_path / "webhooks.json", "--hooks", "20", "--concurrency", "4"
+        "webhooks.py",
+        stack,
+        tmp_path / "webhooks.json",
+        *("--hooks", "20", "--concurrency", "4", "--workers", "2"),
     )
-    assert [r["name"] for r in rows] == ["signed GitHub push → 202"]
-    assert rows[0]["n"] == 20
+    assert [r["name"] for r in rows] == [
+        "push → 202, with dispatcher",
+        "push → 202, trigger alone",
+        "runs made from the backlog",
+    ]
+    assert all(r["n"] == 20 for r in rows)
+
+
+def test_peer_bench_smoke(stack: Stack, tmp_path: Path) -> None:
+    rows = run_bench("peer.py", stack, tmp_path / "peer.json", "--runs", "2")
+    assert [r["name"] for r in rows] == [
+        "Runyard, 1 step",
+        "Runyard, 20 steps",
+        "Celery, 1 step",
+        "Celery, 20 steps",
+    ]
+    assert all(r["n"] == 2 for r in rows)
+    assert all(float(r["vs_celery"]) > 0 for r in rows[:2])  # type: ignore[arg-type]
 
 
 def test_chaos_bench_smoke(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ import os
 import time
 from typing import Any
 
+import orjson
+from nats.js.client import JetStreamContext
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -89,7 +91,7 @@ async def receive(request: Request) -> JSONResponse:
         return _refuse(404, f"no project '{project}'")
     if secret is None:
         return _refuse(401, f"project '{project}' has no webhook secret; set one first")
-    headers = {k.lower(): v for k, v in request.headers.items()}
+    headers = dict(request.headers.items())  # ASGI gives header names in lower case
     if reason := signatures.check(host, headers, body, secret):
         return _refuse(401, reason)
     try:
@@ -103,12 +105,30 @@ async def receive(request: Request) -> JSONResponse:
     if isinstance(found, hosts.Ignored):
         return JSONResponse({"ignored": found.reason})
     event = _event(host, headers, body, project, pipeline, found, payload)
-    js = request.app.state.nats.jetstream()
-    await js.publish(
-        subjects.events(event.kind, project), event.encode(), headers={"Nats-Msg-Id": event.id}
+    await _jetstream(request).publish(
+        subjects.events(event.kind, project),
+        _encode(event, payload),
+        headers={"Nats-Msg-Id": event.id},
     )
     problems = {"problems": found.problems} if found.problems else {}
     return JSONResponse({"event": event.id, **problems}, status_code=202)
+
+
+def _jetstream(request: Request) -> JetStreamContext:
+    """The connection's JetStream context, made once rather than per hook."""
+    state = request.app.state
+    if getattr(state, "jetstream", None) is None:
+        state.jetstream = state.nats.jetstream()
+    js: JetStreamContext = state.jetstream
+    return js
+
+
+def _encode(event: TriggerEvent, payload: dict[str, Any]) -> bytes:
+    """`event.encode()` without pydantic walking the payload: orjson just parsed it, so
+    it holds only JSON's own types, which orjson writes as they are (the payload is
+    most of a hook's bytes)."""
+    fields = event.model_dump(mode="json", by_alias=True, exclude={"payload"})
+    return orjson.dumps({**fields, "payload": payload})
 
 
 def _event(
@@ -152,3 +172,11 @@ def create_app(nats_url: str, redis_url: str) -> Starlette:
         ],
         lifespan=connections(nats_url, redis_url, "runyard-trigger"),
     )
+
+
+FROM_ENVIRONMENT = "services.trigger.app:from_environment"  # for uvicorn's workers
+
+
+def from_environment() -> Starlette:
+    """The app with the URLs `runyard serve trigger --workers N` put in the environment."""
+    return create_app(os.environ["RUNYARD_NATS_URL"], os.environ["RUNYARD_REDIS_URL"])
