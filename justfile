@@ -15,6 +15,10 @@ default:
 up *ARGS: (install "")
     exec {{bin}}/runyard up {{ARGS}}
 
+# Start a local cluster (3 NATS nodes, Valkey + replica + 3 Sentinels, 2 of each service)
+cluster *ARGS: (install "")
+    exec {{bin}}/runyard up --cluster 3 {{ARGS}}
+
 # Lint, then run the whole test suite against real servers
 test *ARGS: (install "dev") lint
     {{bin}}/pytest {{ARGS}}

@@ -153,11 +153,15 @@ async def connect(
     nc = Client()
     since: list[float] = []
     failures = 0
+    count = len(servers(url))
+
+    def wait() -> float:
+        """The back-off grows only once every server of a cluster was tried in vain."""
+        return backoff(failures // count)
 
     def next_try(pool: list[Server], info: dict[str, Any]) -> tuple[Server | None, float]:
-        # the next server of a cluster (nats-py would try the first one only); the
-        # back-off grows only once every server was tried in vain
-        return pool[failures % len(pool)], backoff(failures // len(pool))
+        # the next server of a cluster in turn (nats-py would take the first one only)
+        return pool[failures % len(pool)], wait()
 
     async def error(exc: Exception) -> None:
         nonlocal failures
@@ -170,9 +174,7 @@ async def connect(
             log.warning("NATS: %s", _why(exc))
             return
         failures += 1
-        log.warning(
-            "cannot reach NATS at %s (%s); retrying in %.1f s", url, _why(exc), backoff(failures)
-        )
+        log.warning("cannot reach NATS at %s (%s); retrying in %.1f s", url, _why(exc), wait())
 
     async def reconnected() -> None:
         nonlocal failures

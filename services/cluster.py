@@ -14,8 +14,12 @@ Sentinels on free ports, chosen at start and kept by `restart`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import redis
 
 from services import bus
 from services.credentials import (
@@ -82,6 +86,38 @@ class Cluster(Stack):
 
     def servers_of(self, kind: str) -> list[Server]:
         return [s for s in self.servers if s.kind == kind]
+
+    def restart(self, server: Server) -> None:
+        """As `Stack.restart`, but a Valkey node the Sentinels still name as primary
+        is started again only once they have promoted the replica (a `StackError`
+        until then, and the supervisor tries again later). Back sooner, it would be a
+        primary again with what it had, take writes for a moment, and lose them when
+        Sentinel turns it into the new primary's replica."""
+        if server.kind == VALKEY and not server.running:
+            others = [s for s in self.servers_of(VALKEY) if s is not server and s.running]
+            if others and self.primary_port() in (server.port, None):
+                raise StackError(f"{server.name} waits until Sentinel has promoted the replica")
+        super().restart(server)
+
+    def primary_port(self) -> int | None:
+        """The port of the Valkey node most Sentinels name as primary now (None while
+        they do not agree, or cannot be asked)."""
+        named: Counter[int] = Counter()
+        for port in self.sentinel_ports:
+            sentinel = redis.Redis(
+                self.host,
+                port,
+                username="ops",
+                password=self.creds.valkey["ops"],
+                socket_timeout=1,
+                socket_connect_timeout=1,
+            )
+            with contextlib.suppress(redis.RedisError), sentinel:
+                found = sentinel.sentinel_get_master_addr_by_name(MASTER)
+                if isinstance(found, tuple):
+                    named[int(found[1])] += 1
+        agreed = [p for p, n in named.items() if n > len(self.sentinel_ports) // 2]
+        return agreed[0] if agreed else None
 
     # --- NATS -----------------------------------------------------------------------
 

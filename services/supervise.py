@@ -40,6 +40,8 @@ class Supervisor:
         has passed, and forget the failures of parts that have stayed up."""
         now = time.monotonic() if now is None else now
         for server in list(self.stack.servers):
+            if server.process is None:  # added, and about to be started by its owner
+                continue
             watch = self.watches.setdefault(id(server), _Watch(now))
             if server.running:
                 if watch.failures and now - watch.started > STEADY:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 
+import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -103,3 +104,22 @@ async def test_a_handler_that_raises_does_not_end_the_consumer(js: JetStreamCont
     pulling.cancel()
     await asyncio.gather(pulling, return_exceptions=True)
     assert handled == [b"1"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "copies"),
+    [(None, 1), ("1", 1), ("3", 3), ("5", 5), ("0", None), ("6", None), ("three", None)],
+)
+def test_stream_replicas_come_from_the_setting(
+    monkeypatch: pytest.MonkeyPatch, setting: str | None, copies: int | None
+) -> None:
+    if setting is None:
+        monkeypatch.delenv(bus.REPLICAS_SETTING, raising=False)
+    else:
+        monkeypatch.setenv(bus.REPLICAS_SETTING, setting)
+    if copies is None:
+        with pytest.raises(ValueError, match=f"RUNYARD_NATS_REPLICAS has value '{setting}'"):
+            bus.replicas()
+    else:
+        assert bus.replicas() == copies
+        assert bus.stream_config(subjects.LOGS_STREAM, copies).num_replicas == copies

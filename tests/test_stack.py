@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from schemas import subjects
 from schemas.messages import TriggerEvent
 from services import bus
+from services.credentials import with_user, without_user
 from services.stack import PortInUse, Stack
 from tests.conftest import ROOT
 from tests.processes import alive, wait_dead
@@ -63,6 +64,7 @@ def test_stack_starts_serves_and_stops(tmp_path: Path) -> None:
 SUPERVISOR = """
 import sys, time
 from pathlib import Path
+from services.credentials import with_user, without_user
 from services.stack import PortInUse, Stack
 from tests.conftest import ROOT
 from tests.processes import alive, wait_dead
@@ -127,3 +129,26 @@ async def _get(url: str) -> bytes | str | None:
         return value
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "user", "bare"),
+    [
+        ("nats://h:4222", "nats://u:p%40w@h:4222", "nats://h:4222"),
+        (
+            "nats://a:1,nats://b:2",
+            "nats://u:p%40w@a:1,nats://u:p%40w@b:2",
+            "nats://a:1,nats://b:2",
+        ),
+        (
+            "redis+sentinel://old:x@s1:26379,s2:26379/runyard/0",
+            "redis+sentinel://u:p%40w@s1:26379,s2:26379/runyard/0",
+            "redis+sentinel://s1:26379,s2:26379/runyard/0",
+        ),
+        ("redis://h:6379/0", "redis://u:p%40w@h:6379/0", "redis://h:6379/0"),
+    ],
+)
+def test_credentials_go_into_each_url_of_a_list(url: str, user: str, bare: str) -> None:
+    assert with_user(url, "u", "p@w") == user
+    assert without_user(user) == bare
+    assert without_user(url) == bare

@@ -359,20 +359,32 @@ def test_up_restarts_a_part_that_dies_and_says_so(tmp_path: Path) -> None:
     assert_clean_stop(status, took, term.text)
 
 
+def refused(tmp_path: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """`runyard up` run to its end (an error, before anything started)."""
+    return subprocess.run(
+        argv,
+        cwd=ROOT,
+        env={**os.environ, **up_env(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_a_nats_port_in_use_names_the_option(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        done = subprocess.run(
-            up_argv(tmp_path / "data", nats_port=port),
-            cwd=ROOT,
-            env={**os.environ, **up_env(tmp_path)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = refused(tmp_path, up_argv(tmp_path / "data", nats_port=port))
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"nats-server cannot listen on 127.0.0.1:{port}: the port is in use" in done.stderr
     assert "start with --nats-port PORT" in done.stderr
+
+
+def test_a_cluster_is_local_only(tmp_path: Path) -> None:
+    argv = up_argv(tmp_path / "data", "--cluster", "3", "--public", "ci.example.com")
+    done = refused(tmp_path, argv)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--cluster runs on this machine only: leave out --public" in done.stderr

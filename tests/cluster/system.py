@@ -6,20 +6,15 @@ killed part again as it would in production."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
-import time
-from collections import Counter
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import httpx
-import redis
 
-from bench.chaos_system import READY, ChaosSystem, _api_key
+from bench.chaos_system import ChaosSystem, _api_key
 from services import bus
-from services.cluster import MASTER, Cluster
+from services.cluster import Cluster
 from services.stack import NATS, VALKEY, free_port
 from services.supervise import Supervisor
 from services.up import services
@@ -57,7 +52,10 @@ class ClusterSystem(ChaosSystem):
                 server.start()
             key = asyncio.run(_api_key(self.stack.redis_url))
             self.http = httpx.Client(
-                base_url=self.urls[0], headers={"Authorization": f"Bearer {key}"}, timeout=10
+                base_url=self.urls[0],
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=10,
+                transport=_AnyReplica(web),
             )
             for url in self.urls:
                 self.wait(f"the web API at {url}", partial(self._healthy, url))
@@ -83,37 +81,6 @@ class ClusterSystem(ChaosSystem):
         except httpx.HTTPError:
             return False
 
-    # --- the API, through whichever web replica answers ------------------------------
-
-    def get(self, path: str) -> Any:
-        for _ in self.urls:
-            found = super().get(path)
-            if found is not None:
-                return found
-            self._next_web()
-        return None
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        assert self.http is not None
-        deadline = time.monotonic() + READY
-        while True:
-            try:
-                response = self.http.request(method, path, **kwargs)
-                if response.status_code < 500:
-                    response.raise_for_status()
-                    return response.json()
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{method} {path} kept failing")
-            self._next_web()
-            time.sleep(0.2)
-
-    def _next_web(self) -> None:
-        assert self.http is not None
-        at = self.urls.index(str(self.http.base_url).rstrip("/"))
-        self.http.base_url = httpx.URL(self.urls[(at + 1) % len(self.urls)])
-
     # --- where the leaders are --------------------------------------------------------
 
     def stream_leader(self, stream: str) -> str:
@@ -122,7 +89,7 @@ class ClusterSystem(ChaosSystem):
         async def ask() -> str:
             nc = await bus.connect(self.stack.nats_url, name="tests-cluster")
             try:
-                info = await nc.jetstream().stream_info(stream)
+                info = await nc.jetstream(timeout=1).stream_info(stream)
             finally:
                 await nc.close()
             assert info.cluster is not None and info.cluster.leader
@@ -134,22 +101,28 @@ class ClusterSystem(ChaosSystem):
         )
 
     def valkey_primary(self) -> str:
-        """The part of the Valkey node most Sentinels name as primary now ("" while
+        """The part of the Valkey node the Sentinels name as primary now ("" while
         they do not agree)."""
-        named: Counter[int] = Counter()
-        for port in self.stack.sentinel_ports:
-            sentinel = redis.Redis(
-                self.stack.host,
-                port,
-                username="ops",
-                password=self.stack.creds.valkey["ops"],
-                socket_timeout=1,
-            )
-            with contextlib.suppress(redis.RedisError), sentinel:
-                found = sentinel.sentinel_get_master_addr_by_name(MASTER)
-                if isinstance(found, tuple):
-                    named[found[1]] += 1
-        primary = [p for p, n in named.items() if n > len(self.stack.sentinel_ports) // 2]
-        return next(
-            (s.name for s in self.stack.servers if s.kind == VALKEY and [s.port] == primary), ""
-        )
+        port = self.stack.primary_port()
+        return next((s.name for s in self.stack.servers_of(VALKEY) if s.port == port), "")
+
+
+class _AnyReplica(httpx.BaseTransport):
+    """Sends each request to the web replica that last answered, or else to the next
+    (as a load balancer in front of them would)."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for _ in self.ports:
+            request.url = request.url.copy_with(port=self.ports[0])
+            try:
+                return self.inner.handle_request(request)
+            except httpx.TransportError:
+                self.ports.append(self.ports.pop(0))
+        return self.inner.handle_request(request)  # none answers: its error
+
+    def close(self) -> None:
+        self.inner.close()
