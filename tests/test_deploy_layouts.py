@@ -178,6 +178,7 @@ def test_compose_runs_every_service_with_its_own_identity(secrets: Path) -> None
     seen = {}
     for name, service in runyard_services().items():
         parse_cli(service["command"])  # a `runyard` command that exists, as written
+        assert service["pull_policy"] == "build", name  # never someone else's "runyard"
         if service["command"][0] != "serve":
             continue
         role = service["command"][1]
