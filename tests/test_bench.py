@@ -12,7 +12,9 @@ from services.stack import Stack
 from tests.conftest import ROOT
 
 
-def run_bench(script: str, stack: Stack, out: Path, *args: str) -> list[dict[str, object]]:
+def run_bench(
+    script: str, stack: Stack, out: Path, *args: str, timeout: float = 120
+) -> list[dict[str, object]]:
     # each bench starts its own servers, with the credentials only that stack knows
     env = {
         k: v for k, v in os.environ.items() if k not in ("RUNYARD_NATS_URL", "RUNYARD_REDIS_URL")
@@ -23,7 +25,7 @@ def run_bench(script: str, stack: Stack, out: Path, *args: str) -> list[dict[str
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -113,3 +115,17 @@ def test_chaos_bench_smoke(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert [r["fault"] for r in rows] == ["dispatcher", "collector"]
     assert all(r["runs"] == 2 for r in rows)
+
+
+def test_scale_bench_smoke(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    small = ["--agents", "20", "--processes", "2", "--idle", "1", "--runs", "20"]
+    small += ["--rate", "20", "--jobs", "20", "--steps", "20", "--schedules", "50", "--lead", "25"]
+    run_bench("scale.py", stack, out, *small, timeout=240)
+    found = json.loads(out.read_text())
+    # correctness only: every run placed, every step done, each schedule fired once
+    assert found["agents"]["placed"] == 20
+    assert found["agents"]["steps"]["wide"]["done"] == 20
+    assert found["agents"]["steps"]["long"]["done"] == 20
+    cron = found["cron"]
+    assert (cron["fired"], cron["duplicates"], cron["missed"]) == (50, 0, 0)

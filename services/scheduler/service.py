@@ -1,5 +1,6 @@
-"""The scheduler's async shell: one APScheduler job per schedule entry of every
-pipeline, kept in step with `ry.pipelines.changed` (no polling).
+"""The scheduler's async shell: every pipeline's schedule entries in one timetable,
+kept in step with `ry.pipelines.changed` (no polling), and one timer that fires the
+ticks due in a second together (services/scheduler/firing.py).
 
 Each tick publishes a `cron` trigger event whose `Nats-Msg-Id` is the entry and the
 scheduled time, so replicas firing the same tick make one event. After downtime, each
@@ -8,18 +9,21 @@ entry fires at most once for the latest tick missed within the grace period
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import time
 from datetime import UTC, datetime
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from schemas import subjects
-from schemas.messages import TriggerEvent
 from services import bus
 from services.scheduler import ticks
+from services.scheduler.firing import Due, Firing
+from services.scheduler.timetable import Timetable
 from services.store import records
 from services.store.connection import Redis
 from services.store.records import validate_source
@@ -27,6 +31,7 @@ from services.store.records import validate_source
 log = logging.getLogger("runyard.scheduler")
 
 GRACE = float(os.environ.get("RUNYARD_SCHEDULE_GRACE", 300))
+READ_AT_ONCE = 50  # pipelines read concurrently at start (within the connection pool)
 
 
 class Scheduler:
@@ -35,88 +40,103 @@ class Scheduler:
         self.js = nc.jetstream()
         self.r = r
         self.grace = grace
-        self.aps = AsyncIOScheduler(timezone=UTC)
-        self.jobs: dict[str, list[str]] = {}  # "project/pipeline" → APScheduler job ids
+        self.firing = Firing(self.js, r)
+        self.timetable = Timetable(grace)
+        self.entries: dict[str, list[str]] = {}  # "project/pipeline" → its entries' ids
+        self.changed = asyncio.Event()  # the timetable changed: look at the next tick again
+        self.timer: asyncio.Task[None] | None = None
+        self.batches: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await bus.ensure_streams(self.js)
-        self.aps.start()
+        self.timer = asyncio.ensure_future(self._timer())
         await self.nc.subscribe(subjects.PIPELINES_CHANGED, cb=self._changed)
+        missed: list[Due] = []
         for project in await records.list_projects(self.r):
-            for record in await records.list_pipelines(self.r, project):
-                await self.sync(project, record.name, catch_up=True)
+            names = await self.r.smembers(subjects.key("pipelines", project))
+            for record in await self._read(project, sorted(str(n) for n in names)):
+                missed += await self.sync(record)
+        await self.firing.publish(await self.firing.unfired(missed))
+        log.info("%d schedule entries of %d pipelines", len(self.timetable), len(self.entries))
 
     async def stop(self) -> None:
-        self.aps.shutdown(wait=False)
+        tasks = [t for t in (self.timer, *self.batches) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read(self, project: str, names: list[str]) -> list[records.PipelineRecord]:
+        found: list[records.PipelineRecord] = []
+        for start in range(0, len(names), READ_AT_ONCE):
+            chunk = names[start : start + READ_AT_ONCE]
+            got = await asyncio.gather(
+                *(records.get_pipeline(self.r, project, n) for n in chunk),
+                return_exceptions=True,
+            )
+            found += [g for g in got if isinstance(g, records.PipelineRecord)]
+        return found
 
     async def _changed(self, msg: Msg) -> None:
         project, _, name = msg.data.decode().partition("/")
-        await self.sync(project, name)
-
-    async def sync(self, project: str, name: str, catch_up: bool = False) -> None:
-        """Replace the pipeline's jobs by those of its current schedule (none if gone)."""
-        for job_id in self.jobs.pop(f"{project}/{name}", []):
-            if self.aps.get_job(job_id):
-                self.aps.remove_job(job_id)
         try:
             record = await records.get_pipeline(self.r, project, name)
         except records.NotFound:
+            await self.firing.forget(self._drop(project, name))
             return
+        await self.sync(record)
+
+    async def sync(self, record: records.PipelineRecord) -> list[Due]:
+        """Replace the pipeline's entries by those of its current schedule (none if it
+        is not valid); the latest tick of each missed within the grace period."""
+        self._drop(record.project, record.name)
+        await asyncio.sleep(0)  # validating takes milliseconds: let the timer in between
         result = validate_source(record.source, record.format)
         if result.pipeline is None or not result.ok:
-            return
-        ids = []
-        for entry in ticks.entries(project, result.pipeline):
-            trigger = entry.trigger()
-            self.aps.add_job(
-                self._fire,
-                trigger=trigger,
-                args=[entry],
-                id=entry.id,
-                replace_existing=True,
-                misfire_grace_time=int(self.grace),
-                coalesce=True,
-                max_instances=1,
-            )
-            ids.append(entry.id)
-            if catch_up:
-                await self._catch_up(entry)
-        self.jobs[f"{project}/{name}"] = ids
+            return []
+        now = datetime.now(UTC)
+        entries = ticks.entries(record.project, result.pipeline)
+        missed = []
+        for entry in entries:
+            self.timetable.add(entry, now)
+            tick = ticks.latest_tick(entry.trigger(), now, self.grace)
+            if tick is not None:
+                missed.append((entry, tick))
+        self.entries[f"{record.project}/{record.name}"] = [e.id for e in entries]
+        self.changed.set()
+        return missed
 
-    async def _catch_up(self, entry: ticks.Entry) -> None:
-        missed = ticks.latest_tick(entry.trigger(), datetime.now(UTC), self.grace)
-        last = await self.r.get(subjects.key("schedule", entry.id))
-        if missed is not None and (last is None or datetime.fromisoformat(str(last)) < missed):
-            await self._publish(entry, missed)
+    def _drop(self, project: str, name: str) -> list[str]:
+        """Take the pipeline's entries out of the timetable; their ids."""
+        dropped = self.entries.pop(f"{project}/{name}", [])
+        for entry_id in dropped:
+            self.timetable.remove(entry_id)
+        return dropped
 
-    async def _fire(self, entry: ticks.Entry) -> None:
-        tick = ticks.latest_tick(entry.trigger(), datetime.now(UTC), self.grace)
-        if tick is not None:
-            await self._publish(entry, tick)
+    async def _timer(self) -> None:
+        """Sleep until the earliest tick (or a change), take everything due, fire it in
+        the background so that the next second's ticks are never held up."""
+        while True:
+            due = self.timetable.due(datetime.now(UTC))
+            if due:
+                batch = asyncio.ensure_future(self._fire(due))
+                self.batches.add(batch)
+                batch.add_done_callback(self.batches.discard)
+            self.changed.clear()
+            at = self.timetable.next_due()
+            wait = None if at is None else max(at - time.time(), 0.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), wait)
 
-    async def _publish(self, entry: ticks.Entry, tick: datetime) -> None:
-        event = TriggerEvent(
-            id=ticks.event_id(entry, tick),
-            kind="cron",
-            project=entry.project,
-            pipeline=entry.pipeline,
-            payload={
-                "schedule": entry.expression,
-                "timezone": entry.timezone,
-                "scheduled_at": tick.isoformat(),
-            },
-            created_at=tick.timestamp(),
-        )
+    async def _fire(self, due: list[Due]) -> None:
+        began = time.monotonic()
         try:
-            await self.js.publish(
-                subjects.events("cron", entry.project),
-                event.encode(),
-                headers={"Nats-Msg-Id": event.id},
-            )
-            await self.r.set(
-                subjects.key("schedule", entry.id),
-                tick.astimezone(UTC).isoformat(),
-                ex=7 * 24 * 3600,
-            )
-        except Exception as exc:
-            log.warning("tick %s of %s not published: %s", tick, entry.id, exc)
+            published = await self.firing.fire(due)
+        except Exception:
+            log.exception("firing %d ticks", len(due))
+            return
+        log.info(
+            "%d ticks due: %d published here in %.3f s",
+            len(due),
+            published,
+            time.monotonic() - began,
+        )

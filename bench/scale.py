@@ -1,0 +1,119 @@
+"""Runyard at scale, on the embedded stack (DESIGN.md §9, issue #14).
+
+    python bench/scale.py [--agents 1000] [--runs 200] [--jobs 1000] [--steps 1000]
+                          [--schedules 10000] [--json bench/results/scale.json]
+
+- agents: simulated agents (bench/fleet.py, several per process), each a real NATS
+  connection admitted through the auth callout with its own identity and inbox
+  consumer, heartbeating every 5 s; one-step runs are started through the API at a
+  steady rate, and placement latency is API call → `job.assign` received by an agent;
+  the dispatcher's CPU and memory are read with psutil, idle and while placing;
+- steps (same fleet): a run of `--jobs` one-step jobs, and a job of `--steps` steps;
+  intervals between consecutive steps at the start and at the end of each, which must
+  stay flat as the run grows;
+- schedules (a fresh stack): `--schedules` cron schedules all due in the same second,
+  two scheduler replicas; each tick's lateness, duplicates and misses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import scale_agents, scale_schedules, scale_steps
+from bench.common import report, summary
+from bench.system import bench_project
+
+Row = dict[str, float | str | int]
+
+
+def agents_and_steps(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
+    with bench_project() as (system, project, _):
+        configs = scale_agents.create_agents(system, project, args.agents)
+        with scale_agents.fleet(system, configs, args.processes) as (fleet, took):
+            idle_cpu, idle_mem = scale_agents.dispatcher_usage(system, args.idle)
+            submitted = scale_agents.submit_runs(system, project, args.runs, args.rate)
+            busy_cpu, busy_mem = scale_agents.dispatcher_usage(system, 1.0)
+            steps = scale_steps.measure(system, project, args.jobs, args.steps)
+        latency = scale_agents.placement_latency(submitted, fleet.received)
+    facts = {
+        "agents": args.agents,
+        "connected_s": took,
+        "dispatcher_cpu_idle_pct": idle_cpu,
+        "dispatcher_cpu_placing_pct": busy_cpu,
+        "dispatcher_rss_mib": max(idle_mem, busy_mem),
+        "runs": args.runs,
+        "placed": len(latency),
+        "steps": steps,
+    }
+    rows: list[Row] = [summary(f"placement, {args.agents} agents", latency)]
+    for kind, what in (
+        ("wide", f"run of {args.jobs} jobs"),
+        ("long", f"job of {args.steps} steps"),
+    ):
+        for end, where in (("first", "start"), ("last", "end")):
+            gaps = steps[kind][end]
+            rows.append(summary(f"{what}, at its {where}", gaps))
+    return rows, facts
+
+
+def schedules(args: argparse.Namespace) -> tuple[Row, dict[str, Any]]:
+    with bench_project() as (system, project, _):
+        cron = scale_schedules.run(system, project, args.schedules, args.lead)
+    late: list[float] = cron.pop("late")
+    row = summary(f"cron lateness, {args.schedules}", late)
+    cron["late_max_ms"] = max(late) * 1000 if late else 0.0
+    return row, cron
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--processes", type=int, default=4, help="fleet processes")
+    parser.add_argument("--idle", type=float, default=15.0, help="seconds of heartbeats only")
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=10.0, help="runs started per second")
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--schedules", type=int, default=10_000)
+    parser.add_argument("--lead", type=float, default=120.0, help="seconds to load schedules")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    rows, facts = agents_and_steps(args)
+    cron_row, cron = schedules(args)
+    report([*rows, cron_row], args.json)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": [*rows, cron_row], "agents": facts, "cron": cron}))
+    print(
+        "(placement: API call → job.assign received; 'at its start/end': ms between"
+        " consecutive steps, first and last 20)"
+    )
+    print(json.dumps({"agents": facts | {"steps": None}, "cron": cron}, indent=1))
+    problems = scale_problems(args, facts, cron)
+    if problems:
+        sys.exit("; ".join(problems))
+
+
+def scale_problems(
+    args: argparse.Namespace, facts: dict[str, Any], cron: dict[str, Any]
+) -> list[str]:
+    """What went wrong, as opposed to what was slow."""
+    problems = []
+    if facts["placed"] != args.runs:
+        problems.append(f"{facts['placed']} of {args.runs} runs placed")
+    for kind in ("wide", "long"):
+        run = facts["steps"][kind]
+        if run["status"] != "success":
+            problems.append(f"the {kind} run ended {run['status']}")
+    if cron["duplicates"] or cron["missed"]:
+        problems.append(f"cron: {cron['duplicates']} duplicates, {cron['missed']} missed")
+    return problems
+
+
+if __name__ == "__main__":
+    main()

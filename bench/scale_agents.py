@@ -1,0 +1,133 @@
+"""Many agents at once (DESIGN.md §9): a fleet of simulated agents (bench/fleet.py,
+several processes) created through the API as `runyard agent create` does, and
+placement measured while they all heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+
+from agent.config import AgentConfig, agent_environment
+from bench.fleet import write_configs
+from bench.system import BenchSystem
+from services.stack import die_with_parent
+from services.store import runs as store
+from services.store.connection import connect
+
+FLEET = Path(__file__).resolve().parent / "fleet.py"
+Received = list[tuple[str, str, str, int, float]]
+
+
+def create_agents(system: BenchSystem, project: str, n: int) -> list[AgentConfig]:
+    configs = []
+    for i in range(n):
+        made = system.call("POST", "/api/agents", json={"name": f"sim{i}", "projects": [project]})
+        configs.append(
+            AgentConfig(made["id"], f"sim{i}", made["token"], made["nats_url"], made["ca"])
+        )
+    return configs
+
+
+async def _online(redis_url: str) -> int:
+    r = connect(redis_url)
+    try:
+        return int(await r.zcount(store.ONLINE, time.time() - 30, "+inf"))
+    finally:
+        await r.aclose()
+
+
+class Fleet:
+    """The fleet's processes; `received` holds what their agents got, once stopped."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[subprocess.Popen[str], Path]] = []
+        self.received: Received = []
+
+    def stop(self) -> None:
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, out in self.procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            if out.exists():
+                self.received += [tuple(r) for r in json.loads(out.read_text())]
+        self.procs = []
+
+
+@contextmanager
+def fleet(
+    system: BenchSystem, configs: list[AgentConfig], processes: int
+) -> Iterator[tuple[Fleet, float]]:
+    """Start the agents (`processes` of them, sharing the agents) and wait until the
+    dispatcher has every one online; the fleet, and the seconds that took."""
+    began = time.monotonic()
+    running = Fleet()
+    parent = os.getpid()
+    try:
+        for k in range(processes):
+            mine = configs[k::processes]
+            spec, out = system.tmp / f"fleet-{k}.json", system.tmp / f"fleet-{k}.out.json"
+            write_configs(mine, spec)
+            proc = subprocess.Popen(
+                [sys.executable, str(FLEET), str(spec), str(out)],
+                stdout=subprocess.PIPE,
+                stderr=(system.tmp / f"fleet-{k}.log").open("w"),
+                text=True,
+                env=agent_environment(system.env),
+                preexec_fn=lambda: die_with_parent(parent),
+            )
+            running.procs.append((proc, out))
+        for proc, _ in running.procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"a fleet process did not start (see {system.tmp})")
+        system.wait_until(
+            lambda: asyncio.run(_online(system.stack.redis_url)) >= len(configs),
+            "every simulated agent online",
+            timeout=60,
+        )
+        yield running, time.monotonic() - began
+    finally:
+        running.stop()
+
+
+def dispatcher_usage(system: BenchSystem, seconds: float) -> tuple[float, float]:
+    """The dispatcher's CPU (% of one core) over `seconds`, and its memory (MiB RSS)."""
+    dispatcher = psutil.Process(system.procs[0].pid)  # BenchSystem starts it first
+    before = dispatcher.cpu_times()
+    time.sleep(seconds)
+    after = dispatcher.cpu_times()
+    used = (after.user - before.user) + (after.system - before.system)
+    return used / seconds * 100, dispatcher.memory_info().rss / (1 << 20)
+
+
+def submit_runs(system: BenchSystem, project: str, runs: int, rate: float) -> dict[str, float]:
+    """Start `runs` one-step runs, `rate` a second; run id → when its API call began."""
+    source = {"name": "place", "jobs": {"a": {"steps": [{"run": "true"}]}}}
+    system.call("POST", f"/api/projects/{project}/pipelines", json={"source": json.dumps(source)})
+    submitted = {}
+    start = time.monotonic()
+    for i in range(runs):
+        time.sleep(max(0.0, start + i / rate - time.monotonic()))
+        before = time.time()
+        submitted[system.start_run(project, "place")] = before
+    return submitted
+
+
+def placement_latency(submitted: dict[str, float], received: Received) -> list[float]:
+    """API call → `job.assign` received, per run (runs never assigned are left out)."""
+    assigned = {run: at for kind, run, _, _, at in received if kind == "job.assign"}
+    return [assigned[run] - at for run, at in submitted.items() if run in assigned]
