@@ -436,6 +436,13 @@ def test_the_kubernetes_schema_check_has_teeth() -> None:
             validate_kube(broken)
 
 
+def pod_containers(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    if resource["kind"] not in ("Deployment", "StatefulSet"):
+        return []
+    containers: list[dict[str, Any]] = resource["spec"]["template"]["spec"]["containers"]
+    return containers
+
+
 def workloads() -> Iterator[dict[str, Any]]:
     return (r for r in manifests() if r["kind"] in ("Deployment", "StatefulSet"))
 
@@ -541,8 +548,13 @@ def test_kustomize_builds_valid_manifests_from_real_credentials(
     )
     assert built.returncode == 0, built.stderr
     resources = [r for r in yaml.safe_load_all(built.stdout) if r]
+    image = next(i for i in kustomization()["images"] if i["name"] == "runyard")
     for resource in resources:
         validate_kube(resource)
+        for container in pod_containers(resource):
+            assert container["image"] != "runyard", resource["metadata"]["name"]
+            if container["image"].startswith(image["newName"]):
+                assert container["image"] == f"{image['newName']}:{image['newTag']}"
         assert resource["kind"] == "Namespace" or resource["metadata"]["namespace"] == "runyard"
     made = {r["metadata"]["name"].rsplit("-", 1)[0]: r for r in resources if r["kind"] == "Secret"}
     for role in SERVED:  # each service's Secret holds exactly its .env file's variables
