@@ -93,6 +93,8 @@ STREAMS: tuple[StreamSpec, ...] = (EVENTS_STREAM, INBOX_STREAM, AGENT_STREAM, LO
 
 DISPATCHER_EVENTS_CONSUMER = "dispatcher-events"
 DISPATCHER_AGENT_CONSUMER = "dispatcher-agent"
+# Cancels only (`run_control`), so that a cancel never waits behind trigger events.
+DISPATCHER_CONTROL_CONSUMER = "dispatcher-control"
 # Heartbeats are core NATS: the dispatcher replicas share them through a queue group.
 DISPATCHER_QUEUE = "dispatchers"
 LOG_COLLECTOR_CONSUMER = "log-collector"

@@ -14,6 +14,7 @@ from functools import partial
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
 
 from schemas import subjects
 from services import bus
@@ -57,8 +58,19 @@ class Dispatcher:
         results = (subjects.AGENT_STREAM, subjects.DISPATCHER_AGENT_CONSUMER)
         for stream, durable in (events, results):
             await bus.ensure_consumer(self.js, stream, durable, max_ack_pending=10_000)
+        # cancels have a consumer of their own (creating it again is a no-op), so they
+        # never wait behind trigger events; the events consumer skips them
+        control = ConsumerConfig(
+            durable_name=subjects.DISPATCHER_CONTROL_CONSUMER,
+            filter_subject=subjects.run_control("*"),
+            ack_wait=30,
+            max_ack_pending=10_000,
+        )
+        await self.js.add_consumer(subjects.EVENTS_STREAM.name, control)
         # one worker takes trigger events, so runs are numbered and queued in their order
         self._spawn(bus.pull(self.js, *events, partial(_acked, self.triggers.on_event)))
+        cancels = (subjects.EVENTS_STREAM, subjects.DISPATCHER_CONTROL_CONSUMER)
+        self._spawn(bus.pull(self.js, *cancels, partial(_acked, self.triggers.on_cancel)))
         for _ in range(WORKERS):
             self._spawn(bus.pull(self.js, *results, partial(_acked, self.agents.on_event)))
         await self.nc.subscribe(

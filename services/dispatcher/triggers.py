@@ -31,16 +31,15 @@ class Triggers:
         self.r = changes.r
 
     async def on_event(self, msg: Msg) -> None:
-        try:
-            event = decode_event(msg.data)
-        except ValueError as exc:
-            log.error("dropping an unreadable event on %s: %s", msg.subject, exc)
-            return
+        event = _decoded(msg)
+        if isinstance(event, TriggerEvent):  # a cancel is the control consumer's
+            for record in await self._pipelines_for(event):
+                await self._create_run(event, record)
+
+    async def on_cancel(self, msg: Msg) -> None:
+        event = _decoded(msg)
         if isinstance(event, RunCancel):
             await self.changes.change(event.run, lambda e, now: e.apply(RunCancelled(at=now)))
-            return
-        for record in await self._pipelines_for(event):
-            await self._create_run(event, record)
 
     async def _pipelines_for(self, event: TriggerEvent) -> list[records.PipelineRecord]:
         if event.pipeline is not None and event.kind != "webhook":
@@ -98,3 +97,11 @@ class Triggers:
             await self.changes.change(run_id, lambda e, now: e.start(now))
             return
         await self.groups.join(run_id, event.project, group, event.created_at, cancel_running)
+
+
+def _decoded(msg: Msg) -> TriggerEvent | RunCancel | None:
+    try:
+        return decode_event(msg.data)
+    except ValueError as exc:
+        log.error("dropping an unreadable event on %s: %s", msg.subject, exc)
+        return None

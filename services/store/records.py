@@ -1,13 +1,13 @@
-"""Projects, pipelines, API keys and agents: plain records in Redis hashes."""
+"""Pipelines, API keys and agents: plain records in Redis hashes (projects and their
+secrets: projects.py)."""
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -15,10 +15,21 @@ import orjson
 from runyard.pipeline.validate import Result, validate_text
 from schemas.subjects import agent_key as agent_key  # kept here for callers
 from schemas.subjects import key
-from services.store import chains, crypto
+from services.store import chains
 from services.store.connection import Redis, strdict, strs
 
-log = logging.getLogger(__name__)
+# projects and their secrets live in services.store.projects; these names stay for callers
+from services.store.projects import Resealed as Resealed
+from services.store.projects import create_project as create_project
+from services.store.projects import delete_secret as delete_secret
+from services.store.projects import list_projects as list_projects
+from services.store.projects import project_exists as project_exists
+from services.store.projects import reseal_all as reseal_all
+from services.store.projects import secret_names as secret_names
+from services.store.projects import secrets_of as secrets_of
+from services.store.projects import set_secret as set_secret
+from services.store.projects import set_webhook_secret as set_webhook_secret
+from services.store.projects import webhook_secret as webhook_secret
 
 AGENT_TTL = 30 * 24 * 3600  # an agent that has not connected for 30 days disappears
 ONLINE_AFTER = 30.0  # seconds without a heartbeat before an agent counts as lost
@@ -37,124 +48,6 @@ def hash_secret(value: str) -> str:
 
 def new_secret(prefix: str) -> str:
     return f"{prefix}_{secrets.token_urlsafe(32)}"
-
-
-# --- projects -------------------------------------------------------------------------
-
-
-async def create_project(r: Redis, name: str) -> bool:
-    """False when it exists already."""
-    created = await r.hsetnx(key("project", name), "created_at", str(time.time()))
-    if created:
-        await r.sadd(key("projects"), name)
-    return bool(created)
-
-
-async def project_exists(r: Redis, name: str) -> bool:
-    return bool(await r.exists(key("project", name)))
-
-
-async def list_projects(r: Redis) -> list[str]:
-    return sorted(strs(await r.smembers(key("projects"))))
-
-
-# --- secrets --------------------------------------------------------------------------
-# Project secrets are stored sealed (crypto.seal); only the dispatcher opens them, and
-# they reach a step as `${{ secrets.NAME }}`, masked in what the run shows. A value
-# stored in plain text by an earlier version, or made with a key being rotated out, is
-# sealed again under the current key when it is read, and by `reseal_all`.
-
-# Compare-and-set: a value changed meanwhile (a new secret was set) is left alone.
-_SWAP_FIELD = """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return 1
-"""
-_SWAP = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
-"""
-
-
-@dataclass
-class Resealed:
-    """What `reseal_all` did: values sealed again, and those no key opens."""
-
-    resealed: int = 0
-    unreadable: list[str] = field(default_factory=list)
-
-
-async def set_secret(r: Redis, project: str, name: str, value: str) -> None:
-    await r.hset(key("secrets", project), name, crypto.seal(value))
-
-
-async def delete_secret(r: Redis, project: str, name: str) -> bool:
-    return bool(await r.hdel(key("secrets", project), name))
-
-
-async def secret_names(r: Redis, project: str) -> list[str]:
-    return sorted(strs(await r.hkeys(key("secrets", project))))
-
-
-async def secrets_of(r: Redis, project: str) -> dict[str, str]:
-    """The project's secrets in plain text; one that no configured key opens is left
-    out (and left stored as it is)."""
-    values, _ = await _open_secrets(r, project)
-    return values
-
-
-async def _open_secrets(r: Redis, project: str) -> tuple[dict[str, str], Resealed]:
-    name = key("secrets", project)
-    values: dict[str, str] = {}
-    done = Resealed()
-    for secret, stored in strdict(await r.hgetall(name)).items():
-        opened = crypto.unseal(stored)
-        if opened is None:
-            log.error(
-                "secret %s of project %s opens with no key in RUNYARD_SECRET_KEY or "
-                "RUNYARD_OLD_SECRET_KEYS; it is kept as stored and not given to runs",
-                secret,
-                project,
-            )
-            done.unreadable.append(f"{project}/{secret}")
-            continue
-        values[secret] = opened.value
-        if not opened.current:
-            sealed = crypto.seal(opened.value)
-            done.resealed += int(await r.eval(_SWAP_FIELD, 1, name, secret, stored, sealed))
-    return values, done
-
-
-async def reseal_all(r: Redis) -> Resealed:
-    """Seal every stored secret (project and webhook secrets) under the current key:
-    after an upgrade from plain text, or while a key is rotated out. Safe to run at
-    any time, in several processes at once."""
-    done = Resealed()
-    for project in await list_projects(r):
-        _, found = await _open_secrets(r, project)
-        done.resealed += found.resealed
-        done.unreadable += found.unreadable
-        webhook = key("webhook", project)
-        token = await r.get(webhook)
-        if token is None:
-            continue
-        opened = crypto.open_token(str(token))
-        if opened is None:
-            done.unreadable.append(f"{project} (webhook secret)")
-        elif not opened.current:
-            sealed = crypto.encrypt(opened.value)
-            done.resealed += int(await r.eval(_SWAP, 1, webhook, token, sealed))
-    return done
-
-
-async def set_webhook_secret(r: Redis, project: str, secret: str) -> None:
-    await r.set(key("webhook", project), crypto.encrypt(secret))
-
-
-async def webhook_secret(r: Redis, project: str) -> str | None:
-    token = await r.get(key("webhook", project))
-    return crypto.decrypt(str(token)) if token else None
 
 
 # --- pipelines ------------------------------------------------------------------------
