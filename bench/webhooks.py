@@ -25,6 +25,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -97,14 +98,16 @@ async def fire(port: int, path: str, hooks: int, concurrency: int) -> dict[str, 
 def _fire_in_another_process(
     port: int, path: str, hooks: int, concurrency: int
 ) -> tuple[dict[str, object], float]:
-    """The burst's results and the firing process's CPU seconds."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    argv = [sys.executable, __file__, "--fire", f"{port}{path}"]
-    argv += ["--hooks", str(hooks), "--concurrency", str(concurrency)]
-    done = subprocess.run(argv, capture_output=True, text=True, check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """The burst's results (in a file: once, under heavy load, the same ~100 kB read
+    from the firing process's stdout arrived corrupted) and that process's CPU seconds."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        argv = [sys.executable, __file__, "--fire", f"{port}{path}", "--json", out.name]
+        argv += ["--hooks", str(hooks), "--concurrency", str(concurrency)]
+        subprocess.run(argv, check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result: dict[str, object] = json.loads(Path(out.name).read_bytes())
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    result: dict[str, object] = json.loads(done.stdout)
     return result, cpu
 
 
@@ -199,7 +202,7 @@ def main() -> None:
     if args.fire:
         port, _, path = args.fire.partition("/")
         result = aio.run(fire(int(port), "/" + path, args.hooks, args.concurrency))
-        print(json.dumps(result))
+        args.json.write_text(json.dumps(result))
         return
     rows: list[dict[str, float | str | int]] = []
     cpu: dict[str, dict[str, float]] = {}
