@@ -33,11 +33,12 @@ from agent.sandbox import Sandbox
 log = logging.getLogger("runyard.agent")
 
 READY_WAIT = 60.0  # seconds a job's spawner may take to build its sandbox
-
-
-def _frame(message: dict[str, Any]) -> bytes:
-    body = json.dumps(message).encode()
-    return spawner.HEADER.pack(len(body)) + body
+ROOT = str(Path(__file__).resolve().parent.parent)
+# without site-packages (-S) or the environment (-I): the spawner needs the stdlib only
+BOOT = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "from agent.spawner import main; main(sys.argv[1:])"
+)
 
 
 class Child:
@@ -107,7 +108,8 @@ class JobSpawner:
         err_r, err_w = os.pipe()
         started: asyncio.Future[int] = loop.create_future()
         try:
-            payload = _frame({"argv": list(argv), "cwd": str(cwd), "env": dict(env)})
+            request = {"argv": list(argv), "cwd": str(cwd), "env": dict(env)}
+            payload = spawner.frame(request, 2)
             self.starting.append(started)
             try:
                 sent = socket.send_fds(self.sock, [payload], [out_w, err_w])
@@ -212,10 +214,10 @@ class Launcher:
 
     def start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        argv = [spawner.__file__, str(theirs.fileno()), str(os.getpid())]
+        argv = [ROOT, str(theirs.fileno()), str(os.getpid())]
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", *argv],
+                [sys.executable, "-I", "-S", "-c", BOOT, *argv],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 env={},
@@ -225,6 +227,9 @@ class Launcher:
             theirs.close()
         ours.setblocking(False)
         self.sock = ours
+        if self.sandbox is not None and self.sandbox.enabled:  # ready for the first job
+            with contextlib.suppress(OSError):
+                ours.send(spawner.frame({"sandbox": self.sandbox.base_plan()}))
 
     def job(self, workspace: Path) -> JobSpawner:
         """A spawner for the job in `workspace` (it may still be building the sandbox;
@@ -241,7 +246,7 @@ class Launcher:
             self.start()
         assert self.sock is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        payload = _frame({"sandbox": plan})
+        payload = spawner.frame({"sandbox": plan}, 1)
         try:
             sent = socket.send_fds(self.sock, [payload], [theirs.fileno()])
         except OSError:  # full: the fork server is not reading (it was stopped)

@@ -29,12 +29,13 @@ steps run without this isolation; `runyard agent start` logs that once.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import spawner
+from agent import namespaces
 
 # Credentials that commonly sit in a user's home; steps must not read them.
 HOME_SECRETS = (
@@ -65,7 +66,7 @@ class Sandbox:
         plan = self.plan(workspace)
         try:
             subprocess.run(
-                ["/bin/true"], check=True, preexec_fn=lambda: spawner.enter(plan), close_fds=True
+                ["/bin/true"], check=True, preexec_fn=lambda: namespaces.enter(plan), close_fds=True
             )
         except (subprocess.SubprocessError, OSError) as exc:
             self.enabled = False
@@ -80,11 +81,19 @@ class Sandbox:
         home.mkdir(parents=True, exist_ok=True)
         return {"HOME": str(home)}
 
+    def base_plan(self) -> dict[str, Any]:
+        """What every job's sandbox has in common (agent/namespaces.py builds it)."""
+        return {
+            "work": str(self.work.resolve()),
+            "cache": str(self.cache.resolve()),
+            "hidden": [str(p) for p in self.hidden],
+            "uid": os.getuid(),
+            "gid": os.getgid(),
+        }
+
     def plan(self, workspace: Path) -> dict[str, Any]:
-        """What `spawner.enter` needs to build the sandbox of one job's workspace."""
-        own = workspace.resolve()
-        work, cache = str(self.work.resolve()), str(self.cache.resolve())
-        if not str(own).startswith(work + "/"):
-            raise ValueError(f"a step's workspace must be inside {work}: {own}")
-        hidden = [str(p) for p in self.hidden]
-        return {"workspace": str(own), "work": work, "cache": cache, "hidden": hidden}
+        """What `namespaces.enter` needs to build the sandbox of one job's workspace."""
+        base, own = self.base_plan(), workspace.resolve()
+        if not str(own).startswith(base["work"] + "/"):
+            raise ValueError(f"a step's workspace must be inside {base['work']}: {own}")
+        return base | {"workspace": str(own)}

@@ -4,169 +4,94 @@ is the agent's side).
 
 Three generations, each killed (SIGKILL, `PR_SET_PDEATHSIG`) when its parent dies:
 
-1. the **fork server**, `python -I -S spawner.py <socket fd> <agent pid>` (this file,
-   standard library only, ~11 MB), started once with the agent;
+1. the **fork server**, `python -I -S` running `main` (this module and
+   agent/namespaces.py: standard library only, ~12 MB), started once with the agent;
 2. a **job spawner** per job, forked by the fork server when the agent sends it a plan
    and one end of a socket pair: it builds the job's user and mount namespaces (when
-   the plan has a sandbox), makes itself undumpable (steps can neither trace it nor
-   read its memory) and serves that socket until the agent closes it;
+   the plan has a sandbox; agent/namespaces.py), makes itself undumpable (steps can
+   neither trace it nor read its memory) and serves that socket until the agent closes
+   it;
 3. a **step**: forked by the job spawner, in a session of its own, its output on the
    pipes the agent passed, exec'd with the environment the agent sent.
 
 Forking an 11 MB process costs a fraction of forking the agent, and the agent's own
-spawns need no `preexec_fn` any more.
+spawns need no `preexec_fn` any more. The fork server also keeps a **standby**: a child
+that has already made the half of a sandbox every job shares (`prepare`) and waits;
+the next job's spawner is that child, which only adds the job's workspace and locks
+the mounts (`finish`). A standby is used only if the hidden paths it covers are still
+all that exist (a credential file made since would not be covered: a fresh sandbox is
+built instead).
 
-Wire (job socket, a stream): agent → spawner `<4-byte length><JSON>` with the step's
-stdout and stderr attached (SCM_RIGHTS); spawner → agent one JSON object a line:
+Wire (job socket, a stream): agent → spawner `<length><count of descriptors><JSON>`
+(`frame`), here with the step's stdout and stderr attached (SCM_RIGHTS); spawner →
+agent one JSON object a line:
 `{"ready": pid}` or `{"error": ...}` once, then per step `{"pid": n}` or
 `{"error": ..., "errno": n}`, and `{"exit": pid, "code": n}` when it ends (`code` as
 asyncio gives it: negative for a signal). The fork server's socket takes the plans in
-the same framing, the job's socket attached.
+the same framing, the job's socket attached (without one: the plan for a standby).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import functools
 import json
 import os
 import selectors
 import signal
 import socket
 import struct
-import sys
-from pathlib import Path
+import traceback
+from collections.abc import Callable
 from typing import Any
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWUSER = 0x10000000
-MS_RDONLY = 0x1
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MS_BIND = 0x1000
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
-PR_SET_PDEATHSIG = 1
-PR_SET_DUMPABLE = 4
-AT_FDCWD = -100
-AT_RECURSIVE = 0x8000
-MOUNT_ATTR_RDONLY = 0x1
-SYS_MOUNT_SETATTR = 442  # the same number on every architecture (the generic table)
-HEADER = struct.Struct(">I")
+from agent.namespaces import covers, die_with_parent, enter, finish, prepare, undumpable
+
+HEADER = struct.Struct(">IB")  # the body's length, the descriptors sent with it
 MAX_FDS = 4
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-# --- namespaces ---------------------------------------------------------------------
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
-    _check(
-        _libc.mount(
-            source.encode() if source else None,
-            target.encode(),
-            fstype.encode() if fstype else None,
-            flags,
-            data.encode() if data else None,
-        ),
-        f"mount {target}",
-    )
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    ]
-
-
-def _read_only(path: str, on: bool, recursive: bool) -> None:
-    """Set (or clear) read-only on the mount at `path` (and every mount below it)."""
-    attr = _MountAttr(MOUNT_ATTR_RDONLY if on else 0, 0 if on else MOUNT_ATTR_RDONLY, 0, 0)
-    flags = AT_RECURSIVE if recursive else 0
-    result = _libc.syscall(
-        SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr)
-    )
-    _check(result, f"mount_setattr {path}")
-
-
-def _enter_userns(inner_uid: int, outer_uid: int, inner_gid: int, outer_gid: int) -> None:
-    _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare")
-    Path("/proc/self/setgroups").write_text("deny")
-    Path("/proc/self/uid_map").write_text(f"{inner_uid} {outer_uid} 1")
-    Path("/proc/self/gid_map").write_text(f"{inner_gid} {outer_gid} 1")
-
-
-def _only_own_workspace(work: str, own: str) -> None:
-    """Cover `work/` with an empty tmpfs that holds only this job's workspace."""
-    keep = os.open(own, os.O_PATH | os.O_DIRECTORY)
-    _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, "size=4k,mode=755")
-    Path(own).mkdir(parents=True, exist_ok=True)
-    _mount(f"/proc/self/fd/{keep}", own, None, MS_BIND | MS_REC)
-    os.close(keep)
-
-
-def enter(plan: dict[str, Any]) -> None:
-    """Move this process into a new sandbox for the workspace `plan["workspace"]`
-    (`work`, `cache`: the agent's directories; `hidden`: paths to cover)."""
-    own, work, cache = plan["workspace"], plan["work"], plan["cache"]
-    hidden = [p for p in plan["hidden"] if Path(p).exists()]
-    uid, gid = os.getuid(), os.getgid()
-    _enter_userns(0, uid, 0, gid)
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    # /tmp its own mount (with what is mounted below it), so it can stay writable
-    _mount("/tmp", "/tmp", None, MS_BIND | MS_REC)
-    for path in hidden:
-        if Path(path).is_dir():
-            _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
-        else:
-            _mount("/dev/null", path, None, MS_BIND)
-    _only_own_workspace(work, own)
-    _mount(cache, cache, None, MS_BIND | MS_REC)
-    _read_only("/", on=True, recursive=True)  # nothing else may be changed
-    for writable in (own, "/tmp", "/proc"):  # /proc: for the uid map below
-        _read_only(writable, on=False, recursive=False)
-    _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m")
-    _enter_userns(uid, 0, gid, 0)  # locks the mounts above; back to our own uid
-    os.chdir(own)  # through the mounts now, so `..` cannot walk under them
-
-
-def die_with_parent(parent: int) -> None:
-    """SIGKILL this process when `parent` (its thread) dies; exit if it has already."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 # --- the wire -----------------------------------------------------------------------
 
 
-def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
-    """One framed request and the descriptors sent with it (None: the socket closed)."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, 65536, MAX_FDS)
-    for fd in fds:
-        os.set_inheritable(fd, False)
-    if len(data) < HEADER.size:
-        for fd in fds:
-            os.close(fd)
-        return None
-    (size,) = HEADER.unpack_from(data)
-    body = bytearray(data[HEADER.size :])
-    while len(body) < size:
-        chunk = sock.recv(size - len(body))
-        if not chunk:
+class Reader:
+    """Framed messages from a stream socket, each with the descriptors sent with it (a
+    read may hold several messages, and their descriptors come in the same order)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.data = bytearray()
+        self.fds: list[int] = []
+
+    def buffered(self) -> tuple[dict[str, Any], list[int]] | None:
+        if len(self.data) < HEADER.size:
             return None
-        body += chunk
-    return json.loads(body), fds
+        size, count = HEADER.unpack_from(self.data)
+        end = HEADER.size + size
+        if len(self.data) < end or len(self.fds) < count:
+            return None
+        body = bytes(self.data[HEADER.size : end])
+        del self.data[:end]
+        fds, self.fds = self.fds[:count], self.fds[count:]
+        return json.loads(body), fds
+
+    def next(self) -> tuple[dict[str, Any], list[int]] | None:
+        """The next message (None: the socket closed)."""
+        while (found := self.buffered()) is None:
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, MAX_FDS)
+            for fd in fds:
+                os.set_inheritable(fd, False)
+            self.fds += fds
+            if not data:
+                return None
+            self.data += data
+        return found
+
+
+def frame(message: dict[str, Any], fds: int = 0) -> bytes:
+    """`message` as sent, with `fds` descriptors attached to it."""
+    body = json.dumps(message).encode()
+    return HEADER.pack(len(body), fds) + body
 
 
 def reply(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -225,12 +150,12 @@ def _reap(sock: socket.socket) -> None:
         reply(sock, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
 
 
-def serve_job(sock: socket.socket, plan: dict[str, Any] | None) -> None:
-    """A job spawner: enter the sandbox, then start steps until the agent hangs up."""
+def serve_job(sock: socket.socket, setup: Callable[[], None]) -> None:
+    """A job spawner: `setup` (enter the sandbox), then start steps until the agent
+    hangs up."""
     try:
-        if plan is not None:
-            enter(plan)
-        _libc.prctl(PR_SET_DUMPABLE, 0)
+        setup()
+        undumpable()
     except OSError as exc:
         reply(sock, {"error": str(exc)})
         return
@@ -241,6 +166,7 @@ def serve_job(sock: socket.socket, plan: dict[str, Any] | None) -> None:
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
     selector.register(woken_r, selectors.EVENT_READ)
+    reader = Reader(sock)
     while True:
         for key, _ in selector.select():
             if key.fd == woken_r:
@@ -249,31 +175,107 @@ def serve_job(sock: socket.socket, plan: dict[str, Any] | None) -> None:
                         pass
                 _reap(sock)
                 continue
-            request = receive(sock)
+            request = reader.next()
             if request is None:
                 return
-            reply(sock, start_step(*request))
+            while request is not None:
+                reply(sock, start_step(*request))
+                request = reader.buffered()
 
 
 # --- the fork server ----------------------------------------------------------------
 
 
 def serve(sock: socket.socket) -> None:
-    """Fork a job spawner for every plan the agent sends, until it hangs up."""
+    """Fork a job spawner for every job the agent sends, until it hangs up. A message
+    without a job's socket asks for a standby: a child that has made the first half of
+    the sandbox (`prepare`) and waits for a job, so the next one needs only the second."""
     signal.signal(signal.SIGCHLD, _reap_quietly)
-    while (request := receive(sock)) is not None:
-        plan, (job_fd,) = request
-        parent = os.getpid()
-        if os.fork() == 0:
-            sock.close()
+    standby: _Standby | None = None
+    reader = Reader(sock)
+    while (request := reader.next()) is not None:
+        message, fds = request
+        plan = message.get("sandbox")
+        ours = [sock, *([standby.sock] if standby else [])]  # not for the children
+        if fds:
+            job = socket.socket(fileno=fds[0])
+            if plan is not None and standby is not None and standby.fits(plan):
+                standby.take(job, plan["workspace"])
+                standby = None
+            else:
+                _fork(ours, functools.partial(serve_job, job, functools.partial(_enter, plan)))
+            job.close()
+        if plan is not None:  # the next job's
+            if standby is not None:
+                standby.drop()
+            standby = _Standby(plan, [sock])
+
+
+def _enter(plan: dict[str, Any] | None) -> None:
+    if plan is not None:
+        enter(plan)
+
+
+def _fork(close: list[socket.socket], child: Callable[[], None]) -> int:
+    """Run `child` in a forked process (without `close`) that dies with this one."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for sock in close:
+                sock.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             die_with_parent(parent)
-            job = socket.socket(fileno=job_fd)
-            try:
-                serve_job(job, plan.get("sandbox"))
-            finally:
-                os._exit(0)
-        os.close(job_fd)
+            child()
+        except BaseException:
+            traceback.print_exc()  # on the agent's stderr: this process ends here
+            os._exit(1)
+        finally:
+            os._exit(0)
+    return pid
+
+
+class _Standby:
+    """A child that has made the first half of a sandbox and waits for its job."""
+
+    def __init__(self, plan: dict[str, Any], close: list[socket.socket]) -> None:
+        self.plan = plan
+        self.hidden = covers(plan)
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.pid = _fork([*close, self.sock], lambda: self._wait(theirs))
+        theirs.close()
+
+    def fits(self, plan: dict[str, Any]) -> bool:
+        same = ("work", "cache", "uid", "gid")
+        return all(plan[k] == self.plan[k] for k in same) and covers(plan) == self.hidden
+
+    def take(self, job: socket.socket, workspace: str) -> None:
+        socket.send_fds(self.sock, [frame({"workspace": workspace}, 1)], [job.fileno()])
+        self.sock.close()
+
+    def drop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.sock.close()
+
+    def _wait(self, sock: socket.socket) -> None:
+        failed: OSError | None = None
+        try:
+            prepare(self.plan, self.hidden)
+        except OSError as exc:  # said to the job that comes
+            failed = exc
+        request = Reader(sock).next()
+        if request is None:
+            return
+        message, (job_fd,) = request
+        sock.close()
+
+        def setup() -> None:
+            if failed is not None:
+                raise failed
+            finish(self.plan, message["workspace"])
+
+        serve_job(socket.socket(fileno=job_fd), setup)
 
 
 def _reap_quietly(*_: object) -> None:
@@ -285,8 +287,9 @@ def _reap_quietly(*_: object) -> None:
             return
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> None:
+    """`<socket fd> <agent pid>`: the fork server (agent/launcher.py starts it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the agent's
-    die_with_parent(int(sys.argv[2]))
-    os.set_inheritable(int(sys.argv[1]), False)
-    serve(socket.socket(fileno=int(sys.argv[1])))
+    die_with_parent(int(argv[1]))
+    os.set_inheritable(int(argv[0]), False)
+    serve(socket.socket(fileno=int(argv[0])))

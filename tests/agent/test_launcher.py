@@ -105,3 +105,25 @@ async def test_a_sandboxed_step_cannot_look_into_its_spawner(tmp_path: Path) -> 
         job.close()
     finally:
         fork_server.stop()
+
+
+async def test_a_secret_made_after_the_standby_sandbox_is_still_hidden(tmp_path: Path) -> None:
+    secret = tmp_path / "later"
+    sandbox = Sandbox(tmp_path / "agent", [secret])
+    if (why := sandbox.probe()) is not None:
+        pytest.skip(f"no user namespaces here: {why}")
+    workspace = tmp_path / "agent" / "work" / "r" / "j"
+    workspace.mkdir(parents=True)
+    fork_server = Launcher(sandbox)
+    fork_server.start()  # its standby is made now, before the secret exists
+    try:
+        await asyncio.sleep(0.5)
+        secret.write_text("s3cret")
+        job = fork_server.job(workspace)
+        child = await started(job, workspace, f"cat {secret}")
+        assert child.stdout is not None
+        assert b"s3cret" not in await child.stdout.read()
+        await child.wait()
+        job.close()
+    finally:
+        fork_server.stop()

@@ -1,0 +1,134 @@
+"""Building a job's sandbox (agent/sandbox.py says what it hides): user and mount
+namespaces made with raw system calls, in two halves so that the first can be made
+before the job is known (agent/spawner.py keeps one ready). Standard library only: the
+spawner runs without the agent's packages."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+SYS_MOUNT_SETATTR = 442  # the same number on every architecture (the generic table)
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    _check(
+        _libc.mount(
+            source.encode() if source else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            flags,
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _read_only(path: str, on: bool, recursive: bool) -> None:
+    """Set (or clear) read-only on the mount at `path` (and every mount below it)."""
+    attr = _MountAttr(MOUNT_ATTR_RDONLY if on else 0, 0 if on else MOUNT_ATTR_RDONLY, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    result = _libc.syscall(
+        SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr)
+    )
+    _check(result, f"mount_setattr {path}")
+
+
+def _enter_userns(inner_uid: int, outer_uid: int, inner_gid: int, outer_gid: int) -> None:
+    _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare")
+    Path("/proc/self/setgroups").write_text("deny")
+    Path("/proc/self/uid_map").write_text(f"{inner_uid} {outer_uid} 1")
+    Path("/proc/self/gid_map").write_text(f"{inner_gid} {outer_gid} 1")
+
+
+def _only_own_workspace(work: str, own: str) -> None:
+    """Cover `work/` with an empty tmpfs that holds only this job's workspace."""
+    keep = os.open(own, os.O_PATH | os.O_DIRECTORY)
+    _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, "size=4k,mode=755")
+    Path(own).mkdir(parents=True, exist_ok=True)
+    _mount(f"/proc/self/fd/{keep}", own, None, MS_BIND | MS_REC)
+    os.close(keep)
+
+
+def covers(plan: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
+    """The hidden paths that exist now, each with whether it is a directory: what a
+    sandbox built now covers (a standby built for others is not used)."""
+    return tuple((p, Path(p).is_dir()) for p in plan["hidden"] if Path(p).exists())
+
+
+def prepare(plan: dict[str, Any], hidden: tuple[tuple[str, bool], ...]) -> None:
+    """The first half of a sandbox, the same for every job of the agent (`work`,
+    `cache`: its directories; `hidden`: what `covers` found)."""
+    _enter_userns(0, plan["uid"], 0, plan["gid"])
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    # /tmp its own mount (with what is mounted below it), so it can stay writable
+    _mount("/tmp", "/tmp", None, MS_BIND | MS_REC)
+    for path, is_dir in hidden:
+        if is_dir:
+            _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
+        else:
+            _mount("/dev/null", path, None, MS_BIND)
+    _mount(plan["cache"], plan["cache"], None, MS_BIND | MS_REC)
+
+
+def finish(plan: dict[str, Any], own: str) -> None:
+    """The second half, for the job whose workspace is `own`; then the mounts are
+    locked and this process is the agent's user again, without capabilities outside."""
+    _only_own_workspace(plan["work"], own)
+    _read_only("/", on=True, recursive=True)  # nothing else may be changed
+    for writable in (own, "/tmp", "/proc"):  # /proc: for the uid map below
+        _read_only(writable, on=False, recursive=False)
+    _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m")
+    _enter_userns(plan["uid"], 0, plan["gid"], 0)  # locks the mounts; back to our own uid
+    os.chdir(own)  # through the mounts now, so `..` cannot walk under them
+
+
+def enter(plan: dict[str, Any]) -> None:
+    """Move this process into a new sandbox for the workspace `plan["workspace"]`."""
+    prepare(plan, covers(plan))
+    finish(plan, plan["workspace"])
+
+
+def undumpable() -> None:
+    """Processes of the same user in the same namespaces cannot trace this one nor read
+    its memory (they lack the capability the kernel then asks for)."""
+    _libc.prctl(PR_SET_DUMPABLE, 0)
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process when `parent` (its thread) dies; exit if it has already."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
