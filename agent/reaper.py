@@ -4,8 +4,9 @@ A step runs in its own session and process group, so a terminal's Ctrl-C or a
 `kill -9` of the agent does not reach it by itself. Four things make sure it ends:
 
 1. **Parent-death signal.** The step's main process gets `PR_SET_PDEATHSIG` = SIGKILL as
-   the last thing before its program starts (agent/process.py), so it dies with the
-   agent's thread that started it.
+   the last thing before its program starts, so it dies with its job's spawner, which
+   dies the same way with the agent's fork server, which dies with the agent's main
+   thread (agent/spawner.py).
 2. **The agent's cgroup** (cgroup v2, where the agent may make cgroups under its own —
    as root, or under systemd with `Delegate=yes`): at start the agent moves itself into
    a cgroup of its own, `<its cgroup>/runyard-agent-<id>/<pid>`, so every process it
