@@ -10,9 +10,13 @@ import orjson
 from services.store import runs
 from services.store.connection import Redis, strs
 
+Span = tuple[float, float | None]  # start, and end (None: still running)
 
-def _spans(state: dict[str, Any], agent_id: str, since: float) -> list[tuple[float, float | None]]:
-    found: list[tuple[float, float | None]] = []
+
+def attempt_spans(state: dict[str, Any], agent_id: str, since: float) -> list[Span]:
+    """The spans of the run's job attempts (earlier ones too) on the agent, ending after
+    `since`."""
+    found: list[Span] = []
     for job in (state.get("jobs") or {}).values():
         attempts = list(job.get("attempts") or [])
         attempts.append({**job, "agent": (job.get("host") or {}).get("agent")})
@@ -26,7 +30,7 @@ def _spans(state: dict[str, Any], agent_id: str, since: float) -> list[tuple[flo
 
 async def busy(
     r: Redis, agent_id: str, pipelines: dict[str, list[str]], since: float
-) -> list[tuple[float, float | None]]:
+) -> list[Span]:
     """(start, end or None while running) of each job attempt on the agent that was
     running after `since`, from the runs of `pipelines` (project → names) made in the
     window or still going."""
@@ -38,8 +42,8 @@ async def busy(
         for run_id in ids:
             p.hmget(runs.run_key(run_id), ["state", "finished_at"])
         rows = await p.execute()
-    found: list[tuple[float, float | None]] = []
+    found: list[Span] = []
     for state, finished in rows:
         if state and (not finished or float(finished) >= since):
-            found += _spans(orjson.loads(state), agent_id, since)
+            found += attempt_spans(orjson.loads(state), agent_id, since)
     return sorted(found, key=lambda span: span[0])
