@@ -104,11 +104,12 @@ async def assign_agent(request: Request) -> JSONResponse:
 
 async def agent_busy(request: Request) -> JSONResponse:
     """`{"slots": n, "since": t, "spans": [[start, end or null], ...]}`: the job
-    attempts the agent ran in the last `hours` (default 24), for a chart of slots busy."""
-    agent = await _agent(request)
+    attempts the agent ran in the last `hours` (default 24), for a chart of slots busy;
+    only those of the projects the caller has a role in."""
+    shown = await _shown(request, await _agent(request))
     hours = query_int(request, "hours", 24, low=1, high=24 * 14)
     since = time.time() - hours * 3600
     r = lookup.redis_of(request)
-    pipelines = {p: [x.name for x in await records.list_pipelines(r, p)] for p in agent.projects}
-    spans = await agent_use.busy(r, agent.id, pipelines, since)
-    return JSONResponse({"slots": agent.public().get("slots"), "since": since, "spans": spans})
+    pipelines = {p: [x.name for x in await records.list_pipelines(r, p)] for p in shown["projects"]}
+    spans = await agent_use.busy(r, shown["id"], pipelines, since)
+    return JSONResponse({"slots": shown.get("slots"), "since": since, "spans": spans})

@@ -234,7 +234,11 @@ routes = [
     route("/api/agents", agents_api.create_agent, authz.body_projects("maintainer"), ["POST"]),
     route("/api/agents/{agent}", agents_api.get_agent, authz.agent("see")),
     route("/api/agents/{agent}/metrics", agents_api.agent_metrics, authz.agent("see")),
-    route("/api/agents/{agent}/busy", agents_api.agent_busy, authz.agent("see")),
+    route(
+        "/api/agents/{agent}/busy",
+        agents_api.agent_busy,
+        authz.agent("see").but("from the runs of projects the caller has a role in"),
+    ),
     route("/api/agents/{agent}", agents_api.delete_agent, authz.agent("manage"), ["DELETE"]),
     route(
         "/api/agents/{agent}/projects/{project}",
