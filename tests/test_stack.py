@@ -12,12 +12,14 @@ from pathlib import Path
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import SentinelConnectionPool
 
 from schemas import subjects
 from schemas.messages import TriggerEvent
 from services import bus
 from services.credentials import with_user, without_user
 from services.stack import PortInUse, Stack
+from services.store.connection import connect, sentinel_url
 from tests.conftest import ROOT
 from tests.processes import alive, wait_dead
 
@@ -66,6 +68,7 @@ import sys, time
 from pathlib import Path
 from services.credentials import with_user, without_user
 from services.stack import PortInUse, Stack
+from services.store.connection import connect, sentinel_url
 from tests.conftest import ROOT
 from tests.processes import alive, wait_dead
 stack = Stack(Path(sys.argv[1])).start()
@@ -152,3 +155,18 @@ def test_credentials_go_into_each_url_of_a_list(url: str, user: str, bare: str) 
     assert with_user(url, "u", "p@w") == user
     assert without_user(user) == bare
     assert without_user(url) == bare
+
+
+async def test_a_sentinel_url_names_the_sentinels_and_the_master() -> None:
+    url = sentinel_url("web", "pw", [("127.0.0.1", 26379), ("127.0.0.1", 26380)], "runyard")
+    assert url == "redis+sentinel://web:pw@127.0.0.1:26379,127.0.0.1:26380/runyard/0"
+    client = connect(url)
+    try:
+        pool = client.connection_pool
+        assert isinstance(pool, SentinelConnectionPool)
+        assert pool.service_name == "runyard"
+        assert pool.connection_kwargs["username"] == "web"
+    finally:
+        await client.aclose()
+    with pytest.raises(ValueError, match="names no master: write …/MASTER/DB"):
+        connect("redis+sentinel://web:pw@127.0.0.1:26379")
