@@ -66,15 +66,15 @@ async function trendChart(svg) {
   if (!runs.length) { svg.innerHTML = `<text x="4" y="${h / 2}" class="axis">No runs yet</text>`; return; }
   const now = Date.now() / 1000;
   const seconds = runs.map((r) => (r.finished_at || now) - r.started_at);
-  const top = Math.max(...seconds, 1), step = (w - 40) / runs.length;
+  const top = Math.max(...seconds, 1), step = Math.min(28, (w - 40) / runs.length);
   const bars = runs.map((r, i) => {
     const bh = Math.max(2, (seconds[i] / top) * (h - 20));
     return `<a href="/runs/${esc(r.id)}"><rect class="bar ${esc(r.status)}" x="${40 + i * step + 1}" y="${h - 14 - bh}" width="${Math.max(2, step - 2)}" height="${bh}" fill="${STATUS_COLOURS[r.status] || "#8a93a6"}"><title>#${r.number} ${esc(r.status)}, ${took(r.started_at, r.finished_at || now)}</title></rect></a>`;
   });
-  svg.innerHTML = `<text x="0" y="12" class="axis">${took(0, top)}</text><text x="0" y="${h - 16}" class="axis">0s</text>` +
+  svg.innerHTML = `<text x="0" y="12" class="axis">${span(top)}</text><text x="0" y="${h - 16}" class="axis">0s</text>` +
     `<line x1="38" y1="${h - 14}" x2="${w}" y2="${h - 14}" class="axis-line"/>${bars.join("")}` +
-    `<text x="40" y="${h - 2}" class="axis">#${runs[0].number}</text><text x="${w - 40}" y="${h - 2}" class="axis">#${runs[runs.length - 1].number}</text>`;
-  svg.setAttribute("aria-label", `Duration of the last ${runs.length} runs, longest ${took(0, top)}`);
+    `<text x="40" y="${h - 2}" class="axis">#${runs[0].number}</text><text x="${40 + (runs.length - 1) * step}" y="${h - 2}" class="axis">#${runs[runs.length - 1].number}</text>`;
+  svg.setAttribute("aria-label", `Duration of the last ${runs.length} runs, longest ${span(top)}`);
 }
 
 // Slots busy over the window: a step line from the agent's job attempts, with its
