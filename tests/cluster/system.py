@@ -32,6 +32,7 @@ class ClusterSystem(ChaosSystem):
         self.stack: Cluster = Cluster(tmp / "cluster", nodes=3)
         self.urls: list[str] = []
         self.supervising = threading.Event()
+        self.supervisor = threading.Thread(target=self._supervise, daemon=True)
         self.said: list[str] = []
 
     def __enter__(self) -> ClusterSystem:
@@ -59,7 +60,7 @@ class ClusterSystem(ChaosSystem):
             )
             for url in self.urls:
                 self.wait(f"the web API at {url}", partial(self._healthy, url))
-            threading.Thread(target=self._supervise, daemon=True).start()
+            self.supervisor.start()
         except BaseException:
             self.stack.stop()
             raise
@@ -67,6 +68,8 @@ class ClusterSystem(ChaosSystem):
 
     def __exit__(self, *_: object) -> None:
         self.supervising.set()
+        if self.supervisor.is_alive():  # a restart under way ends before the stop
+            self.supervisor.join()
         super().__exit__()
 
     def _supervise(self) -> None:
