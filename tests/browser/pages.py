@@ -120,12 +120,16 @@ async def chromium(url: str) -> AsyncIterator[Browsing]:
             await browser.close()
 
 
-async def axe(page: Page) -> list[str]:
-    """The serious and critical violations axe-core finds on the page, one line each."""
+async def axe(page: Page, rules: list[str] | None = None) -> list[str]:
+    """The serious and critical violations axe-core finds on the page (of `rules` only,
+    when given), one line each."""
     if not await page.evaluate("typeof window.axe !== 'undefined'"):
         await page.evaluate(AXE.read_text())  # through the DevTools protocol: no CSP applies
+    options: dict[str, object] = {"resultTypes": ["violations"]}
+    if rules:
+        options["runOnly"] = {"type": "rule", "values": rules}
     found = await page.evaluate(
-        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
+        "async (options) => (await axe.run(document, options)).violations", options
     )
     return [
         f"{page.url} [{v['impact']}] {v['id']}: {v['help']} — "
