@@ -9,11 +9,12 @@ import asyncio
 import threading
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from bench.chaos_system import ChaosSystem, _api_key
-from services import bus
+from schemas import subjects
 from services.cluster import Cluster
 from services.stack import NATS, VALKEY, free_port
 from services.supervise import Supervisor
@@ -86,22 +87,53 @@ class ClusterSystem(ChaosSystem):
 
     # --- where the leaders are --------------------------------------------------------
 
-    def stream_leader(self, stream: str) -> str:
-        """The part of the NATS node that leads `stream` now."""
-
-        async def ask() -> str:
-            nc = await bus.connect(self.stack.nats_url, name="tests-cluster")
+    def streams(self) -> dict[str, list[dict[str, Any]]]:
+        """Each running NATS node's view of the streams (its monitoring port's `/jsz`),
+        by part: a follower knows the leader as soon as it is elected."""
+        views = {}
+        for i, node in enumerate(self.stack.nats_nodes):
+            part = f"{NATS}-{i + 1}"
+            if not self.parts[part].running:
+                continue
+            url = f"http://{self.stack.host}:{node.monitor_port}/jsz"
             try:
-                info = await nc.jetstream(timeout=1).stream_info(stream)
-            finally:
-                await nc.close()
-            assert info.cluster is not None and info.cluster.leader
-            return info.cluster.leader
+                found = httpx.get(url, params={"acc": "RY", "streams": "true"}, timeout=1).json()
+            except (httpx.HTTPError, ValueError):
+                continue
+            accounts = found.get("account_details") or [{}]
+            views[part] = accounts[0].get("stream_detail") or []
+        return views
 
-        node = asyncio.run(ask())
-        return next(
-            f"{NATS}-{i + 1}" for i, n in enumerate(self.stack.nats_nodes) if n.name == node
-        )
+    def stream_leader(self, stream: str) -> str:
+        """The part of the NATS node that every running node names as the leader of
+        `stream` now ("" while they do not agree, or none is elected)."""
+        named = {
+            (s.get("cluster") or {}).get("leader") or ""
+            for view in self.streams().values()
+            for s in view
+            if s["name"] == stream
+        }
+        nodes = {n.name: f"{NATS}-{i + 1}" for i, n in enumerate(self.stack.nats_nodes)}
+        return nodes.get(named.pop(), "") if len(named) == 1 else ""
+
+    def streams_whole(self) -> bool:
+        """Every stream of DESIGN.md §4 has a leader that sees all its replicas current
+        (the agents' artifact buckets, made by the dispatcher, have one copy)."""
+        nodes = {f"{NATS}-{i + 1}": n.name for i, n in enumerate(self.stack.nats_nodes)}
+        names = {spec.name for spec in subjects.STREAMS}
+        led = 0
+        for part, view in self.streams().items():
+            for stream in view:
+                cluster = stream.get("cluster") or {}
+                if stream["name"] not in names or cluster.get("leader") != nodes[part]:
+                    continue
+                replicas = cluster.get("replicas") or []
+                if len(replicas) < self.stack.nodes - 1:
+                    return False
+                if not all(r.get("current") and not r.get("offline") for r in replicas):
+                    return False
+                led += 1
+        return led >= len(subjects.STREAMS)
 
     def valkey_primary(self) -> str:
         """The part of the Valkey node the Sentinels name as primary now ("" while
