@@ -16,6 +16,7 @@ from services.store import runs
 from services.store.connection import Redis, strs
 
 SCANNED = 2000  # newest runs read per pipeline when filtering; older ones are not listed
+CHUNK = 100  # runs read at a time
 ASKED_TTL = 3600  # a run asked for and not made within the hour is not coming
 _FIELDS = ["project", "pipeline", "version", "status", "trigger", "actor", "number"]
 _FIELDS += ["created_at", "started_at", "finished_at", "event"]
@@ -62,15 +63,28 @@ def _row(run_id: str, values: list[Any]) -> dict[str, Any]:
     return {**stored.summary(), "branch": event.get("branch"), "sha": event.get("sha")}
 
 
-async def _rows(r: Redis, project: str, pipelines: Iterable[str]) -> list[dict[str, Any]]:
-    ids: list[str] = []
-    for name in pipelines:
-        ids += strs(await r.zrevrange(runs.history_key(project, name), 0, SCANNED - 1))
-    async with r.pipeline(transaction=False) as p:
-        for run_id in ids:
-            p.hmget(runs.run_key(run_id), _FIELDS)
-        found = await p.execute()
-    return [_row(run_id, values) for run_id, values in zip(ids, found, strict=True)]
+async def _matching(
+    r: Redis, project: str, pipeline: str, filters: Filters, want: int, before: float | None
+) -> list[dict[str, Any]]:
+    """Up to `want` of the pipeline's runs made before `before` that pass `filters`,
+    newest first: its history is read a chunk at a time (run numbers follow creation
+    order), so an unfiltered page reads about as many runs as it shows."""
+    found: list[dict[str, Any]] = []
+    history = runs.history_key(project, pipeline)
+    for start in range(0, SCANNED, CHUNK):
+        ids = strs(await r.zrevrange(history, start, start + CHUNK - 1))
+        async with r.pipeline(transaction=False) as p:
+            for run_id in ids:
+                p.hmget(runs.run_key(run_id), _FIELDS)
+            rows = [_row(i, v) for i, v in zip(ids, await p.execute(), strict=True)]
+        found += [
+            x
+            for x in rows
+            if filters.keep(x) and (before is None or (x["created_at"] or 0) < before)
+        ]
+        if len(found) >= want or len(ids) < CHUNK:
+            break
+    return found[:want]
 
 
 async def page(
@@ -83,10 +97,10 @@ async def page(
 ) -> tuple[list[dict[str, Any]], float | None]:
     """Runs made before `before` (a `created_at`) that pass `filters`, newest first, and
     the `before` of the next page (None: this is the last)."""
-    rows = [x for x in await _rows(r, project, pipelines) if filters.keep(x)]
+    rows: list[dict[str, Any]] = []
+    for name in pipelines:  # one more than a page: whether there is a next one
+        rows += await _matching(r, project, name, filters, limit + 1, before)
     rows.sort(key=lambda x: x["created_at"] or 0, reverse=True)
-    if before is not None:
-        rows = [x for x in rows if (x["created_at"] or 0) < before]
     shown = rows[:limit]
     more = len(rows) > limit and shown
     return shown, (shown[-1]["created_at"] or 0) if more else None
