@@ -6,7 +6,8 @@ Measures, with real dispatcher, web API and agent processes:
 - latency: API call → the first step's process running (its first line reads
   `$EPOCHREALTIME`), one run at a time on an idle system;
 - per-step overhead: one job of N `true` steps, against the same N commands in one
-  bash process (the baseline, side by side);
+  bash process (the baseline, side by side), and the CPU time the agents' own
+  processes spent per step meanwhile (what load on the machine does not inflate);
 - throughput: trivial steps per second with 4 agents of one slot each.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -48,16 +50,29 @@ def latency(system: BenchSystem, project: str, runs: int, tmp: Path) -> list[flo
     return seconds
 
 
-def step_overhead(system: BenchSystem, project: str, steps: int) -> tuple[float, float]:
-    """(seconds for the job's steps in Runyard, seconds for the same in one bash)."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system time of these processes so far (not of their children)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def step_overhead(system: BenchSystem, project: str, steps: int) -> tuple[float, float, float]:
+    """(seconds for the job's steps in Runyard, seconds for the same in one bash, agent
+    CPU seconds meanwhile)."""
     _pipeline(system, project, "overhead", ["true"] * steps)
+    agents = list(system.agent_pids.values())
+    cpu = cpu_seconds(agents)
     run = system.wait_run(system.start_run(project, "overhead"))
+    cpu = cpu_seconds(agents) - cpu
     job = run["jobs"][0]
     runyard = job["steps"][-1]["finished_at"] - job["steps"][0]["started_at"]
     script = "\n".join(["true"] * steps)
     began = time.perf_counter()
     subprocess.run(["bash", "--noprofile", "--norc", "-c", script], check=True)
-    return runyard, time.perf_counter() - began
+    return runyard, time.perf_counter() - began, cpu
 
 
 def throughput(system: BenchSystem, project: str, runs: int, steps: int) -> tuple[int, float]:
@@ -80,7 +95,7 @@ def main() -> None:
         for i in range(4):
             system.agent(f"agent{i}-{project}", project)
         seconds = latency(system, project, args.runs, tmp)
-        runyard, shell = step_overhead(system, project, args.steps)
+        runyard, shell, cpu = step_overhead(system, project, args.steps)
         done, took = throughput(system, project, args.throughput_runs, 25)
     rows = [
         summary("API call → first step running", seconds),
@@ -118,6 +133,7 @@ def main() -> None:
         "(per-step rows: ms per step, the same figure in both columns;"
         " throughput: trivial steps per second)"
     )
+    print(f"agent CPU per step: {cpu / args.steps * 1000:.3f} ms (the agents' own processes)")
 
 
 if __name__ == "__main__":
