@@ -43,6 +43,7 @@ def agents_and_steps(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any
         latency = scale_agents.placement_latency(submitted, fleet.received)
     facts = {
         "agents": args.agents,
+        "online": fleet.online,
         "connected_s": took,
         "dispatcher_cpu_idle_pct": idle_cpu,
         "dispatcher_cpu_placing_pct": busy_cpu,
