@@ -17,11 +17,11 @@ from services.dispatcher import effects, placement
 from services.dispatcher.changes import Changes
 from services.store import records
 from services.store import runs as store
-from services.store.connection import strs
 
 log = logging.getLogger("runyard.dispatcher")
 
 SWEEP = 2.0  # seconds between looks at the queue when nothing asked for one
+QUEUE_READ = 500  # queued jobs considered at each look, oldest first
 
 
 class Placer:
@@ -42,26 +42,28 @@ class Placer:
             except Exception:
                 log.exception("placing queued jobs")
 
-    async def _candidates(self, only_if_none_waits: bool = False) -> list[placement.Candidate]:
-        """Online agents with a free slot (none when `only_if_none_waits` and the
-        queue is not empty)."""
-        rows = await self.scripts.candidates(
-            keys=[store.ONLINE, store.QUEUE],
+    async def _candidates(
+        self, queued: int
+    ) -> tuple[list[placement.Candidate], list[tuple[str, str]]]:
+        """Online agents with a free slot, and the `queued` oldest queued jobs (member,
+        info) when some agent is free; with `queued` 0, no agents while any job waits."""
+        agents, jobs = await self.scripts.candidates(
+            keys=[store.ONLINE, store.QUEUE, store.QUEUE_INFO],
             args=[
                 time.time() - records.ONLINE_AFTER,
                 records.agent_key(""),
                 subjects.org_key(""),
-                int(only_if_none_waits),
+                queued,
             ],
         )
-        found = [placement.candidate(orjson.loads(row)) for row in rows]
-        return [a for a in found if a.free > 0]
+        found = [placement.candidate(orjson.loads(row)) for row in agents]
+        return found, list(zip(jobs[::2], jobs[1::2], strict=True))
 
     async def direct(self, queued: list[tuple[str, float, str]]) -> dict[str, str]:
         """Agents for the jobs a commit queues (member → agent), when nothing waits in
         the queue before them; the commit places each only if its agent still has a
         free slot and the queue is still empty."""
-        agents = await self._candidates(only_if_none_waits=True)
+        agents, _ = await self._candidates(queued=0)
         chosen: dict[str, str] = {}
         for m, _, info in queued:
             wanted = effects.decode_info(info)
@@ -74,17 +76,9 @@ class Placer:
 
     async def place_queued(self) -> None:
         async with self.placing:
-            agents = await self._candidates()
-            if not agents:  # nothing can be placed: leave the queue unread
-                return
-            queued = strs(await self.r.zrange(store.QUEUE, 0, 499))
-            if not queued:
-                return
-            infos = await self.r.hmget(store.QUEUE_INFO, queued)
-            for m, info in zip(queued, infos, strict=True):
-                if info is None:
-                    continue
-                wanted = effects.decode_info(str(info))
+            agents, queued = await self._candidates(queued=QUEUE_READ)
+            for m, info in queued:
+                wanted = effects.decode_info(info)
                 chosen = placement.choose(agents, wanted["project"], wanted["runs_on"])
                 if chosen is None:
                     continue

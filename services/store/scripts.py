@@ -72,17 +72,20 @@ return result
 """
 )
 
-# KEYS: online agents, queue.  ARGV: online since, agent key prefix, organization key
-# prefix, 1 to find none while the queue is not empty
-# → JSON [id, slots, used, labels JSON, [project, …]] of each online agent with a record
-# (its projects include those of its organizations)
+# KEYS: online agents, queue, queue info.  ARGV: online since, agent key prefix,
+# organization key prefix, queued jobs to read (0: for a commit that places jobs itself,
+# which must find no agent while the queue is not empty)
+# → {JSON [id, slots, used, labels JSON, [project, …]] of each online agent with a
+#    free slot (its projects include those of its organizations),
+#    {member, info, …} of the oldest queued jobs, read only when some agent is free}
 CANDIDATES = """
-if ARGV[4] == '1' and redis.call('ZCARD', KEYS[2]) > 0 then return {} end
+local want = tonumber(ARGV[4])
+if want == 0 and redis.call('ZCARD', KEYS[2]) > 0 then return {{}, {}} end
 local found = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
   local agent = ARGV[2] .. id
   local row = redis.call('HMGET', agent, 'slots', 'used', 'labels')
-  if row[1] then
+  if row[1] and tonumber(row[1]) > tonumber(row[2] or '0') then
     local projects = redis.call('SMEMBERS', agent .. ':projects')
     for _, org in ipairs(redis.call('SMEMBERS', agent .. ':orgs')) do
       for _, p in ipairs(redis.call('SMEMBERS', ARGV[3] .. org .. ':projects')) do
@@ -93,7 +96,17 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
     table.insert(found, cjson.encode({id, row[1], row[2] or '0', labels, projects}))
   end
 end
-return found
+local queued = {}
+if want > 0 and #found > 0 then
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, want - 1)) do
+    local info = redis.call('HGET', KEYS[3], m)
+    if info then
+      table.insert(queued, m)
+      table.insert(queued, info)
+    end
+  end
+end
+return {found, queued}
 """
 
 # KEYS: run, history, counter.  ARGV: fields JSON, state JSON.  → run number, or 0

@@ -104,22 +104,34 @@ async def test_release_names_the_holder_when_it_is_not_the_caller(r: aioredis.Re
     assert await r.hget(records.agent_key("ag1"), "used") == "0"
 
 
-async def test_candidates_include_organizations_projects(r: aioredis.Redis) -> None:
+async def test_candidates_are_free_agents_with_organizations_projects(
+    r: aioredis.Redis,
+) -> None:
     await _agent(r, "ag1", slots=2, used=1)
     await r.sadd(records.agent_key("ag1", "orgs"), "o")
-    await r.sadd(subjects.key("org", "o", "projects"), "q")
+    await r.sadd(subjects.org_key("o", "projects"), "q")
     await r.hset(records.agent_key("ag2"), mapping={"slots": 1})  # no projects or labels
+    await _agent(r, "busy", slots=1, used=1)
     await r.zadd(store.ONLINE, {"ag2": 1e12, "gone": 1e12})  # `gone` has no record
-    candidates = Scripts(r).candidates
-    keys = [store.ONLINE, store.QUEUE]
-    args: list[str | int] = [0, records.agent_key(""), subjects.key("org", ""), 1]
-    rows = [placement.candidate(orjson.loads(row)) for row in await candidates(keys, args)]
-    assert sorted((a.id, a.projects, a.free) for a in rows) == [
+    await r.zadd(store.QUEUE, {"r1|a|1": 1.0, "r1|b|1": 2.0})
+    await r.hset(store.QUEUE_INFO, mapping={"r1|a|1": "info a", "r1|b|1": "info b"})
+
+    async def candidates(queued: int) -> tuple[list[placement.Candidate], list[str]]:
+        keys = [store.ONLINE, store.QUEUE, store.QUEUE_INFO]
+        args: list[str | int] = [0, records.agent_key(""), subjects.org_key(""), queued]
+        agents, jobs = await Scripts(r).candidates(keys, args)
+        return [placement.candidate(orjson.loads(row)) for row in agents], jobs
+
+    agents, jobs = await candidates(queued=1)
+    assert sorted((a.id, a.projects, a.free) for a in agents) == [
         ("ag1", frozenset({"p", "q"}), 1),
         ("ag2", frozenset(), 1),
     ]
-    await r.zadd(store.QUEUE, {"older|x|1": 0.5})
-    assert await candidates(keys, args) == []  # something waits: place nothing directly
+    assert jobs == ["r1|a|1", "info a"]  # the oldest first
+    assert await candidates(queued=0) == ([], [])  # something waits: none to place directly
+    await r.hset(records.agent_key("ag1"), "used", 2)
+    await r.hset(records.agent_key("ag2"), "used", 1)
+    assert await candidates(queued=10) == ([], [])  # no agent free: the queue is not read
 
 
 async def test_chains_are_indexed_when_saved_and_once_for_older_pipelines(
