@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -105,16 +106,17 @@ class ClusterSystem(ChaosSystem):
         return views
 
     def stream_leader(self, stream: str) -> str:
-        """The part of the NATS node that every running node names as the leader of
-        `stream` now ("" while they do not agree, or none is elected)."""
-        named = {
+        """The part of the NATS node that most nodes name as the leader of `stream` now
+        ("" while no leader has a majority: a node just restarted may not know yet)."""
+        named = Counter(
             (s.get("cluster") or {}).get("leader") or ""
             for view in self.streams().values()
             for s in view
             if s["name"] == stream
-        }
+        )
         nodes = {n.name: f"{NATS}-{i + 1}" for i, n in enumerate(self.stack.nats_nodes)}
-        return nodes.get(named.pop(), "") if len(named) == 1 else ""
+        leader, votes = named.most_common(1)[0] if named else ("", 0)
+        return nodes.get(leader, "") if votes > self.stack.nodes // 2 else ""
 
     def streams_whole(self) -> bool:
         """Every stream of DESIGN.md §4 has a leader that sees all its replicas current
