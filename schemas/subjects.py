@@ -178,3 +178,41 @@ def agent_key(agent: str, *more: str) -> str:
 def org_key(org: str, *more: str) -> str:
     """An organization's hash; with `more`, its `members`, `projects` and `teams`."""
     return key("org", org, *more)
+
+
+# Projects, pipelines, agents and API keys (kept until deleted, except where noted).
+PROJECTS = key("projects")  # every project's name (set)
+AGENTS = key("agents")  # every agent's id (set)
+API_KEYS = key("apikeys")  # an API key's public id → the hash it is stored under
+API_KEYS_USED = key("apikeys", "used")  # an API key's public id → when last used
+
+
+def project_key(project: str) -> str:
+    """A project's hash (`created_at`)."""
+    return key("project", project)
+
+
+def pipelines_key(project: str) -> str:
+    """A project's pipeline names (set)."""
+    return key("pipelines", project)
+
+
+def pipeline_key(project: str, pipeline: str, *more: str) -> str:
+    """A pipeline's hash (source, format, version); with `versions`, every saved source
+    by version number."""
+    return key("pipeline", project, pipeline, *more)
+
+
+def secrets_key(project: str) -> str:
+    """A project's secrets, sealed (hash: name → sealed value)."""
+    return key("secrets", project)
+
+
+def webhook_key(project: str) -> str:
+    """A project's webhook secret, encrypted (string)."""
+    return key("webhook", project)
+
+
+def api_key_key(hashed: str) -> str:
+    """An API key's record, under the SHA-256 of its token (hash)."""
+    return key("apikey", hashed)

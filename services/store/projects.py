@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from schemas.subjects import key
+from schemas.subjects import PROJECTS, project_key, secrets_key, webhook_key
 from services.store import crypto
 from services.store.connection import Redis, strdict, strs
 
@@ -18,18 +18,18 @@ log = logging.getLogger(__name__)
 
 async def create_project(r: Redis, name: str) -> bool:
     """False when it exists already."""
-    created = await r.hsetnx(key("project", name), "created_at", str(time.time()))
+    created = await r.hsetnx(project_key(name), "created_at", str(time.time()))
     if created:
-        await r.sadd(key("projects"), name)
+        await r.sadd(PROJECTS, name)
     return bool(created)
 
 
 async def project_exists(r: Redis, name: str) -> bool:
-    return bool(await r.exists(key("project", name)))
+    return bool(await r.exists(project_key(name)))
 
 
 async def list_projects(r: Redis) -> list[str]:
-    return sorted(strs(await r.smembers(key("projects"))))
+    return sorted(strs(await r.smembers(PROJECTS)))
 
 
 # --- secrets --------------------------------------------------------------------------
@@ -60,15 +60,15 @@ class Resealed:
 
 
 async def set_secret(r: Redis, project: str, name: str, value: str) -> None:
-    await r.hset(key("secrets", project), name, crypto.seal(value))
+    await r.hset(secrets_key(project), name, crypto.seal(value))
 
 
 async def delete_secret(r: Redis, project: str, name: str) -> bool:
-    return bool(await r.hdel(key("secrets", project), name))
+    return bool(await r.hdel(secrets_key(project), name))
 
 
 async def secret_names(r: Redis, project: str) -> list[str]:
-    return sorted(strs(await r.hkeys(key("secrets", project))))
+    return sorted(strs(await r.hkeys(secrets_key(project))))
 
 
 async def secrets_of(r: Redis, project: str) -> dict[str, str]:
@@ -79,7 +79,7 @@ async def secrets_of(r: Redis, project: str) -> dict[str, str]:
 
 
 async def _open_secrets(r: Redis, project: str) -> tuple[dict[str, str], Resealed]:
-    name = key("secrets", project)
+    name = secrets_key(project)
     values: dict[str, str] = {}
     done = Resealed()
     for secret, stored in strdict(await r.hgetall(name)).items():
@@ -109,7 +109,7 @@ async def reseal_all(r: Redis) -> Resealed:
         _, found = await _open_secrets(r, project)
         done.resealed += found.resealed
         done.unreadable += found.unreadable
-        webhook = key("webhook", project)
+        webhook = webhook_key(project)
         token = await r.get(webhook)
         if token is None:
             continue
@@ -123,9 +123,9 @@ async def reseal_all(r: Redis) -> Resealed:
 
 
 async def set_webhook_secret(r: Redis, project: str, secret: str) -> None:
-    await r.set(key("webhook", project), crypto.encrypt(secret))
+    await r.set(webhook_key(project), crypto.encrypt(secret))
 
 
 async def webhook_secret(r: Redis, project: str) -> str | None:
-    token = await r.get(key("webhook", project))
+    token = await r.get(webhook_key(project))
     return crypto.decrypt(str(token)) if token else None

@@ -13,8 +13,16 @@ from typing import Any
 import orjson
 
 from runyard.pipeline.validate import Result, validate_text
+from schemas.subjects import (
+    AGENTS,
+    API_KEYS,
+    API_KEYS_USED,
+    ONLINE,
+    api_key_key,
+    pipeline_key,
+    pipelines_key,
+)
 from schemas.subjects import agent_key as agent_key  # kept here for callers
-from schemas.subjects import key
 from services.store import chains
 from services.store.connection import Redis, strdict, strs
 
@@ -107,20 +115,20 @@ def source_format(text: str, given: str | None) -> str:
 
 async def save_pipeline(r: Redis, project: str, name: str, source: str, fmt: str) -> int:
     """Store a validated pipeline as its next version; returns the version."""
-    k = key("pipeline", project, name)
+    k = pipeline_key(project, name)
     version = int(await r.hincrby(k, "version", 1))
     now = time.time()
     async with r.pipeline(transaction=True) as p:
         p.hset(k, mapping={"source": source, "format": fmt, "updated_at": str(now)})
-        p.hset(key("pipeline", project, name, "versions"), str(version), source)
-        p.sadd(key("pipelines", project), name)
+        p.hset(pipeline_key(project, name, "versions"), str(version), source)
+        p.sadd(pipelines_key(project), name)
         chains.record(p, project, name, validate_source(source, fmt).pipeline)
         await p.execute()
     return version
 
 
 async def get_pipeline(r: Redis, project: str, name: str) -> PipelineRecord:
-    data = strdict(await r.hgetall(key("pipeline", project, name)))
+    data = strdict(await r.hgetall(pipeline_key(project, name)))
     if not data or "source" not in data:
         raise NotFound(f"no pipeline '{name}' in project '{project}'")
     return PipelineRecord(
@@ -135,19 +143,19 @@ async def get_pipeline(r: Redis, project: str, name: str) -> PipelineRecord:
 
 async def pipeline_versions(r: Redis, project: str, name: str) -> dict[int, str]:
     """Every saved version's source, by version number."""
-    stored = strdict(await r.hgetall(key("pipeline", project, name, "versions")))
+    stored = strdict(await r.hgetall(pipeline_key(project, name, "versions")))
     return {int(v): source for v, source in sorted(stored.items(), key=lambda x: int(x[0]))}
 
 
 async def list_pipelines(r: Redis, project: str) -> list[PipelineRecord]:
-    names = sorted(strs(await r.smembers(key("pipelines", project))))
+    names = sorted(strs(await r.smembers(pipelines_key(project))))
     return [await get_pipeline(r, project, n) for n in names]
 
 
 async def delete_pipeline(r: Redis, project: str, name: str) -> None:
     async with r.pipeline(transaction=True) as p:
-        p.delete(key("pipeline", project, name), key("pipeline", project, name, "versions"))
-        p.srem(key("pipelines", project), name)
+        p.delete(pipeline_key(project, name), pipeline_key(project, name, "versions"))
+        p.srem(pipelines_key(project), name)
         chains.record(p, project, name, None)
         await p.execute()
 
@@ -158,8 +166,8 @@ async def delete_pipeline(r: Redis, project: str, name: str) -> None:
 # each key's public id (the hash's first 16 hex digits) to that hash, for listing and
 # revoking; `ry:apikeys:used` holds when each was last used (services/store/apikeys.py).
 
-KEYS_INDEX = key("apikeys")
-KEYS_USED = key("apikeys", "used")
+KEYS_INDEX = API_KEYS
+KEYS_USED = API_KEYS_USED
 
 
 def key_id(hashed: str) -> str:
@@ -194,7 +202,7 @@ async def create_api_key(
     if expires_at is not None:
         record["expires_at"] = str(expires_at)
     async with r.pipeline(transaction=True) as p:
-        p.hset(key("apikey", hashed), mapping=record)
+        p.hset(api_key_key(hashed), mapping=record)
         p.hset(KEYS_INDEX, record["id"], hashed)
         await p.execute()
     return token
@@ -211,7 +219,7 @@ def role_at_least(have: str | None, need: str) -> bool:
 async def check_api_key(r: Redis, token: str) -> dict[str, str] | None:
     """The key's record while it exists and has not expired; notes it as used."""
     hashed = hash_secret(token)
-    data = strdict(await r.hgetall(key("apikey", hashed)))
+    data = strdict(await r.hgetall(api_key_key(hashed)))
     if not data or key_expired(data):
         return None
     data["id"] = key_id(hashed)
@@ -281,7 +289,7 @@ async def create_agent(
             },
         )
         p.expire(k, AGENT_TTL)
-        p.sadd(key("agents"), agent_id)
+        p.sadd(AGENTS, agent_id)
         await p.execute()
     for project in projects:
         await assign_agent(r, agent_id, project)
@@ -321,11 +329,11 @@ async def get_agent(r: Redis, agent_id: str) -> AgentRecord:
 
 async def list_agents(r: Redis) -> list[AgentRecord]:
     found = []
-    for agent_id in sorted(strs(await r.smembers(key("agents")))):
+    for agent_id in sorted(strs(await r.smembers(AGENTS))):
         try:
             found.append(await get_agent(r, agent_id))
         except NotFound:  # expired after 30 days offline
-            await r.srem(key("agents"), agent_id)
+            await r.srem(AGENTS, agent_id)
     return found
 
 
@@ -343,5 +351,5 @@ async def delete_agent(r: Redis, agent_id: str) -> None:
         agent_key(agent_id, "orgs"),
         agent_key(agent_id, "metrics"),
     )
-    await r.srem(key("agents"), agent_id)
-    await r.zrem(key("online"), agent_id)
+    await r.srem(AGENTS, agent_id)
+    await r.zrem(ONLINE, agent_id)
