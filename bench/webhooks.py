@@ -224,10 +224,14 @@ def main() -> None:
             row = summary(f"push → 202, {name}", list(results["latencies"]))  # type: ignore[call-overload]
             row["per_s"] = len(done) / float(results["seconds"])  # type: ignore[arg-type]
             rows.append(row)
+            before = {k: cpu_seconds(pid) for k, pid in pids.items() if k != "trigger"}
             began = time.perf_counter()
             runs = asyncio.run(_runs(system, project, len(accepted)))
             took = time.perf_counter() - began
             if paused:
+                cpu["runs from the backlog"] = {
+                    k: cpu_seconds(pids[k]) - spent for k, spent in before.items()
+                }
                 rows.append(
                     {
                         "name": "runs made from the backlog",

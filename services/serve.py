@@ -123,8 +123,7 @@ def serve_scheduler(nats_url: str, redis_url: str) -> None:
     default=1,
     show_default=True,
     type=click.IntRange(1, 64),
-    help="processes sharing the port (one hook costs about a millisecond of CPU: "
-    "one process per core)",
+    help="processes sharing the port: one uses at most one core (docs/performance.md)",
 )
 def serve_trigger(nats_url: str, redis_url: str, host: str, port: int, workers: int) -> None:
     """The webhook receiver over HTTP (/hooks/<host>/<project>).
