@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 MAX_JSON_DEPTH = 64  # arrays and objects inside each other
+_CONTAINERS = (dict, list, tuple)
 
 
 class JsonRefused(ValueError):
@@ -22,7 +23,7 @@ class JsonRefused(ValueError):
 def depth(value: Any, limit: int) -> int:
     """How deeply `value`'s lists and dicts nest (a scalar is 0), counting no further
     than `limit + 1`; iterative, so any depth is safe to measure."""
-    if not isinstance(value, dict | list | tuple):
+    if not isinstance(value, _CONTAINERS):
         return 0
     deepest = 0
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -32,9 +33,11 @@ def depth(value: Any, limit: int) -> int:
             deepest = level
             if deepest > limit:
                 return deepest
-        children = item.values() if isinstance(item, dict) else item
-        # only containers are stacked: a webhook's scalars would be most of the work
-        stack.extend((c, level + 1) for c in children if isinstance(c, dict | list | tuple))
+        # only containers are stacked (a webhook's scalars would be most of the work),
+        # in a plain loop: a generator, or a union in isinstance, is several times slower
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, _CONTAINERS):
+                stack.append((child, level + 1))
     return deepest
 
 
