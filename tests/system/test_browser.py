@@ -1,25 +1,32 @@
 """The web UI in real Chromium (Debian's, driven by Playwright) against the real stack:
 log in, write a pipeline with a typo and see the error at its line, fix and create it,
 run it through its form and watch it go green with live log lines, and watch an agent
-go green, then red when it stops. Screenshots go to docs/screenshots/."""
+go green, then red when it stops. One system and one browser for the module.
+Screenshots go to docs/screenshots/."""
 
 from __future__ import annotations
 
 import signal
-import subprocess
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+import pytest_asyncio
+from playwright.async_api import expect
 
-from services.store import accounts
-from services.store.connection import connect
-from tests.conftest import ROOT
+from services.stack import Stack
+from tests.browser.pages import (
+    DESKTOP,
+    PASSWORD,
+    SHOTS,
+    USER,
+    Browsing,
+    chromium,
+    running_system,
+)
+from tests.system.conftest import SECRET_KEY
 from tests.system.harness import System
 
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "docs" / "screenshots"
-PASSWORD = "correct horse battery staple"
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TYPO = """name: Greeting
 triggers:
@@ -35,46 +42,34 @@ jobs:
 """
 
 
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    subprocess.run(["sh", str(ROOT / "tests/browser/chromium.sh")], check=True, timeout=600)
-    return CHROMIUM
-
-
-@pytest.fixture
-async def browser(chromium: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        found = await p.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def system(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
+    tmp = tmp_path_factory.mktemp("browser")
+    env = {"RUNYARD_CONFIG": str(tmp / "cli.json"), "RUNYARD_SECRET_KEY": SECRET_KEY}
+    async with running_system(stack, tmp, env) as found:
+        await found.project("vision")
+        await found.agent("box", projects=["vision"], slots=2)
         yield found
-        await found.close()
 
 
-async def logged_in(system: System, browser: Browser, width: int = 1280) -> Page:
-    r = connect(system.stack.redis_url)
-    await accounts.create_user(r, "ada", PASSWORD, role="admin")
-    await r.aclose()
-    page = await browser.new_page(viewport={"width": width, "height": 900})
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browsing(system: System) -> AsyncIterator[Browsing]:
+    async with chromium(system.url) as found:
+        yield found
+
+
+async def test_write_a_pipeline_run_it_and_watch_it(system: System, browsing: Browsing) -> None:
+    page = await browsing.browser.new_page(viewport=DESKTOP)
     await page.goto(system.url + "/")
     await expect(page).to_have_url(system.url + "/login?next=/")
-    await page.fill("input[name=username]", "ada")
+    await page.fill("input[name=username]", USER)
     await page.fill("input[name=password]", "wrong")
     await page.click("button[type=submit]")
     await expect(page.locator(".error")).to_have_text("Wrong username or password.")
-    await page.fill("input[name=username]", "ada")
+    await page.fill("input[name=username]", USER)
     await page.fill("input[name=password]", PASSWORD)
     await page.click("button[type=submit]")
     await expect(page.locator("h1")).to_have_text("Projects")
-    return page
-
-
-async def test_write_a_pipeline_run_it_and_watch_it(system: System, browser: Browser) -> None:
-    await system.project("vision")
-    await system.agent("box", projects=["vision"])
-    page = await logged_in(system, browser)
-    SHOTS.mkdir(parents=True, exist_ok=True)
     await page.click("text=vision")
     await page.click("text=New pipeline")
     await page.fill("#source", TYPO)
@@ -117,9 +112,9 @@ async def test_write_a_pipeline_run_it_and_watch_it(system: System, browser: Bro
     await expect(page.locator("h1")).to_have_text("404")
 
 
-async def test_agents_go_green_and_red(system: System, browser: Browser) -> None:
+async def test_agents_go_green_and_red(system: System, browsing: Browsing) -> None:
     agent = await system.agent("gpu-box", labels=["gpu"])
-    page = await logged_in(system, browser)
+    page = await browsing.page()
     await page.goto(system.url + "/agents")
     dot = page.locator(f'[data-agent="{agent.id}"] .dot')
     await expect(dot).to_have_class("dot online")
@@ -127,41 +122,38 @@ async def test_agents_go_green_and_red(system: System, browser: Browser) -> None
     assert agent.proc is not None
     agent.proc.kill(signal.SIGTERM)
     await expect(dot).to_have_class("dot offline", timeout=45_000)  # no heartbeat for 30 s
-    phone = await browser.new_page(viewport={"width": 390, "height": 844})
-    await phone.goto(system.url + "/login?next=/agents")
-    await phone.fill("input[name=username]", "ada")
-    await phone.fill("input[name=password]", PASSWORD)
-    await phone.click("button[type=submit]")
+    phone = await browsing.page(phone=True)
+    await phone.goto(system.url + "/agents")
     await expect(phone.locator("h1")).to_have_text("Agents")
     await phone.screenshot(path=str(SHOTS / "agents-phone.png"))
 
 
 async def test_manage_agents_assigns_an_agent_to_the_project(
-    system: System, browser: Browser
+    system: System, browsing: Browsing
 ) -> None:
-    await system.project("vision")
+    await system.project("tools")
     agent = await system.agent("spare", labels=["cpu"])
-    page = await logged_in(system, browser)
-    await page.goto(system.url + "/p/vision/agents")
+    page = await browsing.page()
+    await page.goto(system.url + "/p/tools/agents")
     await expect(page.locator(".empty")).to_contain_text("No agents assigned to this project")
     await page.click("#manage")
     await page.check(f'#manage-dialog input[value="{agent.id}"]')
     await page.screenshot(path=str(SHOTS / "manage-agents.png"))
     await page.click("#manage-save")
     await expect(page.locator(f'tr[data-agent="{agent.id}"]')).to_be_visible()
-    assert (await system.call("GET", f"/api/agents/{agent.id}"))["projects"] == ["vision"]
+    assert (await system.call("GET", f"/api/agents/{agent.id}"))["projects"] == ["tools"]
     await page.click("text=spare")
     await expect(page.locator("h1")).to_contain_text("spare")
 
 
-async def test_log_in_with_an_api_key_and_log_out(system: System, browser: Browser) -> None:
-    page = await browser.new_page()
+async def test_log_in_with_an_api_key_and_log_out(system: System, browsing: Browsing) -> None:
+    page = await browsing.browser.new_page()
     await page.goto(system.url + "/login")
     await page.click("text=or log in with an API key")
     await page.fill("input[name=api_key]", system.key)
     await page.click("button[type=submit]")
     await expect(page.locator("h1")).to_have_text("Projects")
-    await expect(page.locator(".empty")).to_contain_text("No projects yet")
+    await expect(page.locator(".list")).to_contain_text("vision")
     await page.click("text=Log out")
     await expect(page).to_have_url(system.url + "/login")
     await page.goto(system.url + "/agents")
@@ -176,13 +168,11 @@ jobs:
 """
 
 
-async def test_a_long_log_is_paged(system: System, browser: Browser) -> None:
-    await system.project("vision")
-    await system.agent("box", projects=["vision"])
+async def test_a_long_log_is_paged(system: System, browsing: Browsing) -> None:
     await system.pipeline("vision", LONG)
     run_id = await system.start_run("vision", "Long log")
     await system.wait_run(run_id)
-    page = await logged_in(system, browser)
+    page = await browsing.page()
     await page.goto(f"{system.url}/runs/{run_id}")
     log = page.locator("details.step .log")
     await page.locator("details.step summary").click()
@@ -196,24 +186,9 @@ async def test_a_long_log_is_paged(system: System, browser: Browser) -> None:
     await expect(page.locator("text=Show earlier lines")).to_have_count(0)
 
 
-async def test_a_run_page_opened_before_the_run_exists_waits_for_it(
-    system: System, browser: Browser
-) -> None:
-    await system.project("vision")
-    await system.agent("box", projects=["vision"])
-    await system.pipeline("vision", LONG)
-    page = await logged_in(system, browser)
-    system.procs[0].kill(signal.SIGKILL)  # no dispatcher: the run is not made yet
-    run_id = await system.start_run("vision", "Long log")
-    await page.goto(f"{system.url}/runs/{run_id}")
-    await expect(page.locator("#waiting")).to_be_visible()
-    system.dispatcher()
-    await expect(page.locator("h1")).to_have_text("Long log #1", timeout=30_000)
-    await expect(page.locator("#run-status")).to_have_text("success", timeout=30_000)
-
-
-async def test_settings_add_a_user_and_make_a_key(system: System, browser: Browser) -> None:
-    page = await logged_in(system, browser)
+async def test_settings_add_a_user_and_make_a_key(system: System, browsing: Browsing) -> None:
+    page = await browsing.page()
+    await page.goto(system.url + "/")
     await page.click("text=Settings")
     user = page.locator("form[data-action=user]")
     await user.locator("input[name=name]").fill("grace")
@@ -245,14 +220,13 @@ jobs:
 
 
 async def test_a_retried_job_shows_each_attempt_with_its_own_log(
-    system: System, browser: Browser
+    system: System, browsing: Browsing
 ) -> None:
-    await system.project("vision")
-    await system.agent("box", projects=["vision"])
     await system.pipeline("vision", RETRIED)
     run_id = await system.start_run("vision", "Retried")
-    await system.wait_run(run_id)
-    page = await logged_in(system, browser)
+    run = await system.wait_run(run_id)
+    assert run["status"] == "success", run["jobs"]
+    page = await browsing.page()
     await page.goto(f"{system.url}/runs/{run_id}")
     await expect(page.locator("#run-status")).to_have_text("success")
     earlier = page.locator("details.attempt")

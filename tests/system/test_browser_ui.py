@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator
 
@@ -466,3 +467,25 @@ async def test_8_accessibility_and_polish(
     await login.close()
     browsing.errors.clear()  # /p/nope's 404 is logged as a failed load, rightly
     assert not violations, "\n".join(violations)
+
+
+async def test_9_a_run_page_opened_before_the_run_exists_waits_for_it(
+    system: System, browsing: Browsing
+) -> None:
+    """Last: it stops the dispatcher, so the run is asked for but not made yet."""
+    await system.pipeline("vision", QUICK.replace("Quick", "Waited"))
+    page = await browsing.page()
+    system.procs[0].kill(signal.SIGKILL)
+    run_id = await system.start_run("vision", "Waited")
+    await page.goto(f"{system.url}/runs/{run_id}")
+    await expect(page.locator("#waiting")).to_be_visible()
+    await expect(page.locator("#cancel")).to_be_hidden()
+    await expect(page.locator("#rerun")).to_be_hidden()
+    await system.ready(system.dispatcher())
+    await expect(page.locator("h1")).to_have_text("Waited #1", timeout=30_000)
+    await expect(page.locator("#run-status")).to_have_text("success", timeout=30_000)
+    await page.context.close()
+    # the waiting page's looks before the run was made are 404s: rightly, and nothing else
+    waited = f"{system.url}/api/runs/{run_id}: Failed to load resource: the server responded"
+    browsing.errors[:] = [e for e in browsing.errors if not e.startswith(waited)]
+    no_errors(browsing)

@@ -278,6 +278,7 @@ function runPage(root) {
   };
 
   let waited = 0, last = null;
+  const began = Date.now();
   const poll = async () => {
     const result = await api("GET", `/api/runs/${run}`);
     if (result.status === 404 && !document.getElementById("waiting")) {
@@ -285,14 +286,14 @@ function runPage(root) {
       notice.textContent = `No run '${run}'.`;
       return;
     }
-    if (!result.ok) {
+    if (!result.ok) {  // asked for, not made yet: look again, less often as time goes by
       waited++;
-      if (waited > 170) {  // two minutes: no dispatcher has made it
+      if (Date.now() - began > 120_000) {  // two minutes: no dispatcher has made it
         notice.hidden = false;
         notice.textContent = "The run has not been made after two minutes: is a dispatcher running? Reload to look again.";
         return;
       }
-      setTimeout(poll, 700);
+      setTimeout(poll, Math.min(3000, 700 + waited * 100));
       return;
     }
     const first = last === null;
