@@ -32,8 +32,10 @@ AUTH_USER = "auth"
 SYSTEM_USER = "sys"
 # `ops` is the operator's own identity (the CLI's bootstrap, tests, benches).
 SERVICES = ("dispatcher", "logs", "scheduler", "trigger", "web", "ops")
-# Valkey: services may touch only Runyard's keys and never administer the server.
-SERVICE_ACL = "~ry:* &* +@all -@admin -@dangerous"
+# Valkey: services may touch only Runyard's keys and never administer the server. No
+# pub/sub channel either: none is used, and a PUBLISH on `__sentinel__:hello` would let
+# a service steer the Sentinels to a primary of its choosing (and harvest their login).
+SERVICE_ACL = "~ry:* +@all -@admin -@dangerous"
 OPS_ACL = "~* &* +@all"
 # Valkey's own users on a cluster (`runyard up --cluster`): a replica copying the
 # primary and Sentinel watching and promoting, with the rights Valkey's documentation

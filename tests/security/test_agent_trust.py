@@ -148,6 +148,9 @@ async def test_valkey_refuses_strangers_and_fences_services(system: System) -> N
             await web.set("not-runyard", "x")  # only ry:* keys
         with pytest.raises((NoPermissionError, ResponseError)):
             await web.flushall()
+        with pytest.raises((NoPermissionError, ResponseError)):
+            # a forged Sentinel hello would move the primary where the service says
+            await web.publish("__sentinel__:hello", "127.0.0.1,1,x,1,m,127.0.0.1,2,1")
     finally:
         await web.aclose()
 
