@@ -32,14 +32,13 @@ from bench.system import bench_project
 Row = dict[str, float | str | int]
 
 
-def agents_and_steps(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
+def agents(args: argparse.Namespace) -> tuple[Row, dict[str, Any]]:
     with bench_project() as (system, project, _):
         configs = scale_agents.create_agents(system, project, args.agents)
         with scale_agents.fleet(system, configs, args.processes) as (fleet, took):
             idle_cpu, idle_mem = scale_agents.dispatcher_usage(system, args.idle)
             submitted = scale_agents.submit_runs(system, project, args.runs, args.rate)
-            busy_cpu, busy_mem = scale_agents.dispatcher_usage(system, 1.0)
-            steps = scale_steps.measure(system, project, args.jobs, args.steps)
+            busy_cpu, busy_mem = scale_agents.dispatcher_usage(system, 5.0)  # placing the last
         latency = scale_agents.placement_latency(submitted, fleet.received)
     facts = {
         "agents": args.agents,
@@ -50,17 +49,21 @@ def agents_and_steps(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any
         "dispatcher_rss_mib": max(idle_mem, busy_mem),
         "runs": args.runs,
         "placed": len(latency),
-        "steps": steps,
     }
-    rows: list[Row] = [summary(f"placement, {args.agents} agents", latency)]
-    for kind, what in (
-        ("wide", f"run of {args.jobs} jobs"),
-        ("long", f"job of {args.steps} steps"),
-    ):
+    return summary(f"placement, {args.agents} agents", latency), facts
+
+
+def steps(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
+    with bench_project() as (system, project, _):
+        configs = scale_agents.create_agents(system, project, args.step_agents)
+        with scale_agents.fleet(system, configs, 1):
+            found = scale_steps.measure(system, project, args.jobs, args.steps)
+    rows: list[Row] = []
+    shapes = (("wide", f"run of {args.jobs} jobs"), ("long", f"job of {args.steps} steps"))
+    for kind, what in shapes:
         for end, where in (("first", "start"), ("last", "end")):
-            gaps = steps[kind][end]
-            rows.append(summary(f"{what}, at its {where}", gaps))
-    return rows, facts
+            rows.append(summary(f"{what}, at its {where}", found[kind][end]))
+    return rows, found
 
 
 def schedules(args: argparse.Namespace) -> tuple[Row, dict[str, Any]]:
@@ -79,17 +82,29 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=15.0, help="seconds of heartbeats only")
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--rate", type=float, default=10.0, help="runs started per second")
+    parser.add_argument("--step-agents", type=int, default=20, help="agents for the steps")
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--schedules", type=int, default=10_000)
     parser.add_argument("--lead", type=float, default=120.0, help="seconds to load schedules")
+    parser.add_argument("--parts", default="agents,steps,schedules", help="which to run")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    rows, facts = agents_and_steps(args)
-    cron_row, cron = schedules(args)
-    report([*rows, cron_row], args.json)
+    rows: list[Row] = []
+    facts: dict[str, Any] = {}
+    cron: dict[str, Any] = {}
+    if "agents" in args.parts:
+        row, facts = agents(args)
+        rows.append(row)
+    if "steps" in args.parts:
+        step_rows, facts["steps"] = steps(args)
+        rows += step_rows
+    if "schedules" in args.parts:
+        cron_row, cron = schedules(args)
+        rows.append(cron_row)
+    report(rows, args.json)
     if args.json:
-        args.json.write_text(json.dumps({"rows": [*rows, cron_row], "agents": facts, "cron": cron}))
+        args.json.write_text(json.dumps({"rows": rows, "agents": facts, "cron": cron}))
     print(
         "(placement: API call → job.assign received; 'at its start/end': ms between"
         " consecutive steps, first and last 20)"
@@ -105,13 +120,13 @@ def scale_problems(
 ) -> list[str]:
     """What went wrong, as opposed to what was slow."""
     problems = []
-    if facts["placed"] != args.runs:
+    if "placed" in facts and facts["placed"] != args.runs:
         problems.append(f"{facts['placed']} of {args.runs} runs placed")
-    for kind in ("wide", "long"):
+    for kind in ("wide", "long") if "steps" in facts else ():
         run = facts["steps"][kind]
         if run["status"] != "success":
             problems.append(f"the {kind} run ended {run['status']}")
-    if cron["duplicates"] or cron["missed"]:
+    if cron and (cron["duplicates"] or cron["missed"]):
         problems.append(f"cron: {cron['duplicates']} duplicates, {cron['missed']} missed")
     return problems
 

@@ -27,7 +27,7 @@ def add_pipeline(system: BenchSystem, project: str, name: str, jobs: int, steps:
 
 async def _ended(redis_url: str, run_id: str, timeout: float) -> None:
     """Wait on the run's status in Valkey (polling the API would load the dispatcher's
-    machine with the whole run's JSON many times a second)."""
+    machine with the whole run's JSON many times a second), `timeout` at most."""
     r = connect(redis_url)
     try:
         deadline = time.monotonic() + timeout
@@ -36,7 +36,6 @@ async def _ended(redis_url: str, run_id: str, timeout: float) -> None:
             if status is not None and Status(str(status)).final:
                 return
             await asyncio.sleep(0.5)
-        raise RuntimeError(f"run {run_id} did not end in {timeout:.0f} s")
     finally:
         await r.aclose()
 

@@ -119,8 +119,9 @@ def test_chaos_bench_smoke(tmp_path: Path) -> None:
 
 def test_scale_bench_smoke(stack: Stack, tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
-    small = ["--agents", "20", "--processes", "2", "--idle", "1", "--runs", "20"]
-    small += ["--rate", "20", "--jobs", "20", "--steps", "20", "--schedules", "50", "--lead", "25"]
+    small = ["--agents", "20", "--processes", "2", "--idle", "1", "--runs", "20", "--rate", "20"]
+    small += ["--step-agents", "4", "--jobs", "20", "--steps", "20"]
+    small += ["--schedules", "50", "--lead", "25"]
     run_bench("scale.py", stack, out, *small, timeout=240)
     found = json.loads(out.read_text())
     # correctness only: every run placed, every step done, each schedule fired once
