@@ -128,9 +128,15 @@ async def save_pipeline(r: Redis, project: str, name: str, source: str, fmt: str
 
 
 async def get_pipeline(r: Redis, project: str, name: str) -> PipelineRecord:
-    data = strdict(await r.hgetall(pipeline_key(project, name)))
-    if not data or "source" not in data:
+    found = _pipeline_record(project, name, strdict(await r.hgetall(pipeline_key(project, name))))
+    if found is None:
         raise NotFound(f"no pipeline '{name}' in project '{project}'")
+    return found
+
+
+def _pipeline_record(project: str, name: str, data: dict[str, str]) -> PipelineRecord | None:
+    if "source" not in data:
+        return None
     return PipelineRecord(
         project,
         name,
@@ -148,8 +154,15 @@ async def pipeline_versions(r: Redis, project: str, name: str) -> dict[int, str]
 
 
 async def list_pipelines(r: Redis, project: str) -> list[PipelineRecord]:
+    """Every pipeline of the project, by name, in two round trips (one deleted since its
+    name was read is left out)."""
     names = sorted(strs(await r.smembers(pipelines_key(project))))
-    return [await get_pipeline(r, project, n) for n in names]
+    async with r.pipeline(transaction=False) as p:
+        for name in names:
+            p.hgetall(pipeline_key(project, name))
+        rows = await p.execute()
+    found = [_pipeline_record(project, n, strdict(row)) for n, row in zip(names, rows, strict=True)]
+    return [record for record in found if record is not None]
 
 
 async def delete_pipeline(r: Redis, project: str, name: str) -> None:

@@ -166,3 +166,12 @@ def _pipeline(name: str, chained_after: str | None) -> Pipeline:
     found = records.validate_source(_source(name, chained_after), "yaml").pipeline
     assert found is not None
     return found
+
+
+async def test_listing_pipelines_leaves_out_one_deleted_meanwhile(r: aioredis.Redis) -> None:
+    await records.create_project(r, "p")
+    for name in ("b", "a", "c"):
+        await records.save_pipeline(r, "p", name, _source(name, None), "yaml")
+    await r.delete(subjects.pipeline_key("p", "c"))  # its name is still listed
+    listed = await records.list_pipelines(r, "p")
+    assert [(p.name, p.version) for p in listed] == [("a", 1), ("b", 1)]
