@@ -12,10 +12,12 @@ than Sentinel takes to promote a replica), and a Lua script the new primary has 
 seen is loaded again on NOSCRIPT (redis-py's `Script` does that). Sending a change
 again is safe: every change of run, queue, placement and log state is a
 compare-and-set script (services/store/scripts.py), which does nothing the second time.
+Those scripts also return only once a replica has their change (`_FailoverClient`).
 """
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -30,12 +32,28 @@ SENTINEL_PORT = 26379
 # 0.05 s doubling to 1 s, 30 tries: about 25 s, well past a Sentinel failover (a few s)
 FAILOVER_RETRIES = 30
 FAILOVER_BACKOFF = ExponentialBackoff(cap=1.0, base=0.05)
+# A replica on this machine or the next acks in well under a millisecond; with none
+# (it died, or is resyncing) a change waits this long and goes on.
+REPLICA_WAIT_MS = 100
 
 
 class _FailoverClient(aioredis.Redis):
-    """The primary's client; closing it closes its connections to the Sentinels too."""
+    """The primary's client; closing it closes its connections to the Sentinels too.
+
+    Each script call (every change of run, queue, placement and log state) returns
+    once a replica has it too (WAIT, REPLICA_WAIT_MS at most): replication is
+    asynchronous, and a change acknowledged by a primary killed a moment later was
+    otherwise lost with it while the dispatcher had already acted on it (the cluster
+    fault test saw a run stuck that way)."""
 
     sentinels: Sentinel | None = None
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        async with self.pipeline(transaction=False) as pipe:  # one connection for both
+            pipe.evalsha(sha, numkeys, *keys_and_args)
+            pipe.wait(1, REPLICA_WAIT_MS)
+            result, _ = await pipe.execute()
+        return result
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
