@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +37,20 @@ def agents(args: argparse.Namespace) -> tuple[Row, dict[str, Any]]:
     with bench_project() as (system, project, _):
         configs = scale_agents.create_agents(system, project, args.agents)
         with scale_agents.fleet(system, configs, args.processes) as (fleet, took):
-            idle_cpu, idle_mem = scale_agents.dispatcher_usage(system, args.idle)
+            usage = scale_agents.Usage(system)
+            time.sleep(args.idle)
+            idle = usage.since()
+            usage = scale_agents.Usage(system)
             submitted = scale_agents.submit_runs(system, project, args.runs, args.rate)
-            busy_cpu, busy_mem = scale_agents.dispatcher_usage(system, 5.0)  # placing the last
+            time.sleep(5)  # for the last ones to be placed
+            placing = usage.since()
         latency = scale_agents.placement_latency(submitted, fleet.received)
     facts = {
         "agents": args.agents,
         "online": fleet.online,
         "connected_s": took,
-        "dispatcher_cpu_idle_pct": idle_cpu,
-        "dispatcher_cpu_placing_pct": busy_cpu,
-        "dispatcher_rss_mib": max(idle_mem, busy_mem),
+        "idle": idle,
+        "placing": placing,
         "runs": args.runs,
         "placed": len(latency),
     }

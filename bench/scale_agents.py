@@ -108,14 +108,27 @@ def fleet(
         running.stop()
 
 
-def dispatcher_usage(system: BenchSystem, seconds: float) -> tuple[float, float]:
-    """The dispatcher's CPU (% of one core) over `seconds`, and its memory (MiB RSS)."""
-    dispatcher = psutil.Process(system.procs[0].pid)  # BenchSystem starts it first
-    before = dispatcher.cpu_times()
-    time.sleep(seconds)
-    after = dispatcher.cpu_times()
-    used = (after.user - before.user) + (after.system - before.system)
-    return used / seconds * 100, dispatcher.memory_info().rss / (1 << 20)
+class Usage:
+    """CPU (% of one core) of the dispatcher, nats-server and valkey-server from when
+    made until `since()`, and the dispatcher's memory (MiB RSS) then."""
+
+    def __init__(self, system: BenchSystem) -> None:
+        self.procs = {
+            "dispatcher": psutil.Process(system.procs[0].pid),  # BenchSystem starts it first
+            **{s.name: psutil.Process(s.process.pid) for s in system.stack.servers if s.process},
+        }
+        self.began = time.monotonic()
+        self.before = {name: p.cpu_times() for name, p in self.procs.items()}
+
+    def since(self) -> dict[str, float]:
+        seconds = time.monotonic() - self.began
+        found = {"seconds": seconds}
+        for name, p in self.procs.items():
+            after, before = p.cpu_times(), self.before[name]
+            used = (after.user - before.user) + (after.system - before.system)
+            found[f"{name}_cpu_pct"] = used / seconds * 100
+        found["dispatcher_rss_mib"] = self.procs["dispatcher"].memory_info().rss / (1 << 20)
+        return found
 
 
 def submit_runs(system: BenchSystem, project: str, runs: int, rate: float) -> dict[str, float]:
