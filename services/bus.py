@@ -116,6 +116,11 @@ async def _ensure_streams(js: JetStreamContext, copies: int) -> None:
         await js.create_object_store(subjects.ARTIFACTS_BUCKET, config=bucket)
 
 
+# seconds before a message fetched but never acked (its replica was killed) is
+# delivered again, to another replica
+ACK_WAIT = 30.0
+
+
 async def ensure_consumer(
     js: JetStreamContext, stream: subjects.StreamSpec, durable: str, max_ack_pending: int
 ) -> None:
@@ -123,7 +128,9 @@ async def ensure_consumer(
     try:
         await js.consumer_info(stream.name, durable)
     except NotFoundError:
-        config = ConsumerConfig(durable_name=durable, ack_wait=30, max_ack_pending=max_ack_pending)
+        config = ConsumerConfig(
+            durable_name=durable, ack_wait=ACK_WAIT, max_ack_pending=max_ack_pending
+        )
         await js.add_consumer(stream.name, config)
 
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from bench.chaos import PROJECT, RUN_TIMEOUT, Chaos, Settings, report
+from bench.chaos import LOG_WAIT, PROJECT, RUN_TIMEOUT, Chaos, Settings, report
 from schemas import subjects
+from services import bus
 from tests.cluster.system import ClusterSystem
 
 pytestmark = pytest.mark.cluster
@@ -39,6 +40,7 @@ class ClusterChaos(Chaos):
     def __init__(self, system: ClusterSystem, settings: Settings) -> None:
         super().__init__(system, settings)
         self.failover: dict[str, float | None] = {}  # seconds until a new leader/primary
+        self.collector_killed = 0.0  # when (monotonic)
 
     def strike(self, fault: str) -> None:
         """Start a burst, kill the fault's parts once jobs run, and follow until every
@@ -55,6 +57,8 @@ class ClusterChaos(Chaos):
         struck = time.monotonic()
         for part in parts:
             self.system.signal(part, signal.SIGKILL)
+        if "logs-1" in parts:
+            self.collector_killed = struck
         print(f"{fault}: killed {', '.join(parts)} with {len(waiting)} job(s) running")
         led = fault == "service-replicas"  # the other replicas were serving all along
         while (waiting or not led) and time.monotonic() - struck < RUN_TIMEOUT:
@@ -70,11 +74,14 @@ class ClusterChaos(Chaos):
         self.system.wait(f"{', '.join(parts)} again", lambda: self._whole(parts), RUN_TIMEOUT)
 
     def finish(self) -> None:
-        """Until every run ended (RUN_TIMEOUT at most)."""
+        """Until every run ended (RUN_TIMEOUT at most). The logs are then looked for
+        until the batches the killed collector had fetched came back to the other
+        (bus.ACK_WAIT after the kill) and were stored."""
         deadline = time.monotonic() + RUN_TIMEOUT
         while len(self.final) < len(self.runs) and time.monotonic() < deadline:
             self._track(list(self.runs), {}, 0.0)
             time.sleep(POLL)
+        self.logs_by = max(time.monotonic(), self.collector_killed + bus.ACK_WAIT) + LOG_WAIT
 
     def _targets(self, fault: str) -> list[str]:
         # the leader, where the nodes agree on one (else the first node)
