@@ -200,7 +200,9 @@ class Admission:
         try:
             await self.js.object_store(bucket)
         except BucketNotFoundError:
-            config_ = ObjectStoreConfig(bucket=bucket, ttl=subjects.RETENTION)
+            config_ = ObjectStoreConfig(
+                bucket=bucket, ttl=subjects.RETENTION, replicas=bus.replicas()
+            )
             await self.js.create_object_store(bucket, config=config_)
         self.ready.add(agent)
 
