@@ -252,6 +252,7 @@ class Engine:
                 step.started_at = step.finished_at = at
                 continue
             step.status = Status.RUNNING
+            step.started_at = at  # when it was sent; the agent's own start replaces it
             step.inputs = self._masker.data(resolved.inputs)
             return [RunStep(job.key, job.attempt, resolved)]
         return self._steps_over(job, at)

@@ -76,6 +76,20 @@ def test_jobs_run_in_needs_order_and_outputs_flow() -> None:
     assert e.apply(done("b", 0)) == [FinishJob("b", 1, Status.SUCCESS), RunDone(Status.SUCCESS)]
 
 
+def test_a_running_step_has_a_start_time_until_its_agent_says_when() -> None:
+    e = engine(TWO_JOBS)
+    e.start(0.0)
+    e.apply(started("a"))  # at 1.0: the step is sent then
+    step = e.state.jobs["a"].steps[0]
+    assert step.status == Status.RUNNING and step.started_at == 1.0
+    e.apply(
+        StepDone(
+            job="a", attempt=1, index=0, status=Status.SUCCESS, started_at=1.5, finished_at=2.0
+        )
+    )
+    assert step.started_at == 1.5
+
+
 def test_replaying_the_same_events_gives_the_same_state() -> None:
     events: list[Event] = [started("a"), done("a", 0, v=1), started("b"), done("b", 0)]
     first = engine(TWO_JOBS)
