@@ -191,24 +191,44 @@ def serve(sock: socket.socket) -> None:
     without a job's socket asks for a standby: a child that has made the first half of
     the sandbox (`prepare`) and waits for a job, so the next one needs only the second."""
     signal.signal(signal.SIGCHLD, _reap_quietly)
-    standby: _Standby | None = None
+    server = _Server(sock)
     reader = Reader(sock)
     while (request := reader.next()) is not None:
-        message, fds = request
+        try:
+            server.handle(*request)
+        except Exception:  # that job fails (its socket closes); the others run on
+            traceback.print_exc()
+
+
+class _Server:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.standby: _Standby | None = None
+
+    def handle(self, message: dict[str, Any], fds: list[int]) -> None:
         plan = message.get("sandbox")
-        ours = [sock, *([standby.sock] if standby else [])]  # not for the children
         if fds:
             job = socket.socket(fileno=fds[0])
-            if plan is not None and standby is not None and standby.fits(plan):
-                standby.take(job, plan["workspace"])
-                standby = None
-            else:
-                _fork(ours, functools.partial(serve_job, job, functools.partial(_enter, plan)))
-            job.close()
+            try:
+                self._start(job, plan)
+            finally:
+                job.close()
+                for fd in fds[1:]:
+                    os.close(fd)
         if plan is not None:  # the next job's
-            if standby is not None:
-                standby.drop()
-            standby = _Standby(plan, [sock])
+            if self.standby is not None:
+                self.standby.drop()
+                self.standby = None
+            self.standby = _Standby(plan, [self.sock])
+
+    def _start(self, job: socket.socket, plan: dict[str, Any] | None) -> None:
+        standby = self.standby
+        if plan is not None and standby is not None and standby.fits(plan):
+            self.standby = None
+            if standby.take(job, plan["workspace"]):
+                return
+        ours = [self.sock, *([self.standby.sock] if self.standby else [])]  # not for the child
+        _fork(ours, functools.partial(serve_job, job, functools.partial(_enter, plan)))
 
 
 def _enter(plan: dict[str, Any] | None) -> None:
@@ -249,9 +269,15 @@ class _Standby:
         same = ("work", "cache", "uid", "gid")
         return all(plan[k] == self.plan[k] for k in same) and covers(plan) == self.hidden
 
-    def take(self, job: socket.socket, workspace: str) -> None:
-        socket.send_fds(self.sock, [frame({"workspace": workspace}, 1)], [job.fileno()])
+    def take(self, job: socket.socket, workspace: str) -> bool:
+        """Hand it the job; False when it could not be (it died: a fresh one is forked)."""
+        try:
+            socket.send_fds(self.sock, [frame({"workspace": workspace}, 1)], [job.fileno()])
+        except OSError:
+            self.drop()
+            return False
         self.sock.close()
+        return True
 
     def drop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
