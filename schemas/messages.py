@@ -311,13 +311,6 @@ class LogBatch(Message):
     total: int | None = Field(None, description="on the final batch: lines in the whole log")
 
 
-class RunChanged(Message):
-    type: Literal["run.changed"] = "run.changed"
-    run: str
-    status: Status
-    at: float
-
-
 EventsMessage = Annotated[TriggerEvent | RunCancel, Field(discriminator="type")]
 
 _inbox = TypeAdapter[InboxMessage](InboxMessage)
