@@ -11,7 +11,6 @@ from xml.etree.ElementTree import ParseError
 
 import defusedxml.ElementTree as safe_xml
 from defusedxml import DefusedXmlException
-from junitparser import Error, Failure, JUnitXml, Skipped, TestSuite
 
 from schemas.messages import TestSummary
 
@@ -24,6 +23,9 @@ class ReportError(ValueError):
 
 
 def parse_file(path: Path, name: str) -> TestSummary:
+    # imported when a job has reports: ~4 MiB an idle agent does not carry
+    from junitparser import Error, Failure, JUnitXml, Skipped, TestSuite
+
     try:
         text = path.read_bytes()
         safe_xml.fromstring(text)  # refuses what could blow up; junitparser re-reads it

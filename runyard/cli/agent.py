@@ -9,13 +9,15 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from agent.config import AgentConfig, ConfigError, default_dir, fingerprint
-from runyard.cli.client import Api
 from runyard.cli.output import JSON, listing, when
+
+if TYPE_CHECKING:
+    from runyard.cli.client import Api
 
 DIR = click.option(
     "--dir",
@@ -25,6 +27,14 @@ DIR = click.option(
     show_default="~/.local/share/runyard/agent",
     help="the agent's home: credentials, work, caches",
 )
+
+
+def _api() -> Api:
+    # imported when used: httpx (and the rich and pygments its own CLI loads) would add
+    # about 16 MiB to every started agent, which never calls the web API
+    from runyard.cli.client import Api
+
+    return Api()
 
 
 @click.group()
@@ -65,7 +75,7 @@ def create(
         "labels": [x.strip() for x in labels.split(",") if x.strip()],
         "projects": list(projects),
     }
-    made = Api().call("POST", "/api/agents", json=body)
+    made = _api().call("POST", "/api/agents", json=body)
     ca = made.get("ca") or ""
     if ca_fingerprint and (not ca or fingerprint(ca) != ca_fingerprint.strip().upper()):
         raise click.ClickException(
@@ -231,7 +241,7 @@ def list_(as_json: bool) -> None:
     Example:
       runyard agent list
     """
-    found = Api().call("GET", "/api/agents")
+    found = _api().call("GET", "/api/agents")
     listing(
         [_agent_row(a) for a in found],
         AGENT_COLUMNS,
@@ -251,7 +261,7 @@ def show(agent_id: str, as_json: bool) -> None:
     Example:
       runyard agent show a1b2c3d4e5f6
     """
-    found = Api().call("GET", f"/api/agents/{agent_id}")
+    found = _api().call("GET", f"/api/agents/{agent_id}")
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
@@ -274,5 +284,5 @@ def remove(agent_id: str) -> None:
     Example:
       runyard agent remove a1b2c3d4e5f6
     """
-    Api().call("DELETE", f"/api/agents/{agent_id}")
+    _api().call("DELETE", f"/api/agents/{agent_id}")
     click.echo(f"agent {agent_id} removed")
