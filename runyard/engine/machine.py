@@ -18,8 +18,10 @@ attempt is kept in `JobState.attempts` with its steps (their logs are stored per
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
+from runyard.engine import carry
 from runyard.engine import contexts as ctx
 from runyard.engine.events import (
     Command,
@@ -54,7 +56,11 @@ def step_id(spec_id: str | None, index: int) -> str:
     return spec_id or str(index + 1)
 
 
-def initial_state(plan: Plan, run_id: str) -> RunState:
+def initial_state(
+    plan: Plan, run_id: str, carried: Mapping[str, carry.Carried] | None = None
+) -> RunState:
+    """A new run's state; `carried` jobs (a re-run of failed jobs) start as succeeded
+    and `start()` never sends them to an agent."""
     jobs = {}
     for key, job in plan.jobs.items():
         steps = [
@@ -64,7 +70,9 @@ def initial_state(plan: Plan, run_id: str) -> RunState:
         jobs[key] = JobState(
             key=key, job_id=job.job_id, name=job.name, matrix=job.matrix, steps=steps
         )
-    return RunState(id=run_id, jobs=jobs)
+    state = RunState(id=run_id, jobs=jobs)
+    carry.apply(plan, state, carried or {})
+    return state
 
 
 def _default_name(run: str | None, action: ActionRef | None) -> str:
@@ -75,10 +83,16 @@ def _default_name(run: str | None, action: ActionRef | None) -> str:
 
 
 class Engine:
-    def __init__(self, plan: Plan, info: ctx.RunInfo, state: RunState | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        info: ctx.RunInfo,
+        state: RunState | None = None,
+        carried: Mapping[str, carry.Carried] | None = None,
+    ) -> None:
         self.plan = plan
         self.info = info
-        self.state = state or initial_state(plan, str(info.run.get("id", "run")))
+        self.state = state or initial_state(plan, str(info.run.get("id", "run")), carried)
 
     @functools.cached_property
     def _masker(self) -> Masker:

@@ -45,6 +45,14 @@ class AttemptState(BaseModel):
     finished_at: float | None = None
 
 
+class ReusedFrom(BaseModel):
+    """The earlier run a job's success was carried over from (a re-run of failed jobs);
+    its steps' logs are that run's."""
+
+    run: str
+    number: int = 0
+
+
 class JobState(BaseModel):
     key: str
     job_id: str
@@ -61,6 +69,7 @@ class JobState(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     attempts: list[AttemptState] = []  # earlier attempts, oldest first
+    reused_from: ReusedFrom | None = None  # carried over, never sent to an agent
 
 
 class RunState(BaseModel):
