@@ -9,6 +9,7 @@ import ctypes
 import os
 import signal
 from pathlib import Path
+from stat import S_ISDIR
 from typing import Any
 
 CLONE_NEWNS = 0x00020000
@@ -82,20 +83,32 @@ def _only_own_workspace(work: str, own: str) -> None:
     os.close(keep)
 
 
-def covers(plan: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
-    """The hidden paths that exist now, each with whether it is a directory: what a
-    sandbox built now covers (a standby built for others is not used)."""
-    return tuple((p, Path(p).is_dir()) for p in plan["hidden"] if Path(p).exists())
+Covered = tuple[tuple[str, bool, int, int], ...]
 
 
-def prepare(plan: dict[str, Any], hidden: tuple[tuple[str, bool], ...]) -> None:
+def covers(plan: dict[str, Any]) -> Covered:
+    """The hidden paths that exist now, each with whether it is a directory and its
+    (st_dev, st_ino): what a sandbox built now covers. A standby built for others is
+    not used — nor one whose path was since replaced by a rename, which takes the mount
+    on the old file away in every namespace."""
+    found = []
+    for path in plan["hidden"]:
+        try:
+            stat = Path(path).stat()
+        except OSError:
+            continue
+        found.append((path, S_ISDIR(stat.st_mode), stat.st_dev, stat.st_ino))
+    return tuple(found)
+
+
+def prepare(plan: dict[str, Any], hidden: Covered) -> None:
     """The first half of a sandbox, the same for every job of the agent (`work`,
     `cache`: its directories; `hidden`: what `covers` found)."""
     _enter_userns(0, plan["uid"], 0, plan["gid"])
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     # /tmp its own mount (with what is mounted below it), so it can stay writable
     _mount("/tmp", "/tmp", None, MS_BIND | MS_REC)
-    for path, is_dir in hidden:
+    for path, is_dir, _dev, _ino in hidden:
         if is_dir:
             _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
         else:

@@ -19,8 +19,9 @@ spawns need no `preexec_fn` any more. The fork server also keeps a **standby**: 
 that has already made the half of a sandbox every job shares (`prepare`) and waits;
 the next job's spawner is that child, which only adds the job's workspace and locks
 the mounts (`finish`). A standby is used only if the hidden paths it covers are still
-all that exist (a credential file made since would not be covered: a fresh sandbox is
-built instead).
+all that exist, each still the same file (a credential file made since would not be
+covered, nor one renamed over the covered one: a fresh sandbox is built instead). A
+standby that died is replaced by a fresh fork as well.
 
 Wire (job socket, a stream): agent → spawner `<length><count of descriptors><JSON>`
 (`frame`), here with the step's stdout and stderr attached (SCM_RIGHTS); spawner →

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +28,15 @@ def _children(parent: int) -> list[int]:
             if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
                 found.append(int(entry.name))
     return found
+
+
+def _others(parent: int, known: int) -> list[int]:
+    """The children of `parent` but `known`, waiting up to 10 s for one to be there."""
+    for _ in range(200):
+        if found := [pid for pid in _children(parent) if pid != known]:
+            return found
+        time.sleep(0.05)
+    return []
 
 
 @pytest.fixture
@@ -67,8 +77,9 @@ async def test_a_killed_standby_does_not_end_the_fork_server_nor_other_jobs(
     step = await _run(running, first, "exec sleep 301")
     assert fork_server.proc is not None and running.pid is not None
     server = fork_server.proc.pid
-    standbys = [pid for pid in _children(server) if pid != running.pid]
-    assert standbys  # the next job's, made when the first took the last one
+    # the next job's standby, forked when the first job took the one made at start
+    standbys = await asyncio.to_thread(_others, server, running.pid)
+    assert standbys
     for pid in standbys:
         os.kill(pid, signal.SIGKILL)  # any step could: the same user
     assert await asyncio.to_thread(wait_dead, standbys, 10) == []
@@ -79,3 +90,22 @@ async def test_a_killed_standby_does_not_end_the_fork_server_nor_other_jobs(
     assert alive(step.pid)
     for each in (running, job):
         each.close()
+
+
+async def test_a_hidden_file_replaced_by_rename_while_the_standby_waits_stays_hidden(
+    sandboxed: tuple[Launcher, Sandbox], tmp_path: Path
+) -> None:
+    fork_server, sandbox = sandboxed
+    token = tmp_path / "agent" / "agent.json"
+    token.write_text("old-token")
+    first = _workspace(sandbox, "a")
+    job = fork_server.job(first)  # takes the standby made at start; a new one covers the file
+    assert "old-token" not in await _output(job, first, f"cat {token}")
+    job.close()
+    replacement = tmp_path / "agent" / "agent.json.new"
+    replacement.write_text("new-token")
+    replacement.replace(token)  # how the agent saves its config (and git, npm: theirs)
+    second = _workspace(sandbox, "b")
+    job = fork_server.job(second)
+    assert "new-token" not in await _output(job, second, f"cat {token}")
+    job.close()
