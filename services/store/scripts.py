@@ -74,13 +74,17 @@ return result
 
 # KEYS: online agents, queue, queue info.  ARGV: online since, agent key prefix,
 # organization key prefix, queued jobs to read (0: for a commit that places jobs itself,
-# which must find no agent while the queue is not empty)
+# which must find no agent while the queue is not empty; more: for the placer, which
+# finds no agent while the queue is empty)
 # → {JSON [id, slots, used, labels JSON, [project, …]] of each online agent with a
 #    free slot (its projects include those of its organizations),
 #    {member, info, …} of the oldest queued jobs, read only when some agent is free}
 CANDIDATES = """
 local want = tonumber(ARGV[4])
-if want == 0 and redis.call('ZCARD', KEYS[2]) > 0 then return {{}, {}} end
+local waiting = redis.call('ZCARD', KEYS[2])
+-- a new job never overtakes a waiting one; the placer has nothing to do without one
+-- (idle agents' heartbeats wake it: no scan of every agent for an empty queue)
+if (want == 0 and waiting > 0) or (want > 0 and waiting == 0) then return {{}, {}} end
 local found = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
   local agent = ARGV[2] .. id

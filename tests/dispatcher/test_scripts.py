@@ -132,6 +132,10 @@ async def test_candidates_are_free_agents_with_organizations_projects(
     await r.hset(records.agent_key("ag1"), "used", 2)
     await r.hset(records.agent_key("ag2"), "used", 1)
     assert await candidates(queued=10) == ([], [])  # no agent free: the queue is not read
+    await r.hset(records.agent_key("ag2"), "used", 0)
+    await r.delete(store.QUEUE)
+    assert await candidates(queued=10) == ([], [])  # nothing waits: no agent is scanned
+    assert len((await candidates(queued=0))[0]) == 1  # a new job may go to the free one
 
 
 async def test_chains_are_indexed_when_saved_and_once_for_older_pipelines(
