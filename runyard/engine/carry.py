@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runyard.engine.contexts import FAILED
 from runyard.engine.plan import Plan
 from runyard.engine.state import JobState, ReusedFrom, RunState, StepState
 from schemas.status import Status
@@ -20,6 +21,7 @@ class Carried:
     run: str
     number: int = 0
     steps: list[StepState] = field(default_factory=list)  # as they ended there
+    attempt: int = 1  # the attempt there that succeeded
 
 
 def succeeded(original: RunState, number: int = 0) -> dict[str, Carried]:
@@ -29,14 +31,17 @@ def succeeded(original: RunState, number: int = 0) -> dict[str, Carried]:
     for key, job in original.jobs.items():
         if job.status != Status.SUCCESS:
             continue
-        source = job.reused_from or ReusedFrom(run=original.id, number=number)
-        found[key] = Carried(dict(job.outputs), source.run, source.number, list(job.steps))
+        source = job.reused_from or ReusedFrom(run=original.id, number=number, attempt=job.attempt)
+        found[key] = Carried(
+            dict(job.outputs), source.run, source.number, list(job.steps), source.attempt
+        )
     return found
 
 
 def failed_any(original: RunState) -> bool:
-    """Whether a re-run of failed jobs would run anything: some job did not succeed."""
-    return any(job.status != Status.SUCCESS for job in original.jobs.values())
+    """Whether there is anything for a re-run of failed jobs to run: a job failed or
+    was cancelled (one skipped by its `if:` alone is no reason)."""
+    return any(job.status in (*FAILED, Status.CANCELLED) for job in original.jobs.values())
 
 
 def apply(plan: Plan, state: RunState, carried: Mapping[str, Carried]) -> None:
@@ -58,7 +63,7 @@ def apply(plan: Plan, state: RunState, carried: Mapping[str, Carried]) -> None:
 def _mark(job: JobState, given: Carried) -> None:
     job.status = Status.SUCCESS
     job.outputs = dict(given.outputs)
-    job.reused_from = ReusedFrom(run=given.run, number=given.number)
+    job.reused_from = ReusedFrom(run=given.run, number=given.number, attempt=given.attempt)
     if [s.id for s in given.steps] == [s.id for s in job.steps]:
         job.steps = [s.model_copy(deep=True) for s in given.steps]
     else:  # the steps changed: none of these ran

@@ -51,6 +51,7 @@ class ReusedFrom(BaseModel):
 
     run: str
     number: int = 0
+    attempt: int = 1  # the attempt there whose steps (and logs) these are
 
 
 class JobState(BaseModel):

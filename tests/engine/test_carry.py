@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from runyard.engine import carry
-from runyard.engine.events import Event, RunDone, RunStep, StartJob
+from runyard.engine.events import Event, JobEnded, RunDone, RunStep, StartJob
 from runyard.engine.machine import Engine
 from runyard.engine.plan import compile_plan
 from runyard.engine.state import ReusedFrom, RunState
@@ -47,7 +47,7 @@ def test_a_carried_job_is_not_started_and_its_outputs_reach_its_dependants() -> 
     e = engine(THREE_JOBS, carried)
     a = e.state.jobs["a"]
     assert a.status == Status.SUCCESS and a.outputs == {"x": 7}
-    assert a.reused_from == ReusedFrom(run="r1", number=3)
+    assert a.reused_from == ReusedFrom(run="r1", number=3, attempt=1)
     assert a.steps[0].status == Status.SUCCESS  # as it ended in run #3
     assert e.start(0.0) == [StartJob("b", 1, [], None)]
     e.apply(started("b"))
@@ -87,6 +87,26 @@ def test_a_job_carried_twice_points_at_the_run_it_ran_in() -> None:
     again.apply(done("b", 0, Status.FAILURE))
     assert carry.succeeded(again.state, number=4)["a"].number == 3
     assert carry.failed_any(again.state) and not carry.failed_any(RunState(id="x"))
+
+
+def test_a_job_that_succeeded_on_a_retry_points_at_that_attempt() -> None:
+    e = engine("name: p\njobs:\n  a:\n    steps: [{run: x}]\n")
+    e.start(0.0)
+    e.apply(started("a"))
+    e.apply(JobEnded(job="a", attempt=1, status=Status.AGENT_LOST, at=2.0))
+    e.apply(started("a", 2))
+    e.apply(done("a", 0, attempt=2))
+    assert carry.succeeded(e.state)["a"].attempt == 2
+    again = engine("name: p\njobs:\n  a:\n    steps: [{run: x}]\n", carry.succeeded(e.state))
+    reused = again.state.jobs["a"].reused_from
+    assert reused is not None and reused.attempt == 2
+    assert again.start(0.0) == [RunDone(Status.SUCCESS)]  # nothing left to run
+
+
+def test_a_job_skipped_by_its_if_alone_is_no_failure() -> None:
+    e = engine("name: p\njobs:\n  a:\n    if: false\n    steps: [{run: x}]\n")
+    assert e.start(0.0) == [RunDone(Status.SUCCESS)]
+    assert not carry.failed_any(e.state)
 
 
 def test_changed_steps_are_not_copied() -> None:
