@@ -74,6 +74,12 @@ class TriggerEvent(Message):
     payload: dict[str, Any] = Field({}, description="the raw payload, for ${{ event.* }}")
     upstream_run: str | None = None
     upstream_outputs: dict[str, Any] = {}
+    rerun_of: str | None = Field(None, description="the run this one runs again")
+    failed_only: bool = Field(
+        False,
+        description="with rerun_of: the jobs that succeeded there are carried over "
+        "(with their outputs) and only the others run",
+    )
     created_at: float
 
 

@@ -9,6 +9,7 @@ import time
 
 from nats.aio.msg import Msg
 
+from runyard.engine.carry import Carried
 from runyard.engine.contexts import form_inputs
 from runyard.engine.events import RunCancelled
 from runyard.engine.machine import initial_state
@@ -17,6 +18,7 @@ from schemas.status import Status
 from services.dispatcher import matching
 from services.dispatcher.changes import Changes
 from services.dispatcher.groups import Groups, group_of
+from services.dispatcher.reruns import failed_rerun
 from services.dispatcher.runs import BadPipeline, live_run, plan_for
 from services.store import records
 from services.store import runs as store
@@ -32,9 +34,14 @@ class Triggers:
 
     async def on_event(self, msg: Msg) -> None:
         event = _decoded(msg)
-        if isinstance(event, TriggerEvent):  # a cancel is the control consumer's
-            for record in await self._pipelines_for(event):
-                await self._create_run(event, record)
+        if not isinstance(event, TriggerEvent):  # a cancel is the control consumer's
+            return
+        if event.rerun_of and event.failed_only:
+            if rerun := await failed_rerun(self.r, event):
+                await self._create_run(event, rerun.record, rerun.carried)
+            return
+        for record in await self._pipelines_for(event):
+            await self._create_run(event, record)
 
     async def on_cancel(self, msg: Msg) -> None:
         event = _decoded(msg)
@@ -58,7 +65,12 @@ class Triggers:
                 found.append(record)
         return found
 
-    async def _create_run(self, event: TriggerEvent, record: records.PipelineRecord) -> None:
+    async def _create_run(
+        self,
+        event: TriggerEvent,
+        record: records.PipelineRecord,
+        carried: dict[str, Carried] | None = None,
+    ) -> None:
         try:
             pipeline, plan = plan_for(record.source, record.format)
         except BadPipeline as exc:
@@ -83,7 +95,7 @@ class Triggers:
             "status": str(Status.QUEUED),
             "group": group or "",
         }
-        state = initial_state(plan, run_id).model_dump_json()
+        state = initial_state(plan, run_id, carried).model_dump_json()
         number, secrets = await asyncio.gather(
             store.create_run(self.r, self.changes.scripts, run_id, fields, state),
             records.secrets_of(self.r, event.project),

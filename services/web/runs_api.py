@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from runyard import forms
+from runyard.engine import carry
 from runyard.engine.contexts import form_inputs
 from runyard.engine.state import RunState
 from schemas import subjects
@@ -140,7 +141,13 @@ async def cancel_run(request: Request) -> JSONResponse:
 
 
 async def rerun(request: Request) -> JSONResponse:
+    """The same event and inputs as a new run; with `{"failed": true}` the jobs that
+    succeeded are carried over and only the others run (409 while the run is active or
+    when every job succeeded)."""
     stored = await lookup.stored_run(request)
+    failed = await _failed_flag(request)
+    if failed:
+        _check_failed_rerun(stored)
     before = TriggerEvent.model_validate(stored.json("event"))
     event = before.model_copy(
         update={
@@ -148,9 +155,26 @@ async def rerun(request: Request) -> JSONResponse:
             "pipeline": stored.fields["pipeline"],
             "actor": request.state.actor,
             "created_at": time.time(),
+            "rerun_of": stored.id,
+            "failed_only": failed,
         }
     )
     await _publish_trigger(request, event)
     run_id = store.run_id_for(event.id, event.project, stored.fields["pipeline"])
     await run_lists.mark_asked(lookup.redis_of(request), run_id)
     return JSONResponse({"run": run_id, "event": event.id, "rerun_of": stored.id}, status_code=202)
+
+
+async def _failed_flag(request: Request) -> bool:
+    """The body is optional (the plain re-run sends none)."""
+    if not (await request.body()).strip():
+        return False
+    return bool(field(await json_body(request), "failed", bool, False))
+
+
+def _check_failed_rerun(stored: store.StoredRun) -> None:
+    status = stored.fields.get("status")
+    if status in ACTIVE:
+        raise ApiError(409, f"run {stored.id} is {status}: wait for it to end")
+    if not carry.failed_any(RunState.model_validate_json(stored.fields["state"])):
+        raise ApiError(409, f"run {stored.id} has no failed job to run again")

@@ -61,6 +61,7 @@ function runPage(root) {
   const run = root.dataset.run, views = {};
   const badge = document.getElementById("run-status");
   const cancel = document.getElementById("cancel"), rerun = document.getElementById("rerun");
+  const rerunFailed = document.getElementById("rerun-failed");
   const notice = document.getElementById("notice");
   let target = new URLSearchParams(location.hash.slice(1));
   let extraPolls = 30;  // after the run ends: artifacts and tests can still arrive
@@ -118,7 +119,8 @@ function runPage(root) {
     if (views[key] || item.classList.contains("nolog")) return views[key];
     const holder = item.querySelector(".logview");
     holder.dataset.view = "1";
-    views[key] = new LogView(holder, run, job.key, stepId, attempt);
+    const from = job.reused_from;  // a carried job's steps ran, and logged, in that run
+    views[key] = from ? new LogView(holder, from.run, job.key, stepId, from.attempt) : new LogView(holder, run, job.key, stepId, attempt);
     const named = target.get("job") === job.key && target.get("step") === stepId;
     views[key].ready = views[key].load(item.dataset.live === "true", named ? Number(target.get("line")) || 0 : 0);
     return views[key];
@@ -168,7 +170,7 @@ function runPage(root) {
     box.className = "job";
     box.id = `job-${job.key}`;
     box.dataset.job = job.key;
-    box.innerHTML = '<h3><span class="name"></span><span class="status"></span></h3><p class="muted where"></p><div class="job-error" role="alert" hidden></div><div class="attempts"></div><div class="steps"></div><div class="extra"></div>';
+    box.innerHTML = '<h3><span class="name"></span><span class="status"></span></h3><p class="muted where"></p><p class="muted reused" hidden></p><div class="job-error" role="alert" hidden></div><div class="attempts"></div><div class="steps"></div><div class="extra"></div>';
     let holder = root;
     if (Object.keys(job.matrix || {}).length) {  // a matrix's jobs together, under their job's name
       holder = root.querySelector(`[data-group="${CSS.escape(job.job_id)}"]`);
@@ -197,6 +199,12 @@ function runPage(root) {
     const where = job.agent ? `on ${job.agent.name}` : "";
     const time = ACTIVE.includes(job.status) ? "" : took(job.started_at, job.finished_at);
     box.querySelector(".where").textContent = [progress, needs, attempt, where, time].filter(Boolean).join(" · ");
+    const reused = box.querySelector(".reused"), from = job.reused_from;
+    reused.hidden = !from;
+    if (from && !reused.dataset.run) {
+      reused.dataset.run = from.run;
+      reused.innerHTML = `reused from <a href="/runs/${encodeURIComponent(from.run)}">#${esc(String(from.number))}</a>: it succeeded there and was not run again`;
+    }
     const error = box.querySelector(".job-error");
     const shown = job.error && !job.steps.some((s) => s.error === job.error);
     error.hidden = !shown;
@@ -271,6 +279,7 @@ function runPage(root) {
     document.title = `${ICONS[data.status] || ""} ${data.status} · ${data.pipeline} #${data.number} · Runyard`;
     cancel.hidden = !ACTIVE.includes(data.status) || data.cancelled;
     rerun.hidden = ACTIVE.includes(data.status);
+    rerunFailed.hidden = ACTIVE.includes(data.status) || !data.jobs.some((j) => FAILED.includes(j.status) || j.status === "cancelled");
     context(data);
     drawGraph(document.getElementById("graph"), data.jobs);
     for (const job of data.jobs) renderJob(job);
@@ -313,10 +322,12 @@ function runPage(root) {
     notice.textContent = result.ok ? "" : result.data.error;
     if (result.ok) cancel.hidden = true;
   });
-  rerun.addEventListener("click", async () => {
-    const result = await api("POST", `/api/runs/${run}/rerun`);
+  const again = async (body) => {
+    const result = await api("POST", `/api/runs/${run}/rerun`, body);
     if (result.ok) location.href = `/runs/${result.data.run}`;
     else { notice.hidden = false; notice.textContent = result.data.error; }
-  });
+  };
+  rerun.addEventListener("click", () => again());
+  rerunFailed.addEventListener("click", () => again({ failed: true }));
   poll();
 }
