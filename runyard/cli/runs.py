@@ -149,12 +149,20 @@ def cancel(run_id: str) -> None:
 
 @runs.command()
 @click.argument("run_id", metavar="RUN")
-def rerun(run_id: str) -> None:
+@click.option(
+    "--failed",
+    is_flag=True,
+    help="run only the jobs that failed (and those after them); the others are reused",
+)
+def rerun(run_id: str, failed: bool) -> None:
     """Start the same run again (same event and inputs).
 
     \b
     Example:
       runyard runs rerun 8eac393d82b1fceeee27
+      runyard runs rerun 8eac393d82b1fceeee27 --failed
     """
-    made = Api().call("POST", f"/api/runs/{run_id}/rerun")
-    click.echo(f"run {made['run']} started (a re-run of {run_id})")
+    body = {"failed": True} if failed else None
+    made = Api().call("POST", f"/api/runs/{run_id}/rerun", json=body)
+    what = "the failed jobs of" if failed else "a re-run of"
+    click.echo(f"run {made['run']} started ({what} {run_id})")

@@ -3,6 +3,7 @@ their outputs still reach the jobs that need them) and only the rest run."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from playwright.async_api import expect
@@ -11,6 +12,7 @@ from services.stack import Stack
 from tests.browser.pages import chromium, running_system
 from tests.system.conftest import SECRET_KEY
 from tests.system.harness import System, job_of
+from tests.system.test_cli import cli, login
 
 FLAKY = """
 name: Flaky
@@ -50,9 +52,12 @@ async def test_rerun_of_failed_jobs_carries_the_jobs_that_succeeded(
     statuses = {k: job_of(first, k)["status"] for k in ("a", "b", "c")}
     assert statuses == {"a": "success", "b": "failure", "c": "skipped"}
 
-    made = await system.call("POST", f"/api/runs/{first['id']}/rerun", json={"failed": True})
-    assert made["rerun_of"] == first["id"]
-    second = await system.wait_run(made["run"])
+    # as a user would, from the CLI
+    await asyncio.to_thread(login, system)
+    done = await asyncio.to_thread(cli, system, "runs", "rerun", first["id"], "--failed")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith(f"started (the failed jobs of {first['id']})\n"), done.stdout
+    second = await system.wait_run(done.stdout.split()[1])
     assert second["status"] == "success", second
     assert second["number"] == 2
     assert second["pipeline_version"] == first["pipeline_version"]
