@@ -5,8 +5,10 @@ spawner runs without the agent's packages."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import select
 import signal
 from pathlib import Path
 from stat import S_ISDIR
@@ -14,9 +16,11 @@ from typing import Any
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_NOEXEC = 0x8
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
@@ -126,12 +130,66 @@ def finish(plan: dict[str, Any], own: str) -> None:
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m")
     _enter_userns(plan["uid"], 0, plan["gid"], 0)  # locks the mounts; back to our own uid
     os.chdir(own)  # through the mounts now, so `..` cannot walk under them
+    _own_pids()
+
+
+def _own_pids() -> None:
+    """Steps forked from now on are in a PID namespace of their own, whose init (a child
+    of this process) dies with it; the kernel then kills every process left in it, so
+    what a step started with `setsid` or a double fork ends with the job. This process
+    stays outside: `fork` gives it the host's pids, which the agent signals and tracks."""
+    _check(_libc.unshare(CLONE_NEWPID), "unshare pid")
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_r)
+        _init(ready_w)
+    os.close(ready_w)
+    with os.fdopen(ready_r, "rb") as ready:
+        failed = ready.read()  # empty: it runs
+    if failed:
+        os.waitpid(pid, 0)
+        raise OSError(0, f"the job's init: {failed.decode()}")
+
+
+def _init(ready: int) -> None:
+    """Pid 1 of a job's PID namespace: reaps what is orphaned there until it dies with
+    its spawner. Never returns."""
+    try:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        parent_gone = select.poll()
+        parent_gone.register(ready, 0)  # the read end closed: the spawner died already
+        if parent_gone.poll(0):
+            os._exit(1)
+        # a /proc of this namespace, so a step's own pids ($$, $!) name its processes;
+        # where it is refused (a container masking parts of /proc) the host's stays
+        with contextlib.suppress(OSError):
+            _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        undumpable()  # as its spawner: it keeps capabilities in the job's namespaces
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        os.close(ready)
+    except BaseException as exc:
+        os.write(ready, str(exc).encode() or b"failed")
+        os._exit(1)
+    while True:
+        signal.sigwait({signal.SIGCHLD})
+        reap_all()
 
 
 def enter(plan: dict[str, Any]) -> None:
     """Move this process into a new sandbox for the workspace `plan["workspace"]`."""
     prepare(plan, covers(plan))
     finish(plan, plan["workspace"])
+
+
+def reap_all(*_: object) -> None:
+    """Reap every child that has ended (also a SIGCHLD handler)."""
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
 
 
 def undumpable() -> None:
@@ -143,5 +201,5 @@ def undumpable() -> None:
 def die_with_parent(parent: int) -> None:
     """SIGKILL this process when `parent` (its thread) dies; exit if it has already."""
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
+    if os.getppid() not in (parent, 0):  # 0: a step, its spawner outside its PID namespace
         os._exit(1)

@@ -17,12 +17,14 @@ when the job is claimed, enters a new user and mount namespace where:
   less privileged namespace cannot unmount them to look underneath) and maps the
   agent's own uid back, so the program runs as the same user with no capabilities;
 - other processes' `/proc/<pid>/environ`, `mem` and `root` are out of reach, since
-  they are in a more privileged user namespace (ptrace access is refused).
+  they are in a more privileged user namespace (ptrace access is refused);
+- its steps are in a PID namespace of the job's own (its init is a child of the job's
+  spawner, agent/namespaces.py), with a `/proc` of its own: they see and signal only
+  the job's processes, and the kernel kills what is left in it when the job ends.
 
-Not covered: steps share the agent's process ids, so a step can signal other processes
-of the same user (run agents as a user of their own, apart from the server's) — the
-agent, its spawners (a step that kills its job's spawner only ends its own job's
-steps) and other jobs' steps.
+Not covered: other processes of the same user outside the agent can signal the agent
+and its steps (run agents as a user of their own, apart from the server's); a hidden
+file replaced by rename during a job shows through to that job (docs/security.md).
 Where user namespaces are not allowed (some hardened kernels), `probe()` says why and
 steps run without this isolation; `runyard agent start` logs that once.
 """

@@ -46,7 +46,15 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from agent.namespaces import covers, die_with_parent, enter, finish, prepare, undumpable
+from agent.namespaces import (
+    covers,
+    die_with_parent,
+    enter,
+    finish,
+    prepare,
+    reap_all,
+    undumpable,
+)
 
 HEADER = struct.Struct(">IB")  # the body's length, the descriptors sent with it
 MAX_FDS = 4
@@ -191,7 +199,7 @@ def serve(sock: socket.socket) -> None:
     """Fork a job spawner for every job the agent sends, until it hangs up. A message
     without a job's socket asks for a standby: a child that has made the first half of
     the sandbox (`prepare`) and waits for a job, so the next one needs only the second."""
-    signal.signal(signal.SIGCHLD, _reap_quietly)
+    signal.signal(signal.SIGCHLD, reap_all)
     server = _Server(sock)
     reader = Reader(sock)
     while (request := reader.next()) is not None:
@@ -303,15 +311,6 @@ class _Standby:
             finish(self.plan, message["workspace"])
 
         serve_job(socket.socket(fileno=job_fd), setup)
-
-
-def _reap_quietly(*_: object) -> None:
-    while True:
-        try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                return
-        except ChildProcessError:
-            return
 
 
 def main(argv: list[str]) -> None:

@@ -4,36 +4,50 @@ each test performs the attack and fails if it works."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from agent.launcher import Child, JobSpawner, Launcher
+from agent.process import run_process
 from agent.sandbox import Sandbox
+from schemas.status import Status
 from tests.processes import alive, wait_dead
 
 
-def _children(parent: int) -> list[int]:
+def _pids(where: Callable[[Path], bool]) -> list[int]:
+    """The pids of the processes whose /proc directory `where` picks."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and where(entry):
                 found.append(int(entry.name))
     return found
 
 
-def _others(parent: int, known: int) -> list[int]:
-    """The children of `parent` but `known`, waiting up to 10 s for one to be there."""
+def _children(parent: int) -> list[int]:
+    def child(entry: Path) -> bool:
+        stat = (entry / "stat").read_text()
+        return int(stat[stat.rindex(")") + 2 :].split()[1]) == parent
+
+    return _pids(child)
+
+
+def _running(marker: str) -> list[int]:
+    """The pids of processes whose command line is `marker`."""
+    argv = marker.replace(" ", "\0").encode() + b"\0"
+    return _pids(lambda entry: (entry / "cmdline").read_bytes() == argv)
+
+
+def _waiting(find: Callable[[], list[int]]) -> list[int]:
+    """What `find` finds, waiting up to 10 s for it to find anything."""
     for _ in range(200):
-        if found := [pid for pid in _children(parent) if pid != known]:
+        if found := find():
             return found
         time.sleep(0.05)
     return []
@@ -78,7 +92,9 @@ async def test_a_killed_standby_does_not_end_the_fork_server_nor_other_jobs(
     assert fork_server.proc is not None and running.pid is not None
     server = fork_server.proc.pid
     # the next job's standby, forked when the first job took the one made at start
-    standbys = await asyncio.to_thread(_others, server, running.pid)
+    standbys = await asyncio.to_thread(
+        _waiting, lambda: [pid for pid in _children(server) if pid != running.pid]
+    )
     assert standbys
     for pid in standbys:
         os.kill(pid, signal.SIGKILL)  # any step could: the same user
@@ -109,3 +125,36 @@ async def test_a_hidden_file_replaced_by_rename_while_the_standby_waits_stays_hi
     job = fork_server.job(second)
     assert "new-token" not in await _output(job, second, f"cat {token}")
     job.close()
+
+
+async def test_a_process_that_left_the_step_s_session_dies_when_the_job_is_cancelled(
+    sandboxed: tuple[Launcher, Sandbox],
+) -> None:
+    fork_server, sandbox = sandboxed
+    workspace = _workspace(sandbox, "a")
+    job = fork_server.job(workspace)
+    lines: list[str] = []
+    cancel = asyncio.Event()
+    script = "setsid sleep 607 </dev/null >/dev/null 2>&1 & echo started; exec sleep 608"
+    step = asyncio.ensure_future(
+        run_process(
+            ["bash", "-c", script],
+            cwd=workspace,
+            env={"PATH": os.environ["PATH"]},
+            sink=lambda _stream, line: lines.append(line),
+            cancel=cancel,
+            grace=1,
+            spawn=job.spawn,
+        )
+    )
+    escaped = await asyncio.to_thread(_waiting, lambda: _running("sleep 607"))
+    assert escaped
+    cancel.set()
+    assert (await step).status == Status.CANCELLED
+    job.close()  # the cancelled job ends (agent/jobs.py, also when it is revoked)
+    try:
+        assert await asyncio.to_thread(wait_dead, escaped, 10) == []
+    finally:
+        for pid in escaped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
