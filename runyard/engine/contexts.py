@@ -8,9 +8,9 @@ from typing import Any
 
 from runyard.engine.expressions import render
 from runyard.engine.plan import JobPlan, Plan
-from runyard.engine.state import JobState, RunState
+from runyard.engine.state import JobState, RunState, StepState
 from runyard.engine.text import to_text
-from schemas.pipeline import Pipeline
+from schemas.pipeline import Pipeline, Step
 from schemas.status import Status
 
 
@@ -99,25 +99,52 @@ def job_contexts(plan: Plan, state: RunState, info: RunInfo, job: JobPlan) -> di
     return contexts
 
 
+@dataclass
+class Earlier:
+    """What the steps before a step give its contexts, gathered as the job goes on: the
+    steps before the next one are over and never change, so step n need not walk the n
+    before it again (that made a job's per-step cost grow with its length)."""
+
+    steps_of: list[StepState] | None = None  # the attempt's steps (a retry has new ones)
+    count: int = 0
+    failed: bool = False
+    variable: dict[str, Any] = field(default_factory=dict)
+    steps: dict[str, Any] = field(default_factory=dict)
+
+    def upto(self, job: JobState, specs: list[Step], index: int) -> Earlier:
+        if self.steps_of is not job.steps or index < self.count:
+            self.steps_of, self.count, self.failed = job.steps, 0, False
+            self.variable, self.steps = {}, {}
+        for step in job.steps[self.count : index]:
+            self.failed = self.failed or (step.failed and not specs[step.index].continue_on_error)
+            self.variable.update(step.inputs)
+            self.variable.update(step.outputs)
+            self.steps[step.id] = {
+                "outputs": step.outputs,
+                "outcome": str(step.status),
+                "conclusion": str(step.status),
+            }
+        self.count = index
+        return self
+
+
 def step_contexts(
-    plan: Plan, state: RunState, info: RunInfo, job: JobState, index: int
+    plan: Plan,
+    state: RunState,
+    info: RunInfo,
+    job: JobState,
+    index: int,
+    earlier: Earlier | None = None,
 ) -> dict[str, Any]:
-    """For step `index` of `job` (or the job's outputs, with index = number of steps)."""
+    """For step `index` of `job` (or the job's outputs, with index = number of steps);
+    `earlier`: what the job's steps gave so far, kept by the caller from step to step."""
     job_plan = plan.jobs[job.key]
     specs = job_plan.spec.steps
-    before = job.steps[:index]
-    failed = any(s.failed and not specs[s.index].continue_on_error for s in before)
+    before = (earlier or Earlier()).upto(job, specs, index)
+    failed = before.failed
     cancelled = state.cancelled or job.cancel_requested
-    variable: dict[str, Any] = {}
-    steps: dict[str, Any] = {}
-    for step in before:
-        variable.update(step.inputs)
-        variable.update(step.outputs)
-        steps[step.id] = {
-            "outputs": step.outputs,
-            "outcome": str(step.status),
-            "conclusion": str(step.status),
-        }
+    variable = dict(before.variable)  # copies: the next step's contexts go on growing
+    steps = dict(before.steps)
     contexts = {
         **_base(info),
         **job.host,

@@ -93,6 +93,7 @@ class Engine:
         self.plan = plan
         self.info = info
         self.state = state or initial_state(plan, str(info.run.get("id", "run")), carried)
+        self._earlier: dict[str, ctx.Earlier] = {}  # per job: see ctx.Earlier
 
     @functools.cached_property
     def _masker(self) -> Masker:
@@ -254,7 +255,8 @@ class Engine:
             if step.status != Status.QUEUED:
                 continue
             spec = specs[step.index]
-            contexts = ctx.step_contexts(self.plan, self.state, self.info, job, step.index)
+            earlier = self._earlier.setdefault(job.key, ctx.Earlier())
+            contexts = ctx.step_contexts(self.plan, self.state, self.info, job, step.index, earlier)
             try:
                 if not condition(spec.if_, contexts):
                     step.status = Status.SKIPPED
@@ -345,7 +347,8 @@ class Engine:
             status = Status.FAILURE
         else:
             status = Status.SUCCESS
-        contexts = ctx.step_contexts(self.plan, self.state, self.info, job, len(job.steps))
+        earlier = self._earlier.pop(job.key, None)  # the job's steps are over
+        contexts = ctx.step_contexts(self.plan, self.state, self.info, job, len(job.steps), earlier)
         try:
             outputs = render(dict(self.plan.jobs[job.key].spec.outputs), contexts)
             job.outputs = self._masker.data(outputs)

@@ -125,6 +125,45 @@ def test_agent_lost_is_retried_as_a_new_attempt() -> None:
     assert e.apply(done("a", 0, attempt=2))[-1] == RunDone(Status.SUCCESS)
 
 
+def test_later_steps_see_their_own_attempts_earlier_steps() -> None:
+    e = engine(
+        "name: p\njobs:\n  a:\n    retry: {max: 1, when: [failure]}\n    steps:\n"
+        "      - {id: s, run: x}\n"
+        "      - {id: f, run: x, continue-on-error: true}\n"
+        "      - {run: 'echo ${{ steps.s.outputs.v }} ${{ steps.f.outcome }}'}\n"
+        "      - {run: 'false'}\n"
+    )
+    e.start(0.0)
+    e.apply(started("a"))
+    e.apply(done("a", 0, v="one"))
+    [cmd] = e.apply(done("a", 1, Status.FAILURE))
+    assert isinstance(cmd, RunStep) and cmd.step.env["RY_EXPR_1"] == "one"
+    assert cmd.step.env["RY_EXPR_2"] == "failure"
+    e.apply(done("a", 2))
+    assert kinds(e.apply(done("a", 3, Status.FAILURE))) == ["FinishJob", "StartJob"]
+    e.apply(started("a", attempt=2))
+    e.apply(done("a", 0, attempt=2, v="two"))
+    [cmd] = e.apply(done("a", 1, attempt=2))
+    assert isinstance(cmd, RunStep) and cmd.step.env["RY_EXPR_1"] == "two"  # not attempt 1's
+    assert cmd.step.env["RY_EXPR_2"] == "success"
+
+
+def test_a_retry_cut_off_mid_job_does_not_see_the_last_attempts_steps() -> None:
+    e = engine(
+        "name: p\njobs:\n  a:\n    steps:\n"
+        "      - {id: s, run: x}\n"
+        "      - {run: 'echo ${{ steps.s.outputs.v }}'}\n"
+    )
+    e.start(0.0)
+    e.apply(started("a"))
+    [cmd] = e.apply(done("a", 0, v="one"))
+    assert isinstance(cmd, RunStep) and cmd.step.env["RY_EXPR_1"] == "one"
+    e.apply(JobEnded(job="a", attempt=1, status=Status.AGENT_LOST, at=1.0))  # retried
+    e.apply(started("a", attempt=2))
+    [cmd] = e.apply(done("a", 0, attempt=2, v="two"))
+    assert isinstance(cmd, RunStep) and cmd.step.env["RY_EXPR_1"] == "two"
+
+
 def test_retries_run_out() -> None:
     e = engine("name: p\njobs:\n  a:\n    retry: 1\n    steps: [{run: x}]\n")
     e.start(0.0)
