@@ -10,8 +10,9 @@ when the job is claimed, enters a new user and mount namespace where:
 - the whole file system is read-only, except this job's workspace, `/tmp` and an
   empty `/dev/shm` of the step's own; steps get `HOME=<workspace>/.runyard/home`;
 - every hidden path (the agent's credentials, spool and state, well-known credential
-  files in the user's home such as `~/.ssh` and `~/.netrc`, and the paths given with
-  `--hide`) is covered by an empty read-only tmpfs (a file by /dev/null);
+  files in the user's home such as `~/.ssh` and `~/.netrc`, the user's runtime
+  directory `/run/user/<uid>` with its sockets, and the paths given with `--hide`) is
+  covered by an empty read-only tmpfs (a file by /dev/null);
 - `work/` shows only this job's own workspace; the action cache is read-only;
 - it then enters a second, nested pair of namespaces, which locks those mounts (a
   less privileged namespace cannot unmount them to look underneath) and maps the
@@ -47,6 +48,16 @@ HOME_SECRETS = (
 )  # fmt: skip
 
 
+def runtime_dirs() -> list[Path]:
+    """The user's runtime directories: the sockets of its session bus, systemd --user
+    manager, keyring and agents (ssh, gpg) that a step must not talk to."""
+    found = {Path(f"/run/user/{os.getuid()}")}
+    runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or "/run")
+    if runtime.is_absolute() and len(runtime.parts) > 2:  # never all of /tmp, /run, /
+        found.add(runtime)
+    return sorted(found)
+
+
 class Sandbox:
     """Made once per agent: what each job's sandbox hides (`plan`), and whether this
     machine can build one at all (`probe`)."""
@@ -58,7 +69,8 @@ class Sandbox:
             path.mkdir(parents=True, exist_ok=True)
         own = [agent_dir / "agent.json", agent_dir / "spool", agent_dir / "state"]
         home = [Path.home() / p for p in HOME_SECRETS]
-        self.hidden = [p.resolve() for p in [*own, *home, *hidden]]
+        runtime = [p for p in runtime_dirs() if not agent_dir.resolve().is_relative_to(p)]
+        self.hidden = [p.resolve() for p in [*own, *home, *runtime, *hidden]]
         self.enabled = True
 
     def probe(self) -> str | None:

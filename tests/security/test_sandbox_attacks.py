@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
+import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -158,3 +161,30 @@ async def test_a_process_that_left_the_step_s_session_dies_when_the_job_is_cance
         for pid in escaped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_step_cannot_reach_sockets_in_the_user_s_runtime_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = tmp_path / "run"  # stands for /run/user/<uid>: D-Bus, systemd --user, agents
+    runtime.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(runtime / "bus"))
+    listening.listen(1)
+    sandbox = Sandbox(tmp_path / "agent")
+    if (why := sandbox.probe()) is not None:
+        pytest.skip(f"no user namespaces here: {why}")
+    fork_server = Launcher(sandbox)
+    fork_server.start()
+    try:
+        workspace = _workspace(sandbox, "a")
+        job = fork_server.job(workspace)
+        connect = f"import socket; socket.socket(socket.AF_UNIX).connect({str(runtime / 'bus')!r})"
+        script = f"{sys.executable} -c {shlex.quote(connect)} && echo in"
+        said = await _output(job, workspace, script)
+        assert said == ""
+        job.close()
+    finally:
+        fork_server.stop()
+        listening.close()
