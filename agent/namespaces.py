@@ -78,13 +78,18 @@ def _enter_userns(inner_uid: int, outer_uid: int, inner_gid: int, outer_gid: int
     Path("/proc/self/gid_map").write_text(f"{inner_gid} {outer_gid} 1")
 
 
-def _only_own_workspace(work: str, own: str) -> None:
-    """Cover `work/` with an empty tmpfs that holds only this job's workspace."""
-    keep = os.open(own, os.O_PATH | os.O_DIRECTORY)
-    _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, "size=4k,mode=755")
-    Path(own).mkdir(parents=True, exist_ok=True)
-    _mount(f"/proc/self/fd/{keep}", own, None, MS_BIND | MS_REC)
-    os.close(keep)
+def _show_only(directory: str, shown: list[str]) -> None:
+    """Cover `directory` with an empty tmpfs that holds only `shown` (paths below it)."""
+    keep = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path in shown]
+    _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, "size=4k,mode=755")
+    for path, fd in keep:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        os.close(fd)
+
+
+def _below(path: str, directory: str) -> bool:
+    return path.startswith(directory.rstrip("/") + "/")
 
 
 Covered = tuple[tuple[str, bool, int, int], ...]
@@ -112,7 +117,13 @@ def prepare(plan: dict[str, Any], hidden: Covered) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     # /tmp its own mount (with what is mounted below it), so it can stay writable
     _mount("/tmp", "/tmp", None, MS_BIND | MS_REC)
+    # the agent's directory shows only work/ and cache/: its credentials are hidden
+    # with it, and a file renamed over them later has nothing to uncover
+    agent, shown = plan["agent"], [plan["work"], plan["cache"]]
+    _show_only(agent, [path for path in shown if _below(path, agent)])
     for path, is_dir, _dev, _ino in hidden:
+        if _below(path, agent) and not any(_below(path, each) for each in shown):
+            continue  # gone with the rest of the agent's directory
         if is_dir:
             _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
         else:
@@ -123,7 +134,7 @@ def prepare(plan: dict[str, Any], hidden: Covered) -> None:
 def finish(plan: dict[str, Any], own: str) -> None:
     """The second half, for the job whose workspace is `own`; then the mounts are
     locked and this process is the agent's user again, without capabilities outside."""
-    _only_own_workspace(plan["work"], own)
+    _show_only(plan["work"], [own])
     _read_only("/", on=True, recursive=True)  # nothing else may be changed
     for writable in (own, "/tmp", "/proc"):  # /proc: for the uid map below
         _read_only(writable, on=False, recursive=False)

@@ -13,7 +13,10 @@ when the job is claimed, enters a new user and mount namespace where:
   files in the user's home such as `~/.ssh` and `~/.netrc`, the user's runtime
   directory `/run/user/<uid>` with its sockets, and the paths given with `--hide`) is
   covered by an empty read-only tmpfs (a file by /dev/null);
-- `work/` shows only this job's own workspace; the action cache is read-only;
+- the agent's directory shows only `work/` and `cache/` (its credentials, spool and
+  state are under an empty tmpfs, so a file the agent renames over `agent.json`
+  during a job stays hidden too); `work/` shows only this job's own workspace; the
+  action cache is read-only;
 - it then enters a second, nested pair of namespaces, which locks those mounts (a
   less privileged namespace cannot unmount them to look underneath) and maps the
   agent's own uid back, so the program runs as the same user with no capabilities;
@@ -25,7 +28,8 @@ when the job is claimed, enters a new user and mount namespace where:
 
 Not covered: other processes of the same user outside the agent can signal the agent
 and its steps (run agents as a user of their own, apart from the server's); a hidden
-file replaced by rename during a job shows through to that job (docs/security.md).
+file outside the agent's directory replaced by rename during a job shows through to
+that job (docs/security.md).
 Where user namespaces are not allowed (some hardened kernels), `probe()` says why and
 steps run without this isolation; `runyard agent start` logs that once.
 """
@@ -63,6 +67,7 @@ class Sandbox:
     machine can build one at all (`probe`)."""
 
     def __init__(self, agent_dir: Path, hidden: Sequence[Path] = ()) -> None:
+        self.agent = agent_dir
         self.work = agent_dir / "work"
         self.cache = agent_dir / "cache"
         for path in (self.work, self.cache):
@@ -98,6 +103,7 @@ class Sandbox:
     def base_plan(self) -> dict[str, Any]:
         """What every job's sandbox has in common (agent/namespaces.py builds it)."""
         return {
+            "agent": str(self.agent.resolve()),
             "work": str(self.work.resolve()),
             "cache": str(self.cache.resolve()),
             "hidden": [str(p) for p in self.hidden],

@@ -275,7 +275,7 @@ class _Standby:
         theirs.close()
 
     def fits(self, plan: dict[str, Any]) -> bool:
-        same = ("work", "cache", "uid", "gid")
+        same = ("agent", "work", "cache", "uid", "gid")
         return all(plan[k] == self.plan[k] for k in same) and covers(plan) == self.hidden
 
     def take(self, job: socket.socket, workspace: str) -> bool:

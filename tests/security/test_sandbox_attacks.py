@@ -115,18 +115,18 @@ async def test_a_hidden_file_replaced_by_rename_while_the_standby_waits_stays_hi
     sandboxed: tuple[Launcher, Sandbox], tmp_path: Path
 ) -> None:
     fork_server, sandbox = sandboxed
-    token = tmp_path / "agent" / "agent.json"
-    token.write_text("old-token")
+    secret = tmp_path / "secrets"  # hidden, as ~/.git-credentials or a --hide file
+    secret.write_text("old-token")
     first = _workspace(sandbox, "a")
     job = fork_server.job(first)  # takes the standby made at start; a new one covers the file
-    assert "old-token" not in await _output(job, first, f"cat {token}")
+    assert "old-token" not in await _output(job, first, f"cat {secret}")
     job.close()
-    replacement = tmp_path / "agent" / "agent.json.new"
+    replacement = tmp_path / "secrets.new"
     replacement.write_text("new-token")
-    replacement.replace(token)  # how the agent saves its config (and git, npm: theirs)
+    replacement.replace(secret)  # how git credential-store and npm save theirs
     second = _workspace(sandbox, "b")
     job = fork_server.job(second)
-    assert "new-token" not in await _output(job, second, f"cat {token}")
+    assert "new-token" not in await _output(job, second, f"cat {secret}")
     job.close()
 
 
@@ -188,3 +188,21 @@ async def test_a_step_cannot_reach_sockets_in_the_user_s_runtime_directory(
     finally:
         fork_server.stop()
         listening.close()
+
+
+async def test_the_agent_s_token_replaced_by_rename_during_a_job_stays_hidden_from_it(
+    sandboxed: tuple[Launcher, Sandbox], tmp_path: Path
+) -> None:
+    fork_server, sandbox = sandboxed
+    agent = tmp_path / "agent"
+    (agent / "agent.json").write_text("old-token")
+    workspace = _workspace(sandbox, "a")
+    job = fork_server.job(workspace)
+    assert "old-token" not in await _output(job, workspace, f"cat {agent}/agent.json")
+    replacement = agent / "agent.tmp"
+    replacement.write_text("new-token")  # as AgentConfig.save writes it, then renames
+    assert "new-token" not in await _output(job, workspace, f"cat {replacement}")
+    replacement.replace(agent / "agent.json")
+    assert "new-token" not in await _output(job, workspace, f"cat {agent}/agent.json")
+    assert await _output(job, workspace, f"ls {agent}") == "cache\nwork\n"
+    job.close()
