@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -43,17 +44,16 @@ class Delivery:
         self.acks += 1
 
 
-@pytest.fixture
-async def jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Jobs]:
-    monkeypatch.setattr(reaper, "cgroup_base", lambda own, name: None)
+@contextlib.asynccontextmanager
+async def made_jobs(tmp_path: Path, launcher: Launcher, work: Path) -> AsyncIterator[Jobs]:
+    """A `Jobs` whose steps start from `launcher` in workspaces under `work`."""
     nc = cast(Client, Offline())
     ledger = Ledger(tmp_path / "state" / "started")
-    launcher = Launcher(None)
     launcher.start()
     made = Jobs(
         agent="a1",
         js=cast(JetStreamContext, None),
-        work=tmp_path / "work",
+        work=work,
         spool=Spool(nc, tmp_path / "spool"),
         journal=Journal(tmp_path / "state" / "done"),
         ledger=ledger,
@@ -63,10 +63,19 @@ async def jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
         host={},
         spawn=asyncio.ensure_future,
     )
-    yield made
-    made.close()
-    launcher.stop()
-    ledger.close()
+    try:
+        yield made
+    finally:
+        made.close()
+        launcher.stop()
+        ledger.close()
+
+
+@pytest.fixture
+async def jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Jobs]:
+    monkeypatch.setattr(reaper, "cgroup_base", lambda own, name: None)
+    async with made_jobs(tmp_path, Launcher(None), tmp_path / "work") as made:
+        yield made
 
 
 def queued(jobs: Jobs, msg_id: str) -> dict[str, Any]:

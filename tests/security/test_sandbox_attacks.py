@@ -13,13 +13,18 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
+from nats.aio.msg import Msg
 
+from agent import reaper
 from agent.launcher import Child, JobSpawner, Launcher
 from agent.process import run_process
 from agent.sandbox import Sandbox
+from schemas.messages import StepAssign
 from schemas.status import Status
+from tests.agent.test_jobs import Delivery, claimed, made_jobs
 from tests.processes import alive, wait_dead
 
 
@@ -206,3 +211,26 @@ async def test_the_agent_s_token_replaced_by_rename_during_a_job_stays_hidden_fr
     assert "new-token" not in await _output(job, workspace, f"cat {agent}/agent.json")
     assert await _output(job, workspace, f"ls {agent}") == "cache\nwork\n"
     job.close()
+
+
+async def test_a_process_that_left_the_step_s_session_dies_when_the_attempt_is_revoked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reaper, "cgroup_base", lambda own, name: None)  # the namespace alone
+    sandbox = Sandbox(tmp_path / "agent")
+    if (why := sandbox.probe()) is not None:
+        pytest.skip(f"no user namespaces here: {why}")
+    async with made_jobs(tmp_path, Launcher(sandbox), sandbox.work) as jobs:
+        await claimed(jobs, "r9")
+        script = "setsid sleep 609 </dev/null >/dev/null 2>&1 & exec sleep 610"
+        step = StepAssign(run="r9", job="j", index=0, step="s", name="s", run_script=script)
+        jobs.step_assigned(step, cast(Msg, Delivery()))
+        escaped = await asyncio.to_thread(_waiting, lambda: _running("sleep 609"))
+        assert escaped
+        try:
+            await jobs.revoked("r9|j|1")  # the attempt is no longer this agent's
+            assert await asyncio.to_thread(wait_dead, escaped, 10) == []
+        finally:
+            for pid in escaped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
