@@ -5,8 +5,9 @@ The job spawner is asked for when the job is claimed, so building its sandbox (s
 milliseconds) overlaps the claim's round trip instead of delaying the first step. Steps
 then cost the agent two pipes and one message: no fork of the agent, no `preexec_fn`.
 
-A step runs as the agent's user, so it can signal these processes like any other of
-that user (agent/sandbox.py lists this limit): a fork server found dead is started
+A step without a sandbox (and any other process of the agent's user) can signal these
+processes like any other of that user (a sandboxed step sees only its job's PID
+namespace; agent/sandbox.py lists this limit): a fork server found dead is started
 again for the next job; a job spawner that dies fails the steps waiting on it; one
 that stops answering while a step is being stopped is killed (`Child.kill`).
 """
