@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+import psutil
+
 
 def alive(pid: int) -> bool:
     """True while `pid` runs; a zombie (dead, waiting to be reaped) counts as gone."""
@@ -23,3 +25,13 @@ def wait_dead(pids: list[int], timeout: float = 10.0) -> list[int]:
     while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.05)
     return [p for p in pids if alive(p)]
+
+
+def sleeping(seconds: int) -> list[int]:
+    """Host pids of `sleep <seconds>` processes (the tests' sleeps have unusual lengths):
+    a sandboxed step's `$$` and `$!` are pids of its job's own PID namespace."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.info["cmdline"] == ["sleep", str(seconds)]:
+            found.append(proc.pid)
+    return found

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from agent.config import AgentConfig
-from tests.processes import wait_dead
+from tests.processes import sleeping, wait_dead
 from tests.system.harness import AgentProc, System, step_of
 
 
@@ -91,31 +91,27 @@ name: Sleeper
 jobs:
   nap:
     steps:
-      - run: |
-          echo $$ > "{pid}"
-          sleep 300
+      - run: sleep 304
 """
 
 
-async def test_agent_ctrl_c_cancels_and_reports_running_steps(
-    system: System, tmp_path: Path
-) -> None:
+async def test_agent_ctrl_c_cancels_and_reports_running_steps(system: System) -> None:
     await system.project("p")
     agent = await system.agent("a", projects=["p"])
-    pid_file = tmp_path / "pid"
-    await system.pipeline("p", SLEEPER.replace("{pid}", str(pid_file)))
+    await system.pipeline("p", SLEEPER)
     run_id = await system.start_run("p", "Sleeper")
 
     async def running() -> bool:
-        return pid_file.exists() and pid_file.read_text().strip() != ""
+        return len(sleeping(304)) == 1
 
     await system.wait_for(running, 20, "the step")
+    step = sleeping(304)
     assert agent.proc is not None
     agent.proc.send(signal.SIGINT)
     status = await asyncio.to_thread(agent.proc.popen.wait, 20)
     assert status == 0, agent.proc.output()
     assert "agent stopped" in agent.proc.output()
-    assert wait_dead([int(pid_file.read_text())], 5) == []
+    assert wait_dead(step, 5) == []
     run = await system.wait_run(run_id, timeout=20)
     assert step_of(run, "nap")["status"] == "cancelled"
     assert run["status"] == "failure"

@@ -7,11 +7,12 @@ import asyncio
 import time
 from pathlib import Path
 
+import psutil
 from nats.js import JetStreamContext
 
 from schemas import subjects
 from schemas.messages import TriggerEvent
-from tests.processes import alive, wait_dead
+from tests.processes import alive, sleeping, wait_dead
 from tests.system.harness import System, job_of, step_of
 
 FAN_IN = """
@@ -138,25 +139,23 @@ jobs:
   nap:
     steps:
       - run: |
-          sleep 300 &
-          echo $! > "{pids}"
-          echo $$ >> "{pids}"
+          sleep 303 &
           wait
 """
 
 
-async def test_cancel_stops_the_process_tree(system: System, tmp_path: Path) -> None:
+async def test_cancel_stops_the_process_tree(system: System) -> None:
     await system.project("p")
     await system.agent("a", projects=["p"])
-    pids_file = tmp_path / "pids"
-    await system.pipeline("p", SLEEPER.replace("{pids}", str(pids_file)))
+    await system.pipeline("p", SLEEPER)
     run_id = await system.start_run("p", "Sleeper")
 
     async def started() -> bool:
-        return pids_file.exists() and len(pids_file.read_text().split()) == 2
+        return len(sleeping(303)) == 1
 
     await system.wait_for(started, 20, "the step's processes")
-    pids = [int(p) for p in pids_file.read_text().split()]
+    (sleep,) = sleeping(303)
+    pids = [sleep, psutil.Process(sleep).ppid()]  # and the step's shell
     asked = time.monotonic()
     await system.call("POST", f"/api/runs/{run_id}/cancel")
     run = await system.wait_run(run_id, timeout=10)

@@ -14,10 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from services.stack import Stack
-from tests.processes import wait_dead
+from tests.processes import sleeping, wait_dead
 from tests.system.harness import AgentProc, System, job_of
 from tests.system.test_faults import nats_down
 
@@ -37,15 +35,6 @@ jobs:
           echo "end $RUNYARD_JOB_ATTEMPT" >> "{marker}"
           echo "attempt $RUNYARD_JOB_ATTEMPT ends"
 """
-
-
-def sleeping(seconds: int) -> list[int]:
-    """Pids of `sleep <seconds>` processes (the tests' sleeps have unusual lengths)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if proc.info["cmdline"] == ["sleep", str(seconds)]:
-            found.append(proc.pid)
-    return found
 
 
 def lines(marker: Path) -> list[str]:
