@@ -2,8 +2,8 @@
 restarted, killed and left down, stopped and resumed, and the dispatcher, the log
 collector, nats-server and valkey-server are killed (DESIGN.md §9, §10).
 
-Each step prints numbered lines (`x <pid> <n>`) and then appends one side effect,
-`<run> <attempt> <step> <pid>`, to a file. Afterwards:
+Each step prints numbered lines (`x <token> <n>`, a random token per execution) and
+then appends one side effect, `<run> <attempt> <step> <token>`, to a file. Afterwards:
 
 - every run ended;
 - no step's side effect appears twice within an attempt (duplicates), and each step of
@@ -97,9 +97,12 @@ def pipeline(settings: Settings, effects: Path) -> str:
     steps = []
     for i in range(settings.steps):
         script = (
-            f'trap "" PIPE; for n in $(seq 1 {settings.lines}); do echo "x $$ $n" || true; '
+            # each execution's own token: `$$` is not one (a sandboxed job's steps have
+            # pids of its own PID namespace, the same again in the next execution)
+            f'me=$(od -An -N4 -tu4 /dev/urandom | tr -d " "); '
+            f'trap "" PIPE; for n in $(seq 1 {settings.lines}); do echo "x $me $n" || true; '
             f"sleep {settings.pause}; done; "
-            f'echo "$RUNYARD_RUN_ID $RUNYARD_JOB_ATTEMPT {i} $$" >> "{effects}"'
+            f'echo "$RUNYARD_RUN_ID $RUNYARD_JOB_ATTEMPT {i} $me" >> "{effects}"'
         )
         steps.append(f"      - id: s{i}\n        run: '{script}'")
     return (
@@ -336,7 +339,7 @@ def _log_problem(lines: list[re.Match[str]], complete: int | None) -> str | None
     pids = {m[1] for m in lines}
     numbers = [int(m[2]) for m in lines]
     if len(pids) > 1:
-        return f"lines of {len(pids)} executions (pids {', '.join(sorted(pids))})"
+        return f"lines of {len(pids)} executions (tokens {', '.join(sorted(pids))})"
     if numbers != list(range(1, len(numbers) + 1)):
         return f"lines out of order or repeated: {numbers}"
     if complete is not None and len(numbers) != complete:

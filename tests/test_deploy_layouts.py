@@ -677,8 +677,17 @@ def _as_hardened(root_ro: bool, writable_tmp: bool, agent_dir: Path, tmp: Path) 
     if root_ro:
         steps += ["mount -o bind,remount,ro /"]
     steps += [f"mount --bind {agent_dir} {agent_dir}", f"mount -o remount,bind,rw {agent_dir}"]
+    # a checkout under /tmp (a CI clone) is put back over the private /tmp, as a real
+    # unit's would be in its ReadWritePaths
+    under_tmp = ROOT.is_relative_to("/tmp")
+    old = tmp.parent / "old-tmp"
     if writable_tmp:
+        if under_tmp:
+            steps += [f"mount --bind /tmp {old}"]  # made by the test
         steps += [f"mount --bind {tmp} /tmp", "mount -o remount,bind,rw /tmp"]
+        if under_tmp:
+            inside = old / ROOT.relative_to("/tmp")
+            steps += [f"mkdir -p {ROOT}", f"mount --bind {inside} {ROOT}"]
     steps += [
         f"cd {ROOT} && HOME={agent_dir} PYTHONPATH={ROOT} exec setpriv --reuid=nobody "
         "--regid=nogroup --clear-groups --no-new-privs --bounding-set=-all "
@@ -712,6 +721,7 @@ def test_the_sandbox_isolates_steps_under_the_agent_units_hardening() -> None:
             path.mkdir(parents=True)
             shutil.chown(path, "nobody", "nogroup")
         tmp.chmod(0o1777)
+        (base / "old-tmp").mkdir()
         results = {}
         for writable_tmp in (True, False):
             script = _as_hardened(True, writable_tmp, agent_dir, tmp)

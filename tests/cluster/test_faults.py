@@ -131,4 +131,6 @@ def test_runs_survive_losing_a_nats_node_the_valkey_primary_and_service_replicas
     print(f"cluster up in {up:.1f} s; all in {time.monotonic() - started:.1f} s")
     print("\n".join(said))
     assert result.problems == [], [asdict(r) for r in result.rows]
-    assert all(f in chaos.failover for f in FAULTS[:2]), chaos.failover
+    # Sentinel must have promoted the replica; a new NATS stream leader is only printed
+    # (the killed node, back after 1 s, may be elected again before a poll sees another)
+    assert "valkey-primary" in chaos.failover, chaos.failover
