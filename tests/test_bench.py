@@ -119,14 +119,14 @@ def test_chaos_bench_smoke(tmp_path: Path) -> None:
 
 def test_scale_bench_smoke(stack: Stack, tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
-    small = ["--agents", "20", "--processes", "2", "--idle", "1", "--runs", "20", "--rate", "20"]
-    small += ["--step-agents", "4", "--jobs", "20", "--steps", "20"]
-    small += ["--schedules", "50", "--lead", "25"]
+    small = ["--agents", "10", "--processes", "2", "--idle", "1", "--runs", "10", "--rate", "20"]
+    small += ["--step-agents", "2", "--jobs", "10", "--steps", "10"]
+    small += ["--schedules", "50", "--lead", "8"]
     run_bench("scale.py", stack, out, *small, timeout=240)
     found = json.loads(out.read_text())
     # correctness only: every run placed, every step done, each schedule fired once
-    assert found["agents"]["placed"] == 20
-    assert found["agents"]["steps"]["wide"]["done"] == 20
-    assert found["agents"]["steps"]["long"]["done"] == 20
+    assert found["agents"]["placed"] == 10
+    assert found["agents"]["steps"]["wide"]["done"] == 10
+    assert found["agents"]["steps"]["long"]["done"] == 10
     cron = found["cron"]
     assert (cron["fired"], cron["duplicates"], cron["missed"]) == (50, 0, 0)
