@@ -27,7 +27,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from agent import metrics, workspaces
+from agent import metrics, process, workspaces
 from agent.actions import ActionCache
 from agent.config import AgentConfig
 from agent.connection import Refused, admitted, connect
@@ -137,7 +137,14 @@ class Agent:
         jobs = list(self.work.jobs.values())
         for job in jobs:
             job.cancel.set()
-        await asyncio.gather(*[j.step for j in jobs if j.step], return_exceptions=True)
+        steps = [j.step for j in jobs if j.step]
+        if steps:
+            # a cancelled step ends within TERM's grace and KILL; one whose handling
+            # waits on something else must not hold the stop up (its processes end
+            # with the fork server when the agent exits)
+            _, late = await asyncio.wait(steps, timeout=process.GRACE + 2)
+            if late:
+                log.warning("%d step(s) did not end after their cancel; leaving them", len(late))
         if self.nc.is_connected and not await self.spool.drained(10):
             log.warning("NATS did not take everything in time; it stays in the spool")
         await self.spool.close()
@@ -178,7 +185,12 @@ class Agent:
             except Exception as exc:
                 log.warning("waiting for NATS: %s", exc)
                 await asyncio.sleep(1)
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # nats-py's fetch can turn our cancel into its TimeoutError (its own
+                # wait_for racing ours): the stop must still end this loop
+                raise asyncio.CancelledError
             connection = self._connection()
             try:
                 msgs = await sub.fetch(1, timeout=FETCH_WAIT if self.inbox_empty else FIRST_LOOK)
