@@ -163,7 +163,10 @@ class Agent:
     async def _sweep(self) -> None:
         """Workspaces of jobs that are over (or that a killed agent left behind)."""
         while True:
-            active = {(j.assign.run, j.assign.job) for j in self.work.jobs.values()}
+            active = {
+                (j.assign.run, workspaces.folder(j.assign.job, j.assign.attempt))
+                for j in self.work.jobs.values()
+            }
             try:
                 await asyncio.to_thread(
                     workspaces.sweep, self.work.work, active, self.keep_workspaces

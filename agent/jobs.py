@@ -109,7 +109,7 @@ class Jobs:
         for found in list(self.ledger.jobs.values()):
             run, name, attempt = split_key(found.key)
             placeholder = JobAssign(run=run, job=name, attempt=attempt, project="", pipeline="")
-            job = Job(placeholder, workspaces.path(self.work, run, name))
+            job = Job(placeholder, workspaces.path(self.work, run, name, attempt))
             self.jobs[found.key] = job
             if found.result is not None:  # it may not have reached JetStream
                 index = StepFinished.model_validate_json(found.result).index
@@ -148,7 +148,7 @@ class Jobs:
             await msg.ack()  # its claim is sent or in the spool, or it is over
             return
         self.ledger.claim(key)
-        job = Job(assign, workspaces.path(self.work, assign.run, assign.job))
+        job = Job(assign, workspaces.path(self.work, assign.run, assign.job, assign.attempt))
         self.jobs[key] = job
         try:
             await self._prepare(job)

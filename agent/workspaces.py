@@ -1,6 +1,6 @@
-"""Job workspaces under `<agent dir>/work/<run>/<job>`: made when a job is claimed,
-removed when it is finished, cancelled, revoked or found left behind by a killed
-agent. With a retention (`runyard agent start --keep-workspaces SECONDS`) a finished
+"""Job workspaces under `<agent dir>/work/<run>/<job>` (`<job>~<n>` for retry n): made
+when a job is claimed, removed when it is finished, cancelled, revoked or found left
+behind by a killed agent. With a retention (`runyard agent start --keep-workspaces SECONDS`) a finished
 job's workspace stays that long for inspection; `sweep` removes it afterwards, and an
 emptied `work/<run>/` goes with its last job."""
 
@@ -18,8 +18,14 @@ SWEEP_EVERY = 600.0  # seconds between sweeps of work/ while the agent runs
 MIN_AGE = 60.0
 
 
-def path(work: Path, run: str, job: str) -> Path:
-    return work / run / job
+def folder(job: str, attempt: int) -> str:
+    """A retry gets a workspace of its own: the attempt before may still be finishing
+    (collecting, then removing its workspace) when the retry is claimed."""
+    return job if attempt == 1 else f"{job}~{attempt}"
+
+
+def path(work: Path, run: str, job: str, attempt: int) -> Path:
+    return work / run / folder(job, attempt)
 
 
 def finished(workspace: Path, keep: float) -> None:
