@@ -1,8 +1,8 @@
 """Job workspaces under `<agent dir>/work/<run>/<job>` (`<job>~<n>` for retry n): made
 when a job is claimed, removed when it is finished, cancelled, revoked or found left
-behind by a killed agent. With a retention (`runyard agent start --keep-workspaces SECONDS`) a finished
-job's workspace stays that long for inspection; `sweep` removes it afterwards, and an
-emptied `work/<run>/` goes with its last job."""
+behind by a killed agent. With a retention (`runyard agent start --keep-workspaces
+SECONDS`) a finished job's workspace stays that long for inspection; `sweep` removes it
+afterwards, and an emptied `work/<run>/` goes with its last job."""
 
 from __future__ import annotations
 
