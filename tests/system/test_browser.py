@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -226,7 +227,7 @@ async def test_a_retried_job_shows_each_attempt_with_its_own_log(
     run_id = await system.start_run("vision", "Retried")
     run = await system.wait_run(run_id)
     if run["status"] != "success":  # say why, with each attempt's log
-        why = [(j["status"], j["error"], j["steps"], j["attempts"]) for j in run["jobs"]]
+        why: list[Any] = [(j["status"], j["error"], j["steps"], j["attempts"]) for j in run["jobs"]]
         for attempt in (1, 2):
             url = f"/api/runs/{run_id}/jobs/build/steps/make/logs?attempt={attempt}"
             why.append((attempt, await system.call("GET", url)))
