@@ -110,7 +110,13 @@ async def test_a_job_times_out_even_when_its_agent_is_silent(system: System) -> 
     agent = await system.agent("a", projects=["p"])
     await system.pipeline("p", TIMEOUT)
     run_id = await system.start_run("p", "Slow")
-    await system.wait_run(run_id, status="running", timeout=20)
+
+    async def step_running() -> bool:
+        run = await system.run(run_id)
+        return run is not None and step_of(run, "slow")["status"] == "running"
+
+    # the run is "running" before its job is placed; freeze the agent only once it holds it
+    await system.wait_for(step_running, 20, "the step to run")
     assert agent.proc is not None
     agent.proc.send(signal.SIGSTOP)  # frozen: no results, no heartbeats
     try:
