@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from typing import Any
 
 from nats.aio.client import Client, Server
 
 from agent.config import AgentConfig
+from runyard.nats_client import servers, tls_options
 from schemas import subjects
 
 log = logging.getLogger("runyard.agent")
@@ -38,31 +38,19 @@ def backoff(failures: int) -> float:
     return min(BACKOFF_FIRST * 2.0 ** (failures - 1), BACKOFF_MAX)
 
 
-def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
-    """Verify the server against the agent file's CA (else the system's CAs)."""
-    if not config.ca:
-        return None
-    return ssl.create_default_context(cadata=config.ca)
-
-
-def servers(url: str) -> list[str]:
-    """The servers of `url`: one, or a cluster's, comma-separated."""
-    return [u.strip() for u in url.split(",") if u.strip()]
-
-
 def _options(config: AgentConfig, url: str) -> dict[str, Any]:
     """How this agent identifies itself: its id and token are its NATS user and
     password (checked by the server's auth callout), and replies come on its own inbox
     prefix, the only one its identity may subscribe to. With `tls://` the TLS handshake
-    comes first, so the token never goes to a server that offers plain text."""
+    comes first, so the token never goes to a server that offers plain text; the server
+    is verified against the agent file's CA (else the system's CAs)."""
     return {
-        "tls_handshake_first": url.startswith("tls://"),
         "name": f"runyard-agent-{config.id}",
         "user": config.id,
         "password": config.token,
         "inbox_prefix": subjects.agent_reply_prefix(config.id),
-        "tls": tls_context(config),
         "connect_timeout": 5,
+        **tls_options(url, cadata=config.ca or None),
     }
 
 

@@ -38,6 +38,8 @@ from agent.launcher import Launcher
 from agent.runners import StepRunner
 from agent.sandbox import Sandbox
 from agent.spool import Spool
+from runyard import nats_client
+from runyard.nats_client import FETCH_WAIT
 from schemas import subjects
 from schemas.messages import (
     AgentRemoved,
@@ -57,7 +59,6 @@ HEARTBEAT = 5.0
 IN_PROGRESS = 20.0  # well inside the inbox consumer's ack wait
 SHUTDOWN = 30.0  # seconds for Ctrl-C: cancel steps (10 s grace), report, flush
 FIRST_LOOK = 0.5  # seconds the first fetch after (re)connecting waits on an empty inbox
-FETCH_WAIT = 5.0
 
 
 class Agent:
@@ -99,6 +100,7 @@ class Agent:
         self.tasks: set[asyncio.Task[None]] = set()
         self.beat = asyncio.Event()  # send a heartbeat now
         self.inbox_empty: tuple[float, int] | None = None  # (monotonic, connection) seen
+        self.looking = -1  # the connection the fetch under way started on
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -188,34 +190,36 @@ class Agent:
             except Exception as exc:
                 log.warning("waiting for NATS: %s", exc)
                 await asyncio.sleep(1)
-        task = asyncio.current_task()
-        while True:
-            if task is not None and task.cancelling():
-                # nats-py's fetch can turn our cancel into its TimeoutError (its own
-                # wait_for racing ours): the stop must still end this loop
-                raise asyncio.CancelledError
-            connection = self._connection()
-            try:
-                msgs = await sub.fetch(1, timeout=FETCH_WAIT if self.inbox_empty else FIRST_LOOK)
-            except TimeoutError:
-                self._inbox_was_empty(connection)
-                continue
-            except Exception as exc:
-                self.inbox_empty = None
-                log.debug("fetch: %s", exc)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                self._dispatch(msg)
+        # the inbox is not released at a stop: what it held is this agent's own work
+        await nats_client.pull_loop(
+            sub,
+            self._dispatch,
+            name="the inbox",
+            log=log,
+            wait=self._look,
+            empty=self._inbox_was_empty,
+            broken=self._inbox_unknown,
+            release=False,
+        )
+
+    def _look(self) -> float:
+        """How long the next fetch waits: FIRST_LOOK until the inbox was seen empty on
+        this connection (so a heartbeat says so soon after a reconnect)."""
+        self.looking = self._connection()
+        return FETCH_WAIT if self.inbox_empty else FIRST_LOOK
+
+    def _inbox_unknown(self) -> None:
+        self.inbox_empty = None
 
     def _connection(self) -> int:
         """Which connection this is: the count of reconnects so far (-1: none now)."""
         return int(self.nc.stats["reconnects"]) if self.nc.is_connected else -1
 
-    def _inbox_was_empty(self, connection: int) -> None:
+    def _inbox_was_empty(self) -> None:
         """A fetch found nothing on one unbroken connection: everything sent to this
         inbox before it started has been received. The first time on a connection, a
         heartbeat says so at once (the dispatcher frees slots it no longer runs)."""
+        connection = self.looking  # when the fetch started
         if connection < 0 or connection != self._connection():
             self.inbox_empty = None
             return

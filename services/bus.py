@@ -4,10 +4,8 @@ the durable pull consumers the services work from."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -25,6 +23,7 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 
+from runyard import nats_client
 from schemas import subjects
 
 log = logging.getLogger("runyard.bus")
@@ -35,17 +34,12 @@ async def connect(url: str, name: str = "runyard") -> Client:
     server of `url`, which may list several, comma-separated); with `tls://` URLs the
     TLS handshake comes first, verified against `RUNYARD_NATS_CA` (a PEM file) when
     set, else the system's CAs."""
-    ca = os.environ.get("RUNYARD_NATS_CA")
-    servers = [u.strip() for u in url.split(",")]  # a cluster: several, comma-separated
-    tls = any(u.startswith("tls://") for u in servers)
     return await nats.connect(
-        servers,
+        nats_client.servers(url),
         name=name,
-        tls=ssl.create_default_context(cafile=ca) if ca else None,
-        # TLS before anything else: credentials never go to a server offering plain text
-        tls_handshake_first=tls,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
+        **nats_client.tls_options(url, cafile=os.environ.get("RUNYARD_NATS_CA")),
     )
 
 
@@ -134,69 +128,14 @@ async def ensure_consumer(
         await js.add_consumer(stream.name, config)
 
 
-HANDLE_GRACE = 1.5  # seconds a message being handled may take to finish at a stop
-
-
 async def pull(
     js: JetStreamContext,
     stream: subjects.StreamSpec,
     durable: str,
     handle: Callable[[Msg], Awaitable[None]],
 ) -> None:
-    """Fetch from a durable consumer one message at a time (no waiting to fill a
-    batch) and hand each to `handle`, forever; a lost connection only pauses it, and a
-    handler that raises is logged (its message, unacked, comes back after the ack wait).
-
-    Stopping is cancelling the task: a message being handled is given HANDLE_GRACE
-    seconds to finish (so it is acked, not left for the ack wait), a fetch under way is
-    abandoned, and a message that arrived for it is handed back (nak) at once, so a
-    replica or the restarted service takes it without waiting the consumer's ack wait."""
+    """Work from a durable consumer until cancelled: `runyard.nats_client.pull_loop`
+    (one message at a time; a stop finishes the message being handled and hands back
+    what was delivered for an abandoned fetch)."""
     sub = await js.pull_subscribe_bind(durable, stream.name)
-    try:
-        while True:
-            try:
-                msgs = await sub.fetch(1, timeout=5)
-            except TimeoutError:
-                continue
-            except Exception as exc:  # disconnected: nats-py reconnects on its own
-                log.debug("fetch from %s: %s", durable, exc)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                try:
-                    await _finish(handle(msg))
-                except Exception:  # a handler's bug must not end the consumer for good
-                    log.exception("handling a message of %s (it is delivered again)", durable)
-    finally:
-        await _release(sub, durable)
-
-
-async def _finish(handling: Awaitable[None]) -> None:
-    """Await `handling`; if cancelled meanwhile, let it finish within HANDLE_GRACE."""
-    task = asyncio.ensure_future(handling)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(task, HANDLE_GRACE)
-        raise
-
-
-async def _release(sub: JetStreamContext.PullSubscription, durable: str) -> None:
-    """Unsubscribe, handing back what was delivered but not handled. nats-py keeps such
-    messages in the subscription's queue (it has no public way to take them without
-    asking the server for more), where a connection's drain would wait on them."""
-    pending = sub._sub._pending_queue
-    held = []
-    while not pending.empty():
-        msg = pending.get_nowait()
-        pending.task_done()
-        if not JetStreamContext.is_status_msg(msg):
-            held.append(msg)
-    with contextlib.suppress(Exception):
-        await sub.unsubscribe()
-    for msg in held:
-        with contextlib.suppress(Exception):
-            await msg.nak()
-    if held:
-        log.info("handed back %d unhandled message(s) of %s", len(held), durable)
+    await nats_client.pull_loop(sub, handle, name=durable, log=log)

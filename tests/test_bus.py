@@ -13,6 +13,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from runyard import nats_client
 from schemas import subjects
 from services import bus
 from services.stack import Stack
@@ -65,7 +66,7 @@ async def test_a_message_delivered_but_not_handled_is_handed_back(
             break
         await asyncio.sleep(0.02)
     assert sub.pending_msgs == 1
-    await bus._release(sub, DURABLE)
+    await nats_client.release_held(sub, DURABLE, bus.log)
     started = time.monotonic()
     await nc.drain()
     assert time.monotonic() - started < 1
