@@ -96,13 +96,15 @@ class JobSpawner:
 
     async def spawn(self, argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> Child:
         """Start `argv`; OSError when it cannot start (its reason as the spawner said)."""
-        try:
-            await asyncio.wait_for(asyncio.shield(self.ready), READY_WAIT)
-        except TimeoutError:
-            if self.stuck is not None:
-                self.stuck()
-            self.kill()
-            raise OSError(0, "the job's spawner did not start") from None
+        if not self.ready.done():  # a wait_for costs a turn of the loop even when done
+            try:
+                await asyncio.wait_for(asyncio.shield(self.ready), READY_WAIT)
+            except TimeoutError:
+                if self.stuck is not None:
+                    self.stuck()
+                self.kill()
+                raise OSError(0, "the job's spawner did not start") from None
+        self.ready.result()  # its error, if it failed
         assert self.sock is not None
         loop = asyncio.get_running_loop()
         out_r, out_w = os.pipe()

@@ -11,8 +11,10 @@ Three generations, each killed (SIGKILL, `PR_SET_PDEATHSIG`) when its parent die
    the plan has a sandbox; agent/namespaces.py), makes itself undumpable (steps can
    neither trace it nor read its memory) and serves that socket until the agent closes
    it;
-3. a **step**: forked by the job spawner, in a session of its own, its output on the
-   pipes the agent passed, exec'd with the environment the agent sent.
+3. a **step**: started by the job spawner in a session of its own, its output on the
+   pipes the agent passed, exec'd with the environment the agent sent; spawned
+   (`posix_spawn`) in a sandbox, whose PID namespace it dies with, else forked (it
+   sets its own parent-death signal).
 
 Forking an 11 MB process costs a fraction of forking the agent, and the agent's own
 spawns need no `preexec_fn` any more. The fork server also keeps a **standby**: a child
@@ -35,6 +37,7 @@ the same framing, the job's socket attached (without one: the plan for a standby
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -44,6 +47,7 @@ import socket
 import struct
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from agent.namespaces import (
@@ -127,8 +131,54 @@ def _step(request: dict[str, Any], parent: int, out: int, err: int, report: int)
         os._exit(127)
 
 
-def start_step(request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
-    """Fork and exec one step; its pid, or why it could not start."""
+def start_step(request: dict[str, Any], fds: list[int], contained: bool) -> dict[str, Any]:
+    """Start one step; its pid, or why it could not start.
+
+    In a sandbox the step is spawned (vfork and exec): the spawner sleeps only until
+    the exec and the child never runs Python, where a fork waits for the child to be
+    scheduled, which a busy machine delays by milliseconds. It need not die with the
+    spawner itself: the job's PID namespace ends, and every step in it, when its init
+    does (agent/namespaces.py). Without a sandbox there is no such init, so the step is
+    forked to set its parent-death signal before the exec."""
+    if not contained:
+        return _fork_step(request, fds)
+    out, err = fds
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.chdir(request["cwd"])
+        env = request["env"]
+        pid = os.posix_spawn(
+            _program(request["argv"][0], env.get("PATH", os.defpath)),
+            request["argv"],
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, null, 0),
+                (os.POSIX_SPAWN_DUP2, out, 1),
+                (os.POSIX_SPAWN_DUP2, err, 2),
+            ],
+            setsid=True,
+        )
+    except OSError as exc:
+        return {"error": exc.strerror or str(exc), "errno": exc.errno or 0}
+    finally:
+        for fd in (null, *fds):
+            os.close(fd)
+    return {"pid": pid}
+
+
+def _program(name: str, path: str) -> str:
+    """`name` found on the step's own PATH, as `execvp` would (posix_spawnp would
+    search the spawner's)."""
+    if "/" in name:
+        return name
+    for folder in path.split(os.pathsep):
+        found = Path(folder or ".", name)
+        if os.access(found, os.X_OK) and not found.is_dir():
+            return str(found)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+
+def _fork_step(request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
     out, err = fds
     report_r, report_w = os.pipe()
     parent = os.getpid()
@@ -144,8 +194,8 @@ def start_step(request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
     if not said:
         return {"pid": pid}
     os.waitpid(pid, 0)
-    errno, reason = json.loads(said)
-    return {"error": reason, "errno": errno}
+    errno_, reason = json.loads(said)
+    return {"error": reason, "errno": errno_}
 
 
 def _reap(sock: socket.socket) -> None:
@@ -159,9 +209,9 @@ def _reap(sock: socket.socket) -> None:
         reply(sock, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
 
 
-def serve_job(sock: socket.socket, setup: Callable[[], None]) -> None:
-    """A job spawner: `setup` (enter the sandbox), then start steps until the agent
-    hangs up."""
+def serve_job(sock: socket.socket, setup: Callable[[], None], contained: bool) -> None:
+    """A job spawner: `setup` (enter the sandbox, when `contained`), then start steps
+    until the agent hangs up."""
     try:
         setup()
         undumpable()
@@ -188,7 +238,7 @@ def serve_job(sock: socket.socket, setup: Callable[[], None]) -> None:
             if request is None:
                 return
             while request is not None:
-                reply(sock, start_step(*request))
+                reply(sock, start_step(*request, contained))
                 request = reader.buffered()
 
 
@@ -237,7 +287,8 @@ class _Server:
             if standby.take(job, plan["workspace"]):
                 return
         ours = [self.sock, *([self.standby.sock] if self.standby else [])]  # not for the child
-        _fork(ours, functools.partial(serve_job, job, functools.partial(_enter, plan)))
+        setup = functools.partial(_enter, plan)
+        _fork(ours, functools.partial(serve_job, job, setup, plan is not None))
 
 
 def _enter(plan: dict[str, Any] | None) -> None:
@@ -310,7 +361,7 @@ class _Standby:
                 raise failed
             finish(self.plan, message["workspace"])
 
-        serve_job(socket.socket(fileno=job_fd), setup)
+        serve_job(socket.socket(fileno=job_fd), setup, True)
 
 
 def main(argv: list[str]) -> None:

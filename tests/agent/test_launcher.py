@@ -129,3 +129,39 @@ async def test_a_secret_made_after_the_standby_sandbox_is_still_hidden(tmp_path:
         job.close()
     finally:
         fork_server.stop()
+
+
+async def test_a_sandboxed_step_is_spawned_from_its_own_path_and_dies_with_its_spawner(
+    tmp_path: Path,
+) -> None:
+    sandbox = Sandbox(tmp_path / "agent")
+    if (why := sandbox.probe()) is not None:
+        pytest.skip(f"no user namespaces here: {why}")
+    workspace = tmp_path / "agent" / "work" / "r" / "j"
+    (workspace / "bin").mkdir(parents=True)
+    hello = workspace / "bin" / "hello"
+    session = "awk '{print $6 == $1}' /proc/$$/stat"  # 1: its own session's leader
+    hello.write_text(f'#!/bin/bash\necho "hello from $(pwd)"\n{session}\n')
+    hello.chmod(0o755)
+    fork_server = Launcher(sandbox)
+    fork_server.start()
+    try:
+        job = fork_server.job(workspace)
+        path = {"PATH": f"{workspace / 'bin'}:/usr/bin:/bin"}  # the step's, not the spawner's
+        child = await job.spawn(["hello"], workspace, path)
+        assert child.stdout is not None
+        assert (await child.stdout.read()).decode().split("\n")[:2] == [
+            f"hello from {workspace}",
+            "1",
+        ]
+        assert await child.wait() == 0
+        with pytest.raises(OSError) as raised:
+            await job.spawn(["no-such-program-here"], workspace, path)
+        assert raised.value.errno == errno.ENOENT
+        child = await started(job, workspace, "exec sleep 308")
+        assert fork_server.proc is not None and job.pid is not None
+        os.kill(fork_server.proc.pid, signal.SIGKILL)  # its PID namespace ends with it
+        assert await asyncio.to_thread(wait_dead, [job.pid, child.pid], 10) == []
+        fork_server.proc.wait()
+    finally:
+        fork_server.stop()
