@@ -54,17 +54,10 @@ async def running_system(stack: Stack, tmp: Path, env: dict[str, str]) -> AsyncI
         with contextlib.suppress(NotFoundError):
             await js.delete_stream(spec.name)
     await bus.ensure_streams(js)
-    system = System(stack, tmp, {**os.environ, **env})
     try:
-        dispatcher = system.dispatcher()
-        system.collector()
-        await system.web()
-        await system.ready(dispatcher)
-        yield system
+        async with System(stack, tmp, {**os.environ, **env}).running() as system:
+            yield system
     finally:
-        system.stop()
-        if system.http is not None:
-            await system.http.aclose()
         await nc.close()
 
 

@@ -56,16 +56,8 @@ async def public(
         "RUNYARD_CONFIG": str(tmp_path / "cli.json"),
         "RUNYARD_SECRET_KEY": SECRET_KEY,
     }
-    found = System(public_stack, tmp_path, env)
-    try:
-        dispatcher = found.dispatcher()
-        await found.web()
-        await found.ready(dispatcher)
+    async with System(public_stack, tmp_path, env).running(collector=False) as found:
         yield found
-    finally:
-        found.stop()
-        if found.http is not None:
-            await found.http.aclose()
 
 
 def test_the_server_certificate_is_reused_and_remade_for_new_names(tmp_path: Path) -> None:

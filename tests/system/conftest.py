@@ -34,14 +34,5 @@ async def system(
         "RUNYARD_CONFIG": str(tmp_path / "cli.json"),
         "RUNYARD_SECRET_KEY": SECRET_KEY,
     }
-    found = System(stack, tmp_path, env)
-    try:
-        dispatcher = found.dispatcher()
-        found.collector()
-        await found.web()
-        await found.ready(dispatcher)
+    async with System(stack, tmp_path, env).running() as found:
         yield found
-    finally:
-        found.stop()
-        if found.http is not None:
-            await found.http.aclose()

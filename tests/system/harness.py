@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,6 +179,22 @@ class System:
 
     async def agent_online(self, agent_id: str) -> bool:
         return bool((await self.call("GET", f"/api/agents/{agent_id}"))["online"])
+
+    @contextlib.asynccontextmanager
+    async def running(self, collector: bool = True) -> AsyncIterator[System]:
+        """The dispatcher, the log collector (unless not wanted) and the web API, until
+        the block ends; then every process of the system is stopped."""
+        try:
+            dispatcher = self.dispatcher()
+            if collector:
+                self.collector()
+            await self.web()
+            await self.ready(dispatcher)
+            yield self
+        finally:
+            self.stop()
+            if self.http is not None:
+                await self.http.aclose()
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
