@@ -34,6 +34,18 @@ def run_bench(
     return rows
 
 
+def test_against_bench_smoke(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "against.json"
+    small = ["HEAD", "--rounds", "1", "--", "floor.py", "--n", "10"]
+    rows = run_bench("against.py", stack, out, *small, timeout=240)
+    assert [r["name"] for r in rows] == [
+        "jetstream publish+fetch+ack",
+        "valkey pipeline (3 cmds)",
+        "spawn /bin/true",
+    ]
+    assert all(len(r["p50_ms"]["other"]) == 1 for r in rows)  # type: ignore[index]
+
+
 def test_floor_bench_smoke(stack: Stack, tmp_path: Path) -> None:
     rows = run_bench("floor.py", stack, tmp_path / "floor.json", "--n", "20")
     assert [r["name"] for r in rows] == [
