@@ -35,7 +35,6 @@ from agent.logship import StepLog
 from agent.results import collect
 from agent.runners import StepResult, StepRunner
 from agent.spool import OnSent, Spool
-from runyard.engine.events import ResolvedStep
 from schemas import subjects
 from schemas.messages import (
     JobAssign,
@@ -46,7 +45,6 @@ from schemas.messages import (
     StepAssign,
     StepFinished,
 )
-from schemas.pipeline import ActionRef
 from schemas.status import Status
 
 log = logging.getLogger("runyard.agent")
@@ -253,7 +251,7 @@ class Jobs:
 
     def step_assigned(self, assign: StepAssign, msg: Msg) -> None:
         key = job_key(assign.run, assign.job, assign.attempt)
-        step_key = f"step:{key}|{assign.index}"
+        step_key = f"step:{key}|{assign.step.index}"
         if step_key in self.journal or f"job:{key}" in self.journal:
             self.spawn(msg.ack())  # its result is sent or in the spool, or it is over
             return
@@ -266,20 +264,20 @@ class Jobs:
         if job.revoked:
             self.spawn(msg.ack())
             return
-        if job.step_index == assign.index and job.step is not None:
+        if job.step_index == assign.step.index and job.step is not None:
             job.step_msg = msg  # a redelivery of the running step: ack the newest one
             return
         job.cancel = asyncio.Event()  # a fresh one per step, as in local mode
-        job.step_index, job.step_msg = assign.index, msg
+        job.step_index, job.step_msg = assign.step.index, msg
         job.step = self.spawn(self._run_step(job, assign, step_key))
 
     async def _unknown_step(self, assign: StepAssign, msg: Msg) -> None:
-        key = job_key(assign.run, assign.job, assign.attempt)
-        log.warning("step %s|%d of a job this agent has no record of", key, assign.index)
-        self.journal.add(f"step:{key}|{assign.index}")
+        key, step = job_key(assign.run, assign.job, assign.attempt), assign.step
+        log.warning("step %s|%d of a job this agent has no record of", key, step.index)
+        self.journal.add(f"step:{key}|{step.index}")
         error = "this agent restarted without a record of the job (its workspace is gone)"
-        finished = self._interrupted(key, assign.index, assign.step, time.time(), error)
-        self.send_event(finished, f"sf:{key}|{assign.index}", msg.ack)
+        finished = self._interrupted(key, step.index, step.id, time.time(), error)
+        self.send_event(finished, f"sf:{key}|{step.index}", msg.ack)
 
     def _interrupted(self, key: str, index: int, step: str, started: float, error: str) -> bytes:
         """The `step.finished` of a step that will not run (again) in this attempt."""
@@ -298,12 +296,12 @@ class Jobs:
         ).encode()
 
     async def _run_step(self, job: Job, assign: StepAssign, step_key: str) -> None:
-        key = job_key(assign.run, assign.job, assign.attempt)
-        sink = StepLog(self.spool, self.agent, assign.run, assign.job, assign.attempt, assign.step)
+        key, step = job_key(assign.run, assign.job, assign.attempt), assign.step
+        sink = StepLog(self.spool, self.agent, assign.run, assign.job, assign.attempt, step.id)
         guard = self.contain.guard(key)
         started = time.time()
         # noted before anything of the step runs: a restart reports it, never reruns it
-        guard.key = self.ledger.start(key, assign.index, assign.step, started)
+        guard.key = self.ledger.start(key, step.index, step.id, started)
         job.guard = guard
         result: StepResult | None = None
         try:
@@ -332,7 +330,7 @@ class Jobs:
         if job.spawner is None:  # a job carried on from before a restart
             job.spawner = self.launcher.job(job.workspace)
         return await self.runner.run(
-            resolved(assign),
+            assign.step,
             job.workspace,
             sink,
             job.cancel,
@@ -360,8 +358,8 @@ class Jobs:
             run=assign.run,
             job=assign.job,
             attempt=assign.attempt,
-            index=assign.index,
-            step=assign.step,
+            index=assign.step.index,
+            step=assign.step.id,
             **result.report(),
         )
         data = finished.encode()
@@ -375,21 +373,3 @@ class Jobs:
         # the log's end after the result: the next step waits for one store, not two
         sink.flush(final=True)
         job.step_index = None
-
-
-def resolved(assign: StepAssign) -> ResolvedStep:
-    """The wire message → what a runner executes."""
-    return ResolvedStep(
-        index=assign.index,
-        id=assign.step,
-        name=assign.name,
-        script=assign.run_script,
-        shell=assign.shell,
-        action=ActionRef.model_validate(assign.action) if assign.action else None,
-        inputs=assign.inputs,
-        env=assign.env,
-        working_directory=assign.working_directory,
-        timeout=assign.timeout,
-        cache=assign.cache,
-        mask=assign.mask,
-    )

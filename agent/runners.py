@@ -27,9 +27,9 @@ from agent.action_inputs import ActionInputError, check_inputs
 from agent.actions import ActionCache, ActionError, LoadedAction
 from agent.process import LineSink, Spawn, Throttle, Tracker, run_process, spawn_here
 from agent.sandbox import Sandbox
-from runyard.engine.events import ResolvedStep
 from runyard.engine.masking import Masker
 from runyard.engine.text import to_text
+from schemas.messages import ResolvedStep
 from schemas.status import Status
 
 COMPAT = Path(__file__).resolve().parent / "compat"

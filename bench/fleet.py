@@ -83,7 +83,7 @@ class SimAgent:
         now = time.time()
         work = decode_inbox(msg.data)
         key = subjects.attempt_member(work.run, work.job, work.attempt)
-        index = work.index if isinstance(work, StepAssign) else -1
+        index = work.step.index if isinstance(work, StepAssign) else -1
         self.received.append((work.type, work.run, work.job, index, now))
         ident = {"agent": self.config.id, "run": work.run, "job": work.job}
         if isinstance(work, JobAssign):
@@ -96,14 +96,14 @@ class SimAgent:
             event = StepFinished(
                 **ident,
                 attempt=work.attempt,
-                index=work.index,
-                step=work.step,
+                index=work.step.index,
+                step=work.step.id,
                 status=Status.SUCCESS,
                 exit_code=0,
                 started_at=now,
                 finished_at=now,
             )
-            msg_id = f"sf:{key}|{work.index}"
+            msg_id = f"sf:{key}|{work.step.index}"
         else:
             self.held.discard(key)
             event = JobFinished(**ident, attempt=work.attempt, status=work.status, at=now)

@@ -15,6 +15,7 @@ from schemas.messages import (
     JobClaimed,
     JobFinished,
     Metrics,
+    ResolvedStep,
     StepAssign,
     StepFinished,
     TriggerEvent,
@@ -27,9 +28,21 @@ from schemas.status import Status
 
 def test_inbox_messages_round_trip() -> None:
     job = JobAssign(run="r1", job="train", project="p", pipeline="Train")
-    step = StepAssign(run="r1", job="train", index=0, step="add", name="Add", run_script="echo")
+    resolved = ResolvedStep(index=0, id="add", name="Add", script="echo", mask=["s3cret"])
+    step = StepAssign(run="r1", job="train", step=resolved)
+    action = ActionRef(name="org/add", tag="v1")
+    action_step = StepAssign(
+        run="r1", job="train", step=ResolvedStep(index=1, id="a", name="A", action=action)
+    )
     assert decode_inbox(job.encode()) == job
     assert decode_inbox(step.encode()) == step
+    assert decode_inbox(action_step.encode()) == action_step
+    # the action is a plain mapping on the wire
+    assert orjson.loads(action_step.encode())["step"]["action"] == {
+        "name": "org/add",
+        "tag": "v1",
+        "git": None,
+    }
 
 
 def test_agent_events_round_trip() -> None:

@@ -6,13 +6,14 @@ step that already ended, changes nothing, so redelivered messages are harmless.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+# ResolvedStep is what `step.assign` carries: one model for the engine and the wire
+from schemas.messages import ResolvedStep as ResolvedStep
 from schemas.messages import StepOutcome
-from schemas.pipeline import ActionRef
 from schemas.status import Status
 
 # --- events -------------------------------------------------------------------------
@@ -55,24 +56,6 @@ class RunCancelled(BaseModel):
 Event = Annotated[JobStarted | StepDone | JobEnded | RunCancelled, Field(discriminator="kind")]
 
 # --- commands -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ResolvedStep:
-    """A step with every expression evaluated: what a runner executes."""
-
-    index: int
-    id: str
-    name: str
-    script: str | None
-    shell: str
-    action: ActionRef | None
-    inputs: dict[str, Any]
-    env: dict[str, str]
-    working_directory: str | None
-    timeout: float | None  # seconds
-    cache: bool
-    mask: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

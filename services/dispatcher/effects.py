@@ -16,7 +16,6 @@ import orjson
 from runyard.engine.events import (
     Command,
     FinishJob,
-    ResolvedStep,
     RunDone,
     RunStep,
     StartJob,
@@ -126,26 +125,6 @@ def agent_of(job: JobState) -> str | None:
     return str(agent["id"]) if isinstance(agent, dict) and agent.get("id") else None
 
 
-def step_assign(run: str, job: str, attempt: int, step: ResolvedStep) -> StepAssign:
-    return StepAssign(
-        run=run,
-        job=job,
-        attempt=attempt,
-        index=step.index,
-        step=step.id,
-        name=step.name,
-        run_script=step.script,
-        shell=step.shell,
-        action=step.action.model_dump(by_alias=True) if step.action else None,
-        inputs=step.inputs,
-        env=step.env,
-        working_directory=step.working_directory,
-        timeout=step.timeout,
-        cache=step.cache,
-        mask=step.mask,
-    )
-
-
 def queue_info(facts: RunFacts, command: StartJob) -> str:
     assign = JobAssign(
         run=facts.id,
@@ -196,7 +175,7 @@ def _run_step(fx: Effects, command: RunStep, state: RunState, facts: RunFacts, n
     if agent is None:  # cannot happen: steps run only after the agent's claim
         return
     step = command.step
-    msg = step_assign(facts.id, command.job, command.attempt, step)
+    msg = StepAssign(run=facts.id, job=command.job, attempt=command.attempt, step=step)
     msg_id = "step:" + member(facts.id, command.job, command.attempt, step.index)
     fx.outbox.append((msg_id, subjects.agent_inbox(agent), msg.encode()))
     if step.timeout:

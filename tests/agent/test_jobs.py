@@ -22,7 +22,7 @@ from agent.journal import Journal, Ledger
 from agent.launcher import Launcher
 from agent.runners import StepRunner
 from agent.spool import Spool
-from schemas.messages import JobAssign, StepAssign
+from schemas.messages import JobAssign, ResolvedStep, StepAssign
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -83,6 +83,11 @@ def queued(jobs: Jobs, msg_id: str) -> dict[str, Any]:
     return cast(dict[str, Any], found)
 
 
+def step_assign(run: str, script: str, job: str = "j") -> StepAssign:
+    """Step 0 (`s`) of attempt 1 of `run`'s `job`, running `script`."""
+    return StepAssign(run=run, job=job, step=ResolvedStep(index=0, id="s", name="s", script=script))
+
+
 async def claimed(jobs: Jobs, run: str) -> None:
     assign = JobAssign(run=run, job="j", project="p", pipeline="ci")
     await jobs.assigned(assign, cast(Msg, Delivery()))
@@ -107,8 +112,7 @@ async def test_a_job_is_claimed_and_its_steps_fail_when_git_is_missing(
     await jobs.assigned(assign, cast(Msg, again))  # redelivered: its claim is queued
     assert again.acks == 1
 
-    step = StepAssign(run="r1", job="build", index=0, step="s", name="s", run_script="true")
-    jobs.step_assigned(step, cast(Msg, Delivery()))
+    jobs.step_assigned(step_assign("r1", "true", job="build"), cast(Msg, Delivery()))
     task = jobs.jobs[key].step
     assert task is not None
     await task
@@ -126,10 +130,7 @@ async def test_a_step_the_agent_fails_to_run_is_still_reported(
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(jobs.runner, "run", broken)
-    jobs.step_assigned(
-        StepAssign(run="r2", job="j", index=0, step="s", name="s", run_script="true"),
-        cast(Msg, Delivery()),
-    )
+    jobs.step_assigned(step_assign("r2", "true"), cast(Msg, Delivery()))
     task = jobs.jobs["r2|j|1"].step
     assert task is not None
     await task
@@ -141,10 +142,7 @@ async def test_a_step_the_agent_fails_to_run_is_still_reported(
 async def test_steps_run_through_the_jobs_spawner(jobs: Jobs) -> None:
     await claimed(jobs, "r3")
     script = 'echo "$PPID"; echo err >&2; exit 3'
-    jobs.step_assigned(
-        StepAssign(run="r3", job="j", index=0, step="s", name="s", run_script=script),
-        cast(Msg, Delivery()),
-    )
+    jobs.step_assigned(step_assign("r3", script), cast(Msg, Delivery()))
     job = jobs.jobs["r3|j|1"]
     assert job.step is not None
     await job.step

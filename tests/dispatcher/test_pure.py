@@ -92,7 +92,8 @@ def test_steps_go_to_the_claiming_agent_with_a_silent_agent_timer() -> None:
     assert msg_id == "step:r1|a|1|0"
     assert subject == subjects.agent_inbox("ag1")
     step = decode_inbox(data)
-    assert step.type == "step.assign" and step.run_script is not None
+    assert step.type == "step.assign" and step.step.script is not None
+    assert step.step == commands[0].step  # the engine's resolved step, as it is
     ((timer, deadline),) = fx.timers
     assert timer == "step|r1|a|1|0"
     assert deadline == 1.0 + 30 + effects.CANCEL_GRACE + effects.SILENT_AGENT_SLACK

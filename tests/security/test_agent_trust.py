@@ -26,6 +26,7 @@ from schemas.messages import (
     JobFinished,
     LogBatch,
     LogLine,
+    ResolvedStep,
     StepAssign,
     StepFinished,
 )
@@ -171,7 +172,8 @@ async def test_an_agent_cannot_read_or_write_another_agents_subjects(
 
     for subject in (f"{subjects.PREFIX}.agent.{victim.id}.>", f"{subjects.PREFIX}.events.>"):
         await ops.subscribe(subject, cb=watch)
-    secret = StepAssign(run="r1", job="j", index=0, step="s", name="s", mask=["SECRET-42"])
+    step = ResolvedStep(index=0, id="s", name="s", mask=["SECRET-42"])
+    secret = StepAssign(run="r1", job="j", step=step)
     await ops.jetstream().publish(subjects.agent_inbox(victim.id), secret.encode())
 
     nc = await raw.connect(attacker)

@@ -22,9 +22,8 @@ from agent import reaper
 from agent.launcher import Child, JobSpawner, Launcher
 from agent.process import run_process
 from agent.sandbox import Sandbox
-from schemas.messages import StepAssign
 from schemas.status import Status
-from tests.agent.test_jobs import Delivery, claimed, made_jobs
+from tests.agent.test_jobs import Delivery, claimed, made_jobs, step_assign
 from tests.processes import alive, wait_dead
 
 
@@ -223,8 +222,7 @@ async def test_a_process_that_left_the_step_s_session_dies_when_the_attempt_is_r
     async with made_jobs(tmp_path, Launcher(sandbox), sandbox.work) as jobs:
         await claimed(jobs, "r9")
         script = "setsid sleep 609 </dev/null >/dev/null 2>&1 & exec sleep 610"
-        step = StepAssign(run="r9", job="j", index=0, step="s", name="s", run_script=script)
-        jobs.step_assigned(step, cast(Msg, Delivery()))
+        jobs.step_assigned(step_assign("r9", script), cast(Msg, Delivery()))
         escaped = await asyncio.to_thread(_waiting, lambda: _running("sleep 609"))
         assert escaped
         try:
