@@ -27,6 +27,14 @@ class Message(BaseModel):
         return orjson.dumps(self.model_dump(mode="json", by_alias=True))
 
 
+class OfAttempt(Message):
+    """A message about one attempt of one job of a run."""
+
+    run: str
+    job: str
+    attempt: int = 1
+
+
 # --- trigger events (ry.events.<kind>.<project>) ------------------------------------
 
 
@@ -93,11 +101,8 @@ class ArtifactSpec(BaseModel):
     if_failed: bool = False
 
 
-class JobAssign(Message):
+class JobAssign(OfAttempt):
     type: Literal["job.assign"] = "job.assign"
-    run: str
-    job: str
-    attempt: int = 1
     project: str
     pipeline: str
     repository: str | None = None
@@ -129,23 +134,17 @@ class ResolvedStep(BaseModel):
     mask: list[str] = Field([], description="values to mask in logs (secrets)")
 
 
-class StepAssign(Message):
+class StepAssign(OfAttempt):
     """Run this step of the attempt now (the job's steps come one at a time)."""
 
     type: Literal["step.assign"] = "step.assign"
-    run: str
-    job: str
-    attempt: int = 1
     step: ResolvedStep
 
 
-class JobFinish(Message):
+class JobFinish(OfAttempt):
     """The job's steps are over: collect artifacts, clean up, free the slot."""
 
     type: Literal["job.finish"] = "job.finish"
-    run: str
-    job: str
-    attempt: int = 1
     status: Status
     artifacts: list[ArtifactSpec] = []
     test_results: list[str] = []
@@ -157,12 +156,9 @@ InboxMessage = Annotated[JobAssign | StepAssign | JobFinish, Field(discriminator
 # --- agent → dispatcher (ry.agent.<id>.events) --------------------------------------
 
 
-class JobClaimed(Message):
+class JobClaimed(OfAttempt):
     type: Literal["job.claimed"] = "job.claimed"
     agent: str
-    run: str
-    job: str
-    attempt: int = 1
     workspace: str
     host: dict[str, Any] = Field({}, description="agent, machine and python contexts")
     at: float
@@ -189,12 +185,9 @@ class StepOutcome(BaseModel):
     finished_at: float
 
 
-class StepFinished(Message, StepOutcome):
+class StepFinished(OfAttempt, StepOutcome):
     type: Literal["step.finished"] = "step.finished"
     agent: str
-    run: str
-    job: str
-    attempt: int = 1
     index: int
     step: str
 
@@ -209,12 +202,9 @@ class ArtifactFile(BaseModel):
     sha256: str
 
 
-class JobFinished(Message):
+class JobFinished(OfAttempt):
     type: Literal["job.finished"] = "job.finished"
     agent: str
-    run: str
-    job: str
-    attempt: int = 1
     status: Status
     artifacts: list[ArtifactFile] = []
     tests: TestSummary | None = None
@@ -267,27 +257,22 @@ class Heartbeat(Message):
     at: float
 
 
-class Cancel(Message):
+class Cancel(OfAttempt):
     """Stop a job (or one step of it) now: TERM the process group, KILL after grace."""
 
     type: Literal["cancel"] = "cancel"
-    run: str
-    job: str
-    attempt: int = 1
     step: str | None = None
     reason: Literal["cancelled", "timed-out"] = "cancelled"
     grace: float = 10.0
 
 
-class JobRevoked(Message):
+class JobRevoked(OfAttempt):
     """This agent no longer holds the attempt (it was lost, then came back, or the
     attempt ended without it): kill the job's processes at once and report nothing more
     for it. Sent in answer to a late event or a heartbeat that lists the attempt."""
 
     type: Literal["job.revoked"] = "job.revoked"
-    run: str
-    job: str
-    attempt: int
+    attempt: int  # no default: always named
 
 
 class AgentRemoved(Message):
@@ -317,14 +302,11 @@ class LogLine(BaseModel):
     text: str
 
 
-class LogBatch(Message):
+class LogBatch(OfAttempt):
     """Lines of one step, in order (ry.agent.<id>.logs.<run>.<job>.<step>)."""
 
     type: Literal["log.batch"] = "log.batch"
     agent: str
-    run: str
-    job: str
-    attempt: int = 1
     step: str
     lines: list[LogLine]
     final: bool = Field(False, description="the step's last batch: its log is complete")
