@@ -1,5 +1,6 @@
-"""One agent's jobs, from claim to finish (DESIGN.md §6, §10): claim → the job's
-workspace and spawner → its steps, one at a time → collect and report its end.
+"""One agent's jobs, from claim to finish (DESIGN.md §6, §10): claim (the job's
+workspace, spawner and code are made meanwhile; its steps wait for them) → its steps,
+one at a time → collect and report its end.
 
 Every handler reports in `finally`: whatever breaks in the agent while it prepares a
 job or runs a step, the job is still claimed (its steps then fail saying why) and the
@@ -77,6 +78,12 @@ class Job:
     step_msg: Msg | None = None
     guard: StepGuard | None = None  # the running step's processes
     revoked: bool = False  # the attempt is no longer this agent's: report nothing
+    prepared: asyncio.Task[None] | None = None  # workspace, spawner and code (None: ready)
+
+    async def ready(self) -> None:
+        """Once the job is prepared (or its preparing failed: `setup_error` says why)."""
+        if self.prepared is not None:
+            await asyncio.shield(self.prepared)
 
 
 @dataclass
@@ -112,8 +119,9 @@ class Jobs:
             if found.result is not None:  # it may not have reached JetStream
                 index = StepFinished.model_validate_json(found.result).index
                 self.send_event(found.result, f"sf:{found.key}|{index}")
-            elif not found.steps:  # claimed, nothing run: the claim may not have got out
-                self._claim(job, found.key)
+            elif not found.steps:  # claimed, nothing run: the claim may not have got out,
+                self._claim(job, found.key)  # nor the workspace been made: both again
+                job.prepared = self.spawn(self._prepared(job, found.key))
             for step in list(found.steps.values()):
                 log.warning("step %s was interrupted by this agent's restart", step.key)
                 self._report_interrupted(found, step)
@@ -148,13 +156,17 @@ class Jobs:
         self.ledger.claim(key)
         job = Job(assign, workspaces.path(self.work, assign.run, assign.job, assign.attempt))
         self.jobs[key] = job
+        # claimed first: the claim's round trip to the dispatcher (which answers with the
+        # first step) overlaps the workspace, the sandbox and the checkout
+        self._claim(job, key, msg)
+        job.prepared = self.spawn(self._prepared(job, key))
+
+    async def _prepared(self, job: Job, key: str) -> None:
         try:
             await self._prepare(job)
         except Exception as exc:  # the agent's own failure: the job's steps say it
             log.exception("preparing job %s failed", key)
             job.setup_error = f"the agent could not prepare this job: {exc}"
-        finally:
-            self._claim(job, key, msg)
 
     async def _prepare(self, job: Job) -> None:
         """A clean workspace, its spawner (building the sandbox meanwhile), the code."""
@@ -190,6 +202,7 @@ class Jobs:
             await msg.ack()
             return
         job.cancel.set()
+        await job.ready()  # its spawner and workspace exist before they are given up
         if job.step is not None:
             await asyncio.gather(job.step, return_exceptions=True)
         collected = await collect(self.js, self.agent, job.workspace, finish)
@@ -228,6 +241,7 @@ class Jobs:
         if job.guard is not None:
             job.guard.kill_now()
         job.cancel.set()
+        await job.ready()
         if job.step is not None:
             await asyncio.gather(job.step, return_exceptions=True)
         if job.step_msg is not None:
@@ -322,6 +336,7 @@ class Jobs:
     async def _execute(
         self, job: Job, assign: StepAssign, sink: StepLog, guard: StepGuard
     ) -> StepResult:
+        await job.ready()
         if job.setup_error:
             sink("err", job.setup_error)
             now = time.time()

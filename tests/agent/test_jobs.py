@@ -153,3 +153,26 @@ async def test_steps_run_through_the_jobs_spawner(jobs: Jobs) -> None:
     assert lines["err"] == "err"
     assert job.spawner is not None
     assert int(lines["out"]) == job.spawner.pid  # forked by the job's spawner, not the agent
+
+
+async def test_the_claim_goes_out_before_the_job_is_prepared_and_steps_wait_for_it(
+    jobs: Jobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    go = asyncio.Event()
+    prepare = jobs._prepare
+
+    async def slow(job: Any) -> None:
+        await go.wait()  # a checkout still under way
+        await prepare(job)
+
+    monkeypatch.setattr(jobs, "_prepare", slow)
+    await claimed(jobs, "r4")
+    assert queued(jobs, "claim:r4|j|1")["type"] == "job.claimed"  # not waiting for it
+    jobs.step_assigned(step_assign("r4", "test -d .runyard"), cast(Msg, Delivery()))
+    job = jobs.jobs["r4|j|1"]
+    assert job.step is not None
+    await asyncio.sleep(0.2)
+    assert not job.step.done() and job.spawner is None  # the step waits for its workspace
+    go.set()
+    await job.step
+    assert queued(jobs, "sf:r4|j|1|0")["status"] == "success"
