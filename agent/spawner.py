@@ -127,6 +127,8 @@ def _step(request: dict[str, Any], parent: int, out: int, err: int, report: int)
         os.execvpe(request["argv"][0], request["argv"], request["env"])
     except OSError as exc:
         os.write(report, json.dumps([exc.errno or 0, exc.strerror or str(exc)]).encode())
+    except ValueError as exc:  # a NUL in the command or environment, "=" in a name
+        os.write(report, json.dumps([0, str(exc)]).encode())
     finally:
         os._exit(127)
 
@@ -160,6 +162,8 @@ def start_step(request: dict[str, Any], fds: list[int], contained: bool) -> dict
         )
     except OSError as exc:
         return {"error": exc.strerror or str(exc), "errno": exc.errno or 0}
+    except ValueError as exc:  # a NUL in the command or environment, "=" in a name
+        return {"error": str(exc), "errno": 0}
     finally:
         for fd in (null, *fds):
             os.close(fd)

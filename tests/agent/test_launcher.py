@@ -50,6 +50,8 @@ async def test_a_program_that_is_not_there_says_so(fork_server: Launcher, tmp_pa
     with pytest.raises(OSError) as raised:
         await job.spawn(["no-such-program-here"], tmp_path, {"PATH": "/usr/bin:/bin"})
     assert raised.value.errno == errno.ENOENT
+    with pytest.raises(OSError, match="illegal environment variable name"):
+        await job.spawn(["true"], tmp_path, {"PATH": "/usr/bin:/bin", "A=B": "x"})
     child = await started(job, tmp_path, "exit 0")  # the spawner carries on
     assert await child.wait() == 0
     job.close()
@@ -158,6 +160,8 @@ async def test_a_sandboxed_step_is_spawned_from_its_own_path_and_dies_with_its_s
         with pytest.raises(OSError) as raised:
             await job.spawn(["no-such-program-here"], workspace, path)
         assert raised.value.errno == errno.ENOENT
+        with pytest.raises(OSError, match="illegal environment variable name"):
+            await job.spawn(["true"], workspace, {**path, "A=B": "x"})
         child = await started(job, workspace, "exec sleep 308")
         assert fork_server.proc is not None and job.pid is not None
         os.kill(fork_server.proc.pid, signal.SIGKILL)  # its PID namespace ends with it
