@@ -7,6 +7,7 @@ import statistics
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.stack import Stack
@@ -41,3 +42,26 @@ def report(rows: list[dict[str, float | str | int]], json_path: Path | None) -> 
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(rows, indent=2))
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of issue #16's targets: `value` against `bound` (`at_most`: a ceiling)."""
+
+    measure: str
+    value: float
+    unit: str
+    bound: float
+    at_most: bool = True
+
+    @property
+    def met(self) -> bool:
+        return self.value <= self.bound if self.at_most else self.value >= self.bound
+
+
+def targets(found: list[Target]) -> None:
+    """The figures against their targets, as docs/performance.md tabulates them."""
+    print(f"\n{'against the targets':<44}{'result':>14}{'target':>14}  met")
+    for t in found:
+        bound = f"{'≤' if t.at_most else '≥'} {t.bound:g} {t.unit}"
+        print(f"{t.measure:<44}{t.value:>10.1f} {t.unit:<3}{bound:>14}  {'yes' if t.met else 'no'}")

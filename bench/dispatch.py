@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import report, summary
+from bench.common import Target, report, summary, targets
 from bench.system import BenchSystem, bench_project
 
 
@@ -134,6 +134,15 @@ def main() -> None:
         " throughput: trivial steps per second)"
     )
     print(f"agent CPU per step: {cpu / args.steps * 1000:.3f} ms (the agents' own processes)")
+    first, overhead, rate = rows[0], rows[3], rows[4]
+    targets(
+        [
+            Target("API call → first step running, p50", float(first["p50_ms"]), "ms", 5),
+            Target("API call → first step running, p99", float(first["p99_ms"]), "ms", 20),
+            Target("per-step overhead", float(overhead["p50_ms"]), "ms", 2),
+            Target("throughput, 4 agents", float(rate["per_s"]), "/s", 1000, at_most=False),
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import report
+from bench.common import Target, report, targets
 from bench.system import BenchSystem, bench_project
 from services.store.connection import connect, strdict
 from services.store.logs import log_key, meta_key
@@ -131,6 +131,12 @@ def main() -> None:
         f"(ms columns: the whole run; every line stored once, in order: yes)\n"
         f"agent memory: {found['idle_rss'] / mib:.1f} MiB idle, "
         f"{found['peak_rss'] / mib:.1f} MiB peak"
+    )
+    targets(
+        [
+            Target("log lines stored", args.lines / found["seconds"], "/s", 100_000, False),
+            Target("agent idle RSS", found["idle_rss"] / mib, "MiB", 40),
+        ]
     )
 
 

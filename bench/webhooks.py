@@ -34,7 +34,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import report, summary
+from bench.common import Target, report, summary, targets
 from bench.system import BenchSystem, bench_project
 from runyard import aio
 from services.stack import free_port
@@ -253,6 +253,13 @@ def main() -> None:
     print(
         f"accepted {len(accepted)} of {2 * args.hooks}; runs made {runs}; "
         f"deliveries with exactly their run: {matched}"
+    )
+    alone, made = rows[1], rows[2]  # the trigger alone; runs made from its backlog
+    targets(
+        [
+            Target("webhooks accepted, trigger alone", float(alone["per_s"]), "/s", 2000, False),
+            Target("runs made from webhooks", float(made["per_s"]), "/s", 2000, False),
+        ]
     )
     if not (len(accepted) == 2 * args.hooks == runs == matched):
         sys.exit("not every accepted delivery became exactly one run")
