@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,10 +25,11 @@ from pydantic import ValidationError
 
 from agent import git
 from runyard.git_inputs import ref_problem
+from runyard.settings import ACTIONS_BASE, AgentSettings
 from schemas.action import ACTION_FILES, Action
 from schemas.pipeline import ActionRef
 
-DEFAULT_BASE = "https://github.com/"
+DEFAULT_BASE = ACTIONS_BASE
 BASE_SETTING = "RUNYARD_ACTIONS_BASE"
 DIR_SETTING = "RUNYARD_ACTIONS_DIR"
 MIRROR_HELP = "docs/actions.md#offline-and-mirrors"
@@ -48,18 +48,17 @@ class LoadedAction:
     commit: str | None  # None for a folder of the pipeline's repository
 
 
-def action_url(ref: ActionRef, base: str | None = None) -> str:
+def action_url(ref: ActionRef, base: str = DEFAULT_BASE) -> str:
     if ref.git:
         return ref.git
-    base = base or os.environ.get(BASE_SETTING) or DEFAULT_BASE
+    base = base or DEFAULT_BASE
     org, _, name = ref.name.partition("/")
     return f"{base.rstrip('/')}/{ORG_ALIASES.get(org, org)}/{name}"
 
 
 def copied_action(ref: ActionRef, root: str | None = None) -> Path | None:
-    """The folder holding a copy of `org/name@tag` under RUNYARD_ACTIONS_DIR, if any
-    (an action with its own `git` URL is always cloned)."""
-    root = root if root is not None else os.environ.get(DIR_SETTING)
+    """The folder holding a copy of `org/name@tag` under `root` (the agent's
+    RUNYARD_ACTIONS_DIR), if any (an action with its own `git` URL is always cloned)."""
     if not root or ref.git or (ref.tag and ref_problem(ref.tag)):
         return None
     top = Path(root).resolve()
@@ -95,9 +94,14 @@ def load_action_file(folder: Path) -> Action:
 
 class ActionCache:
     def __init__(self, root: Path, base: str | None = None, copies: str | None = None) -> None:
+        """`base` is where actions are cloned from (RUNYARD_ACTIONS_BASE), `copies` a
+        folder of copies ('' for none: RUNYARD_ACTIONS_DIR); either one not given is
+        the process's setting, read now (the agent passes both, from its start)."""
+        given = base is not None and copies is not None
+        settings = AgentSettings() if given else AgentSettings.from_env()
         self.root = root
-        self.base = base
-        self.copies = copies  # None: RUNYARD_ACTIONS_DIR
+        self.base = settings.actions_base if base is None else base
+        self.copies = (settings.actions_dir or "") if copies is None else copies
         self._local = asyncio.Lock()  # one clone at a time per process; flock across processes
 
     def commit_dir(self, commit: str) -> Path:

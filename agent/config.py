@@ -10,15 +10,13 @@ import ssl
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from runyard.settings import AgentSettings
+
 FILE = "agent.json"
-# The only RUNYARD_* settings an agent reads from its environment; launchers pass it
-# nothing else of theirs (a server's URLs, passwords and keys stay with the server).
-AGENT_SETTINGS = (
-    "RUNYARD_ACTIONS_BASE",
-    "RUNYARD_ACTIONS_DIR",
-    "RUNYARD_ALLOW_FILE_URLS",
-    "RUNYARD_LOG",
-)
+# The only RUNYARD_* settings an agent is given from its launcher's environment (its
+# settings, and the log level); nothing else of theirs (a server's URLs, passwords and
+# keys stay with the server).
+AGENT_SETTINGS = (*AgentSettings.variables(), "RUNYARD_LOG")
 
 
 def agent_environment(environ: dict[str, str]) -> dict[str, str]:

@@ -27,7 +27,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from agent import metrics, process, workspaces
+from agent import git, metrics, process, workspaces
 from agent.actions import ActionCache
 from agent.config import AgentConfig
 from agent.connection import Refused, admitted, connect
@@ -40,6 +40,7 @@ from agent.sandbox import Sandbox
 from agent.spool import Spool
 from runyard import nats_client
 from runyard.nats_client import FETCH_WAIT
+from runyard.settings import AgentSettings
 from schemas import subjects
 from schemas.messages import (
     AgentRemoved,
@@ -70,7 +71,12 @@ class Agent:
         slots: int,
         sandbox: Sandbox | None = None,
         keep_workspaces: float = 0.0,
+        settings: AgentSettings | None = None,
     ) -> None:
+        """`settings` are the process's (default: read from its environment now, as
+        the agent starts)."""
+        settings = settings or AgentSettings.from_env()
+        git.use(settings)
         self.config = config
         self.nc = nc
         self.js = nc.jetstream()
@@ -90,7 +96,11 @@ class Agent:
             journal=Journal(directory / "state" / "done"),
             ledger=self.ledger,
             contain=self.contain,
-            runner=StepRunner(ActionCache(cache / "actions"), cache, sandbox),
+            runner=StepRunner(
+                ActionCache(cache / "actions", settings.actions_base, settings.actions_dir or ""),
+                cache,
+                sandbox,
+            ),
             launcher=self.launcher,
             host=metrics.host_context(config.id, config.name),
             spawn=self._spawn,

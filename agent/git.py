@@ -12,13 +12,13 @@ import os
 from pathlib import Path
 
 from runyard.git_inputs import (
-    ALLOW_LOCAL_SETTING,
     LOCAL_SCHEME,
     REMOTE_SCHEMES,
     is_commit,
     ref_problem,
     url_problem,
 )
+from runyard.settings import AgentSettings
 
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ADVICE": "0"}
 
@@ -32,9 +32,22 @@ class GitFailed(GitError):
     opposed to a URL or ref refused before git ran."""
 
 
+# RUNYARD_ALLOW_FILE_URLS of the agent process, from its settings at its start (`use`)
+_allow_local: bool | None = None
+
+
+def use(settings: AgentSettings) -> None:
+    """Take the agent process's settings, read once at its start."""
+    global _allow_local
+    _allow_local = settings.allow_file_urls
+
+
 def allow_local() -> bool:
-    """Local repositories only when the operator says so (tests, one-machine setups)."""
-    return os.environ.get(ALLOW_LOCAL_SETTING, "").lower() in ("1", "true", "yes")
+    """Local repositories only when the operator says so (tests, one-machine setups);
+    where no agent `use`d its settings (local mode, tests), the environment's now."""
+    if _allow_local is None:
+        return AgentSettings.from_env().allow_file_urls
+    return _allow_local
 
 
 def _environment() -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 
@@ -24,22 +23,41 @@ from nats.js.api import (
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 
 from runyard import nats_client
+from runyard.settings import ServiceSettings
 from schemas import subjects
 
 log = logging.getLogger("runyard.bus")
 
 
+# this process's settings, `use`d at its start (`runyard serve`)
+_process: ServiceSettings | None = None
+
+
+def use(settings: ServiceSettings) -> None:
+    """Take the process's settings: the CA NATS is verified against (RUNYARD_NATS_CA)
+    and the replicas of the streams it makes (RUNYARD_NATS_REPLICAS)."""
+    global _process
+    _process = settings
+
+
+def _settings() -> ServiceSettings:
+    """The process's settings; where none were `use`d (a test, a bench, `runyard up`
+    itself), the environment's now."""
+    return _process or ServiceSettings.from_env()
+
+
 async def connect(url: str, name: str = "runyard") -> Client:
     """A connection that keeps reconnecting for as long as the process lives (to any
     server of `url`, which may list several, comma-separated); with `tls://` URLs the
-    TLS handshake comes first, verified against `RUNYARD_NATS_CA` (a PEM file) when
-    set, else the system's CAs."""
+    TLS handshake comes first, verified against the process's `RUNYARD_NATS_CA` (a PEM
+    file) when set, else the system's CAs."""
+    ca = _settings().nats_ca
     return await nats.connect(
         nats_client.servers(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
-        **nats_client.tls_options(url, cafile=os.environ.get("RUNYARD_NATS_CA")),
+        **nats_client.tls_options(url, cafile=str(ca) if ca else None),
     )
 
 
@@ -51,16 +69,10 @@ NO_PEERS_YET = 10005
 
 
 def replicas() -> int:
-    """How many servers keep each stream and bucket: `RUNYARD_NATS_REPLICAS`, 1 (one
-    server) unless set; 3 on a 3-node cluster, so that it survives losing any one."""
-    found = os.environ.get(REPLICAS_SETTING, "1")
-    try:
-        count = int(found)
-    except ValueError:
-        count = 0
-    if not 1 <= count <= 5:  # JetStream's own limit
-        raise ValueError(f"{REPLICAS_SETTING} has value {found!r}: not a whole number from 1 to 5")
-    return count
+    """How many servers keep each stream and bucket: the process's
+    `RUNYARD_NATS_REPLICAS`, 1 (one server) unless set; 3 on a 3-node cluster, so that it
+    survives losing any one."""
+    return _settings().nats_replicas
 
 
 def stream_config(spec: subjects.StreamSpec, copies: int = 1) -> StreamConfig:

@@ -9,12 +9,22 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import uvicorn
 from nats.aio.client import Client
 
 from runyard import aio
+from runyard.settings import (
+    DispatcherSettings,
+    LogsSettings,
+    SchedulerSettings,
+    ServiceSettings,
+    TriggerSettings,
+    WebSettings,
+)
+from services import bus
 from services.dispatcher.service import Dispatcher
 from services.lifespan import Service, run_service
 from services.logs.service import Collector
@@ -33,21 +43,27 @@ REDIS = click.option(
 )
 
 
+S = TypeVar("S", bound=ServiceSettings)
+
 # Seconds uvicorn waits for open requests (SSE streams never end by themselves) after
 # SIGTERM before it closes them; the lifespan's own shutdown follows (services.lifespan).
 HTTP_GRACE = 1
 
 
-def _logging() -> None:
-    level = os.environ.get("RUNYARD_LOG", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def _start(kind: type[S]) -> S:
+    """The process's settings, read once as it starts (a bad value ends it with a
+    sentence naming the variable); its log level and NATS settings take effect here."""
+    settings = kind.from_env()  # a bad value: SettingsError, a click error (no traceback)
+    logging.basicConfig(level=settings.log, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    bus.use(settings)
+    return settings
 
 
 def _background(
     name: str, nats_url: str, redis_url: str, make: Callable[[Client, Redis], Service]
 ) -> None:
-    """Run a background service until SIGINT or SIGTERM, on uvloop."""
-    _logging()
+    """Run a background service until SIGINT or SIGTERM, on uvloop (call `_start`
+    first)."""
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -79,6 +95,7 @@ def serve_dispatcher(nats_url: str, redis_url: str) -> None:
     Example:
       runyard serve dispatcher --nats-url nats://nats:4222 --redis-url redis://valkey:6379/0
     """
+    _start(DispatcherSettings)  # the dispatcher's admission reads them (Settings.from_env)
     try:
         crypto.keyring()  # runs need their project's secrets: refuse to start without
     except crypto.KeyMissing as exc:
@@ -96,7 +113,8 @@ def serve_logs(nats_url: str, redis_url: str) -> None:
     Example:
       RUNYARD_LOG_CAP=134217728 runyard serve logs
     """
-    _background("logs", nats_url, redis_url, Collector)
+    settings = _start(LogsSettings)
+    _background("logs", nats_url, redis_url, lambda nc, r: Collector(nc, r, settings))
 
 
 @serve.command("scheduler")
@@ -109,7 +127,8 @@ def serve_scheduler(nats_url: str, redis_url: str) -> None:
     Example:
       RUNYARD_SCHEDULE_GRACE=600 runyard serve scheduler
     """
-    _background("scheduler", nats_url, redis_url, Scheduler)
+    grace = _start(SchedulerSettings).grace
+    _background("scheduler", nats_url, redis_url, lambda nc, r: Scheduler(nc, r, grace))
 
 
 @serve.command("trigger")
@@ -132,12 +151,15 @@ def serve_trigger(nats_url: str, redis_url: str, host: str, port: int, workers: 
     Example:
       runyard serve trigger --host 0.0.0.0 --port 8401 --workers 2
     """
-    _logging()
+    settings = _start(TriggerSettings)
     if workers > 1:
         # uvicorn starts each worker from an import path; they read the URLs from here
+        # (and their settings, as checked above)
         os.environ.update(RUNYARD_NATS_URL=nats_url, RUNYARD_REDIS_URL=redis_url)
     uvicorn.run(
-        trigger_app(nats_url, redis_url) if workers == 1 else TRIGGER_FROM_ENVIRONMENT,
+        trigger_app(nats_url, redis_url, settings.max_bytes)
+        if workers == 1
+        else TRIGGER_FROM_ENVIRONMENT,
         factory=workers > 1,
         workers=workers,
         proxy_headers=False,  # nothing reads the client's address: skip it per request
@@ -180,9 +202,9 @@ def serve_web(
     Example:
       runyard serve web --host 0.0.0.0 --port 8400
     """
-    _logging()
+    settings = _start(WebSettings)
     ca = nats_ca.read_text() if nats_ca else ""
-    app = create_app(nats_url, redis_url, public_nats_url, ca)
+    app = create_app(nats_url, redis_url, public_nats_url, ca, settings.max_bytes)
     uvicorn.run(
         app,
         host=host,

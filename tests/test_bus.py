@@ -14,6 +14,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from runyard import nats_client
+from runyard.settings import ServiceSettings, SettingsError
 from schemas import subjects
 from services import bus
 from services.stack import Stack
@@ -114,13 +115,12 @@ async def test_a_handler_that_raises_does_not_end_the_consumer(js: JetStreamCont
 def test_stream_replicas_come_from_the_setting(
     monkeypatch: pytest.MonkeyPatch, setting: str | None, copies: int | None
 ) -> None:
-    if setting is None:
-        monkeypatch.delenv(bus.REPLICAS_SETTING, raising=False)
-    else:
-        monkeypatch.setenv(bus.REPLICAS_SETTING, setting)
+    monkeypatch.setattr(bus, "_process", bus._process)  # restored after the test
+    env = {} if setting is None else {bus.REPLICAS_SETTING: setting}
     if copies is None:
-        with pytest.raises(ValueError, match=f"RUNYARD_NATS_REPLICAS has value '{setting}'"):
-            bus.replicas()
+        with pytest.raises(SettingsError, match=f"RUNYARD_NATS_REPLICAS has value '{setting}'"):
+            ServiceSettings.from_env(env)
     else:
+        bus.use(ServiceSettings.from_env(env))
         assert bus.replicas() == copies
         assert bus.stream_config(subjects.LOGS_STREAM, copies).num_replicas == copies

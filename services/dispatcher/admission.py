@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, ObjectStoreConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
+from runyard.settings import DispatcherSettings
 from schemas import subjects
 from schemas.messages import AgentRemoved
 from services import bus, natsjwt
@@ -52,12 +52,18 @@ class Settings:
     issuer_seed: bytes  # the account nkey named as the callout's `issuer`
 
     @classmethod
-    def from_env(cls) -> Settings | None:
-        auth = os.environ.get("RUNYARD_NATS_AUTH_URL")
-        seed = os.environ.get("RUNYARD_NATS_ISSUER_SEED")
+    def of(cls, settings: DispatcherSettings) -> Settings | None:
+        """From the dispatcher's settings; None when they name no callout user or key."""
+        auth, seed = settings.nats_auth_url, settings.nats_issuer_seed
         if not auth or not seed:
             return None
-        return cls(auth, os.environ.get("RUNYARD_NATS_SYS_URL", ""), seed.encode())
+        return cls(auth, settings.nats_sys_url, seed.encode())
+
+    @classmethod
+    def from_env(cls) -> Settings | None:
+        """The process's (RUNYARD_NATS_AUTH_URL, RUNYARD_NATS_SYS_URL,
+        RUNYARD_NATS_ISSUER_SEED), which `runyard serve dispatcher` checked at its start."""
+        return cls.of(DispatcherSettings.from_env())
 
 
 def agent_permissions(agent: str) -> dict[str, Any]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from runyard.settings import LogsSettings
 from schemas import subjects
 from schemas.messages import LogBatch
 from services import bus
@@ -25,21 +25,20 @@ from services.store.scripts import Scripts
 log = logging.getLogger("runyard.logs")
 
 WORKERS = 2
-CAP = int(os.environ.get("RUNYARD_LOG_CAP", 64 << 20))  # bytes per step
-RETENTION = int(os.environ.get("RUNYARD_LOG_RETENTION", subjects.RETENTION))  # seconds
 RETRY_GAP = 0.2  # seconds before a batch that came early is offered again
 HOLDERS = 10_000  # attempts whose holder is remembered
 
 
 class Collector:
-    def __init__(self, nc: Client, r: Redis, cap: int = CAP, retention: int = RETENTION) -> None:
+    def __init__(self, nc: Client, r: Redis, settings: LogsSettings | None = None) -> None:
+        settings = settings or LogsSettings()  # the defaults, unless the process's
         self.nc = nc
         self.js = nc.jetstream()
         self.r = r
         self.scripts = Scripts(r)
         self.holders: dict[tuple[str, str, int], str] = {}  # attempts checked, newest last
-        self.cap = cap
-        self.retention = retention
+        self.cap = settings.cap  # bytes per step
+        self.retention = settings.retention  # seconds
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from datetime import UTC, datetime
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from runyard.settings import SCHEDULE_GRACE
 from schemas import subjects
 from services import bus
 from services.scheduler import ticks
@@ -30,7 +30,7 @@ from services.store.records import validate_source
 
 log = logging.getLogger("runyard.scheduler")
 
-GRACE = float(os.environ.get("RUNYARD_SCHEDULE_GRACE", 300))
+GRACE = SCHEDULE_GRACE  # default; `runyard serve scheduler` passes RUNYARD_SCHEDULE_GRACE
 READ_AT_ONCE = 50  # pipelines read concurrently at start (within the connection pool)
 
 

@@ -22,14 +22,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from runyard import bounded
+from runyard.settings import HOOK_MAX_BYTES, TriggerSettings
 from schemas import subjects
 from schemas.messages import PullRequestInfo, TriggerEvent
+from services import bus
 from services.asgi import Errors
 from services.lifespan import connections
 from services.store import crypto, records
 from services.trigger import hosts, signatures
 
-MAX_BODY = int(os.environ.get("RUNYARD_HOOK_MAX_BYTES", 5 << 20))
 HOOK_HOSTS = ("github", "gitlab", "gitea", "bitbucket")
 
 
@@ -63,14 +64,15 @@ def _refuse(status: int, reason: str) -> Response:
 
 
 async def _body(request: Request) -> bytes | Response:
+    limit: int = request.app.state.max_bytes
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY:
-        return _refuse(413, f"the body is over the limit of {MAX_BODY} bytes")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return _refuse(413, f"the body is over the limit of {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY:
-            return _refuse(413, f"the body is over the limit of {MAX_BODY} bytes")
+        if size > limit:
+            return _refuse(413, f"the body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)  # a body in one chunk (the usual) is not copied
 
@@ -168,8 +170,9 @@ def _event(
     )
 
 
-def create_app(nats_url: str, redis_url: str) -> Starlette:
-    return Starlette(
+def create_app(nats_url: str, redis_url: str, max_bytes: int = HOOK_MAX_BYTES) -> Starlette:
+    """The receiver; `max_bytes` is the largest delivery it reads (RUNYARD_HOOK_MAX_BYTES)."""
+    app = Starlette(
         middleware=[Middleware(Errors)],  # 503 with the reason when Valkey or NATS is down
         routes=[
             Route("/hooks/{host:str}/{project}/{pipeline}", receive, methods=["POST"]),
@@ -178,11 +181,19 @@ def create_app(nats_url: str, redis_url: str) -> Starlette:
         ],
         lifespan=connections(nats_url, redis_url, "runyard-trigger"),
     )
+    app.state.max_bytes = max_bytes
+    return app
 
 
 FROM_ENVIRONMENT = "services.trigger.app:from_environment"  # for uvicorn's workers
 
 
 def from_environment() -> Starlette:
-    """The app with the URLs `runyard serve trigger --workers N` put in the environment."""
-    return create_app(os.environ["RUNYARD_NATS_URL"], os.environ["RUNYARD_REDIS_URL"])
+    """A worker of `runyard serve trigger --workers N`: the app with the URLs that command
+    put in the environment, and the settings it checked there (read once, as the worker
+    process starts)."""
+    settings = TriggerSettings.from_env()
+    bus.use(settings)
+    return create_app(
+        os.environ["RUNYARD_NATS_URL"], os.environ["RUNYARD_REDIS_URL"], settings.max_bytes
+    )

@@ -100,10 +100,15 @@ class ApiKeys:
 
 
 def create_app(
-    nats_url: str, redis_url: str, public_nats_url: str | None = None, nats_ca: str = ""
+    nats_url: str,
+    redis_url: str,
+    public_nats_url: str | None = None,
+    nats_ca: str = "",
+    max_bytes: int = MAX_BODY,
 ) -> Starlette:
     """`public_nats_url` and `nats_ca` (a CA's PEM) are what new agents are given; the
-    default URL is this service's own without its credentials."""
+    default URL is this service's own without its credentials. `max_bytes` is the
+    largest request body read (RUNYARD_WEB_MAX_BYTES)."""
     lifespan = connections(
         nats_url,
         redis_url,
@@ -121,7 +126,7 @@ def create_app(
         ],
         middleware=[
             Middleware(Errors, render=error_response),  # outermost: answers for all below
-            Middleware(BodyLimit, limit=MAX_BODY),
+            Middleware(BodyLimit, limit=max_bytes),
             Middleware(SecurityHeaders),
             Middleware(ApiKeys),
             Middleware(Authorize),

@@ -5,13 +5,14 @@ secrets' names and CSRF tokens stay out of caches)."""
 
 from __future__ import annotations
 
-import os
-
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-MAX_BODY = int(os.environ.get("RUNYARD_WEB_MAX_BYTES", 2 << 20))  # bytes of one request
+from runyard.settings import WEB_MAX_BYTES
+
+# bytes of one request unless the process says otherwise (RUNYARD_WEB_MAX_BYTES)
+MAX_BODY = WEB_MAX_BYTES
 
 
 def is_https(scope: Scope) -> bool:
