@@ -45,6 +45,7 @@ def agents(args: argparse.Namespace) -> tuple[Row, dict[str, Any]]:
             time.sleep(5)  # for the last ones to be placed
             placing = usage.since()
         latency = scale_agents.placement_latency(submitted, fleet.received)
+        slowest = scale_agents.slowest(system, submitted, fleet.received)
     facts = {
         "agents": args.agents,
         "online": fleet.online,
@@ -53,6 +54,7 @@ def agents(args: argparse.Namespace) -> tuple[Row, dict[str, Any]]:
         "placing": placing,
         "runs": args.runs,
         "placed": len(latency),
+        "slowest": slowest,  # where the five slowest placements spent their time
     }
     return summary(f"placement, {args.agents} agents", latency), facts
 

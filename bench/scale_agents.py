@@ -131,8 +131,12 @@ class Usage:
         return found
 
 
-def submit_runs(system: BenchSystem, project: str, runs: int, rate: float) -> dict[str, float]:
-    """Start `runs` one-step runs, `rate` a second; run id → when its API call began."""
+Submitted = dict[str, tuple[float, float]]
+
+
+def submit_runs(system: BenchSystem, project: str, runs: int, rate: float) -> Submitted:
+    """Start `runs` one-step runs, `rate` a second; run id → when its API call began
+    and when it returned."""
     source = {"name": "place", "jobs": {"a": {"steps": [{"run": "true"}]}}}
     system.call("POST", f"/api/projects/{project}/pipelines", json={"source": json.dumps(source)})
     submitted = {}
@@ -140,11 +144,45 @@ def submit_runs(system: BenchSystem, project: str, runs: int, rate: float) -> di
     for i in range(runs):
         time.sleep(max(0.0, start + i / rate - time.monotonic()))
         before = time.time()
-        submitted[system.start_run(project, "place")] = before
+        run = system.start_run(project, "place")
+        submitted[run] = (before, time.time())
     return submitted
 
 
-def placement_latency(submitted: dict[str, float], received: Received) -> list[float]:
+def placement_latency(submitted: Submitted, received: Received) -> list[float]:
     """API call → `job.assign` received, per run (runs never assigned are left out)."""
     assigned = {run: at for kind, run, _, _, at in received if kind == "job.assign"}
-    return [assigned[run] - at for run, at in submitted.items() if run in assigned]
+    return [assigned[run] - at for run, (at, _) in submitted.items() if run in assigned]
+
+
+async def _created(redis_url: str, runs: list[str]) -> list[float]:
+    r = connect(redis_url)
+    try:
+        return [float(await r.hget(store.run_key(run), "created_at") or 0) for run in runs]
+    finally:
+        await r.aclose()
+
+
+def slowest(
+    system: BenchSystem, submitted: Submitted, received: Received, n: int = 5
+) -> list[dict[str, float]]:
+    """Where the `n` slowest placements spent their time (ms): the API call, API call →
+    the run created by the dispatcher, run created → `job.assign` received."""
+    assigned = {run: at for kind, run, _, _, at in received if kind == "job.assign"}
+    order = list(submitted)
+    runs = sorted(assigned.keys() & submitted.keys(), key=lambda r: submitted[r][0] - assigned[r])
+    runs = runs[:n]
+    created = asyncio.run(_created(system.stack.redis_url, runs))
+    found = []
+    for run, made in zip(runs, created, strict=True):
+        before, after = submitted[run]
+        found.append(
+            {
+                "submitted": order.index(run),
+                "total_ms": (assigned[run] - before) * 1000,
+                "api_ms": (after - before) * 1000,
+                "to_created_ms": (made - before) * 1000,
+                "created_to_assign_ms": (assigned[run] - made) * 1000,
+            }
+        )
+    return found

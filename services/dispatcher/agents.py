@@ -177,69 +177,72 @@ class Agents:
     # --- heartbeats -----------------------------------------------------------------
 
     async def on_heartbeat(self, msg: Msg) -> None:
-        freed = False
+        """One script stores the heartbeat and reconciles what the agent holds without
+        taking anything back (one round trip); `_reconcile` follows only when it names
+        placements the agent no longer runs or runs without holding them. The placer
+        is kicked only when jobs wait and this agent came online or has a slot free
+        that it had not, or when `_reconcile` took a placement back."""
         try:
             hb = Heartbeat.model_validate_json(msg.data)
             if hb.agent != subject_agent(msg.subject):
                 log.warning("dropped a heartbeat for %s sent on %s", hb.agent, msg.subject)
                 return
-            fields = {
-                "last_seen": str(time.time()),
-                "slots": str(hb.slots),
-                "metrics": hb.metrics.model_dump_json(),
-                "running": store.dumps(hb.jobs),
-            }
-            history = store.dumps(
-                {
-                    "at": hb.at,
-                    "cpu": hb.metrics.cpu_percent,
-                    "mem": hb.metrics.memory_used / max(hb.metrics.memory_total, 1) * 100,
-                }
-            )
-            came = await self.changes.scripts.heartbeat(
+            now = time.time()
+            mem = hb.metrics.memory_used / max(hb.metrics.memory_total, 1) * 100
+            history = store.dumps({"at": hb.at, "cpu": hb.metrics.cpu_percent, "mem": mem})
+            reported = store.dumps(hb.jobs)
+            cutoff = fencing.reconcile_cutoff(hb, now)
+            came, kick, gone, stale = await self.changes.scripts.heartbeat(
                 keys=[
                     records.agent_key(hb.agent),
                     store.ONLINE,
                     records.agent_key(hb.agent, "metrics"),
+                    store.PLACEMENTS,
+                    records.agent_key(hb.agent, "jobs"),
+                    store.PLACED,
+                    store.QUEUE,
                 ],
                 args=[
-                    store.dumps(fields),
-                    time.time(),
+                    now,
                     records.AGENT_TTL,
                     history,
                     records.METRIC_HISTORY,
                     hb.agent,
+                    hb.slots,
+                    hb.metrics.model_dump_json(),
+                    reported,
+                    cutoff,
+                    *hb.jobs,
                 ],
             )
-            if came != -1:
-                freed = await self._reconcile(hb)
+            if came != -1 and (gone or stale):
+                kick = await self._reconcile(hb, reported, cutoff, gone, stale) or kick
         except Exception as exc:
             log.warning("heartbeat on %s: %s", msg.subject, exc)
             return
         if came == -1 and self.admission is not None:  # removed while connected
             await self.admission.revoke(hb.agent)
-        if came == 1 or (came == 0 and hb.free_slots > 0) or freed:
+        if kick:
             self.placer.kick.set()
 
-    async def _reconcile(self, hb: Heartbeat) -> bool:
+    async def _reconcile(
+        self, hb: Heartbeat, reported: str, cutoff: float, gone: list[str], stale: list[str]
+    ) -> bool:
         """Trust the agent's list of the attempts it holds: placements it no longer
         runs end `interrupted` (their slots are free at once), and attempts it runs but
         no longer holds are revoked. True when a slot was freed."""
         now = time.time()
-        keys = [
-            store.PLACEMENTS,
-            records.agent_key(hb.agent),
-            records.agent_key(hb.agent, "jobs"),
-            store.PLACED,
-        ]
-        reported, cutoff = store.dumps(hb.jobs), fencing.reconcile_cutoff(hb, now)
-        reconcile = self.changes.scripts.reconcile
-        gone, stale = await reconcile(keys=keys, args=[hb.agent, reported, cutoff, 0])
         if gone:  # take them back once every event the agent had sent is handled
             gone = []
             if await self._caught_up(hb.events_seq):
+                keys = [
+                    store.PLACEMENTS,
+                    records.agent_key(hb.agent),
+                    records.agent_key(hb.agent, "jobs"),
+                    store.PLACED,
+                ]
                 take: list[str | float] = [hb.agent, reported, cutoff, 1]
-                gone, stale = await reconcile(keys=keys, args=take)
+                gone, stale = await self.changes.scripts.reconcile(keys=keys, args=take)
         for m in strs(gone):
             run, job, attempt, _ = effects.parse_member(m)
             log.warning("agent %s no longer runs %s (it restarted without it)", hb.agent, m)

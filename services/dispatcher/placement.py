@@ -24,8 +24,8 @@ class Candidate:
 
 
 def candidate(row: list[Any]) -> Candidate:
-    """An agent as the `CANDIDATES` script reads it: [id, slots, used, labels JSON,
-    projects (its own and its organizations')]."""
+    """An agent as the `FREE_FOR` (or `CANDIDATES`) script reads it: [id, slots, used,
+    labels JSON, projects it was found to serve (directly or through its organizations)]."""
     agent, slots, used, labels, projects = row
     return Candidate(
         agent, frozenset(orjson.loads(labels)), frozenset(projects or ()), int(slots), int(used)

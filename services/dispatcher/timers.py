@@ -67,6 +67,7 @@ class Timers:
         lost = strs(await self.changes.scripts.take_due(keys=[store.ONLINE], args=[cutoff, 100]))
         for agent in lost:
             log.warning("agent %s lost: no heartbeat for %.0f s", agent, records.ONLINE_AFTER)
+            await self.placer.reindex(agent)  # out of the free-agent index: no longer online
             # work waiting for it would run stale steps if it came back
             with contextlib.suppress(Exception):
                 await self.changes.js.purge_stream(

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from schemas.subjects import key
+from services.store import slot_scripts
 from services.store.connection import Redis, strdict, strs
 from services.store.records import ROLES, NotFound, agent_key
 
@@ -195,6 +196,7 @@ async def assign_agent_to_org(r: Redis, agent: str, org: str, on: bool = True) -
         await r.sadd(agent_key(agent, "orgs"), org)
     else:
         await r.srem(agent_key(agent, "orgs"), org)
+    await slot_scripts.reindex(r, agent)
 
 
 async def org_projects(r: Redis, names: list[str]) -> set[str]:

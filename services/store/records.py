@@ -23,7 +23,7 @@ from schemas.subjects import (
     pipelines_key,
 )
 from schemas.subjects import agent_key as agent_key  # kept here for callers
-from services.store import chains
+from services.store import chains, slot_scripts
 from services.store.connection import Redis, strdict, strs
 
 # projects and their secrets live in services.store.projects; these names stay for callers
@@ -316,6 +316,7 @@ async def assign_agent(r: Redis, agent_id: str, project: str, on: bool = True) -
         await r.sadd(agent_key(agent_id, "projects"), project)
     else:
         await r.srem(agent_key(agent_id, "projects"), project)
+    await slot_scripts.reindex(r, agent_id)
 
 
 async def get_agent(r: Redis, agent_id: str) -> AgentRecord:
@@ -366,3 +367,4 @@ async def delete_agent(r: Redis, agent_id: str) -> None:
     )
     await r.srem(AGENTS, agent_id)
     await r.zrem(ONLINE, agent_id)
+    await slot_scripts.reindex(r, agent_id)
