@@ -38,7 +38,7 @@ from schemas.status import Status
 SILENT_AGENT_SLACK = 60.0
 CANCEL_GRACE = 10.0  # TERM → KILL on the agent
 CANCEL_SLACK = 15.0  # then the dispatcher ends the job itself
-ARTIFACT_LIMIT = 1 << 30  # bytes per artifact (RUNYARD_ARTIFACT_LIMIT)
+ARTIFACT_LIMIT = 1 << 30  # bytes per artifact, fixed (docs/logs-artifacts.md)
 
 
 @dataclass(frozen=True)
