@@ -25,6 +25,7 @@ from runyard.settings import (
     WebSettings,
 )
 from services import bus
+from services.dispatcher import admission
 from services.dispatcher.service import Dispatcher
 from services.lifespan import Service, run_service
 from services.logs.service import Collector
@@ -95,12 +96,12 @@ def serve_dispatcher(nats_url: str, redis_url: str) -> None:
     Example:
       runyard serve dispatcher --nats-url nats://nats:4222 --redis-url redis://valkey:6379/0
     """
-    _start(DispatcherSettings)  # the dispatcher's admission reads them (Settings.from_env)
+    admitting = admission.Settings.of(_start(DispatcherSettings))
     try:
         crypto.keyring()  # runs need their project's secrets: refuse to start without
     except crypto.KeyMissing as exc:
         raise click.ClickException(str(exc)) from None
-    _background("dispatcher", nats_url, redis_url, Dispatcher)
+    _background("dispatcher", nats_url, redis_url, lambda nc, r: Dispatcher(nc, r, admitting))
 
 
 @serve.command("logs")

@@ -59,12 +59,6 @@ class Settings:
             return None
         return cls(auth, settings.nats_sys_url, seed.encode())
 
-    @classmethod
-    def from_env(cls) -> Settings | None:
-        """The process's (RUNYARD_NATS_AUTH_URL, RUNYARD_NATS_SYS_URL,
-        RUNYARD_NATS_ISSUER_SEED), which `runyard serve dispatcher` checked at its start."""
-        return cls.of(DispatcherSettings.from_env())
-
 
 def agent_permissions(agent: str) -> dict[str, Any]:
     """Exactly what one agent may do (DESIGN.md §10); everything else is denied."""

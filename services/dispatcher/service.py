@@ -35,13 +35,13 @@ WORKERS = 4  # pull subscribers of agent events in one process
 
 
 class Dispatcher:
-    def __init__(self, nc: Client, r: Redis) -> None:
+    def __init__(self, nc: Client, r: Redis, admitting: Settings | None) -> None:
+        """`admitting`: the auth callout's settings (None: this replica admits no one)."""
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.r = r
         self.tasks: list[asyncio.Task[None]] = []
-        settings = Settings.from_env()
-        self.admission = Admission(settings, self.js, r) if settings else None
+        self.admission = Admission(admitting, self.js, r) if admitting else None
         self.changes = Changes(nc, r, Scripts(r))
         self.groups = Groups(self.changes)
         self.placer = Placer(self.changes)
