@@ -131,6 +131,7 @@ class AgentSettings(Settings):
     """What an agent (`runyard agent start`, and local mode's runner) reads; the rest
     of its configuration is its agent file and command line."""
 
+    log: Level = Field(LOG_LEVEL, alias="RUNYARD_LOG")
     actions_base: str = Field(ACTIONS_BASE, alias="RUNYARD_ACTIONS_BASE")
     actions_dir: str | None = Field(None, alias="RUNYARD_ACTIONS_DIR")
     allow_file_urls: YesNo = Field(False, alias="RUNYARD_ALLOW_FILE_URLS")

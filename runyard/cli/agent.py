@@ -18,6 +18,7 @@ from runyard.cli.output import JSON, listing, when
 
 if TYPE_CHECKING:
     from runyard.cli.client import Api
+    from runyard.settings import AgentSettings
 
 DIR = click.option(
     "--dir",
@@ -124,18 +125,21 @@ def start(
     Example:
       runyard agent start --slots 2
     """
+    from runyard.settings import AgentSettings
+
+    settings = AgentSettings.from_env()  # a bad value: a click error naming it, at once
     try:
         config = AgentConfig.load(directory)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=settings.log, format="%(asctime)s %(name)s %(message)s")
     # the standard loop: uvloop spawns processes about 2 ms slower, and spawning is
     # what an agent does most
     from agent.connection import Refused
 
     try:
         url = nats_url or config.nats_url
-        asyncio.run(_start(config, url, directory, slots, hide, keep_workspaces))
+        asyncio.run(_start(config, settings, url, directory, slots, hide, keep_workspaces))
     except Refused as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("agent stopped")
@@ -143,6 +147,7 @@ def start(
 
 async def _start(
     config: AgentConfig,
+    settings: AgentSettings,
     url: str,
     directory: Path,
     slots: int,
@@ -181,7 +186,7 @@ async def _start(
             break
         except (OSError, TimeoutError, NatsError) as exc:  # gone again since the probe
             logging.getLogger("runyard.agent").warning("cannot connect to NATS: %s", exc)
-    agent = Agent(config, nc, directory, slots, sandbox, keep_workspaces)
+    agent = Agent(config, nc, directory, slots, sandbox, keep_workspaces, settings)
     gone = [asyncio.ensure_future(e.wait()) for e in (refused, agent.removed, lost)]
     for watch in gone:
         watch.add_done_callback(lambda _: stop.set())
