@@ -16,7 +16,7 @@ FILE = "agent.json"
 # The only RUNYARD_* settings an agent is given from its launcher's environment (its
 # settings, and the log level); nothing else of theirs (a server's URLs, passwords and
 # keys stay with the server).
-AGENT_SETTINGS = (*AgentSettings.variables(), "RUNYARD_LOG")
+AGENT_SETTINGS = AgentSettings.variables()
 
 
 def agent_environment(environ: dict[str, str]) -> dict[str, str]:
