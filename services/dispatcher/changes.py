@@ -1,7 +1,8 @@
 """Changing a run: every change is `Changes.change()` — load (or reuse) the run, apply
-one engine entry point, commit the new state and its effects in one compare-and-set
-script, then send what the commit recorded. A replica that loses the race reloads and
-tries again, so several dispatchers may share the durable consumers.
+one engine entry point, commit what it changed of the state (the run's own fields and
+the jobs it touched, each a field of the run's hash) and its effects in one
+compare-and-set script, then send what the commit recorded. A replica that loses the
+race reloads and tries again, so several dispatchers may share the durable consumers.
 """
 
 from __future__ import annotations
@@ -131,8 +132,8 @@ class Changes:
             fx = effects.translate(commands, live.engine.plan, live.engine.state, live.facts, now)
             if extra:
                 extra(live, fx, now)
-            state_json = live.engine.state.model_dump_json()
-            if state_json == live.state_json and not fx.outbox and not fx.enqueue:
+            fields = live.changed_fields(commands)
+            if not fields and not fx.outbox and not fx.enqueue:
                 # nothing to do, unless another replica moved the run on since it was cached
                 if await self._current(live, fence):
                     return live
@@ -155,21 +156,20 @@ class Changes:
                 keys=store.commit_keys(run_id),
                 args=[
                     str(live.version),
-                    state_json,
                     store.dumps(summary),
                     fx.to_json(),
                     member,
                     agent,
                     records.agent_key(""),
                     now,
+                    *store.state_args(fields),
                 ],
             )
             code, placed = int(result[0]), [str(m) for m in result[1:]]
             if code == -1:
                 raise NotHolder(placed[0] or None)
             if code == 1:
-                live.version += 1
-                live.state_json = state_json
+                live.committed(fields)
                 await self._perform(live, fx, placed)
                 return live
             self.cache.pop(run_id, None)  # another replica changed it: reload and retry

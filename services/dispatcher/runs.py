@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from runyard.engine.contexts import RunInfo
+from runyard.engine.events import Command, FinishJob, RunDone
 from runyard.engine.machine import Engine
 from runyard.engine.plan import Plan, compile_plan
 from runyard.engine.state import RunState
 from schemas.pipeline import Pipeline
 from services.dispatcher.effects import RunFacts
+from services.store import runs as store
 from services.store.records import validate_source
 from services.store.runs import StoredRun
 
@@ -105,11 +109,58 @@ def facts_for(run_id: str, pipeline: Pipeline, project: str, event: dict[str, An
 
 @dataclass
 class LiveRun:
+    """A run kept loaded, with what its hash holds of its state as of `version`: the
+    `run` field and each job's `job:<key>` (a job missing from `jobs_json` is written
+    by the next commit; a run loaded from a whole `state` field has none, so its next
+    commit writes it all, split). `open_jobs`: the jobs not ended as of `version`,
+    the only ones a change can touch besides those its commands name."""
+
     facts: RunFacts
     engine: Engine
     version: int
-    state_json: str
+    run_json: str | None = None
+    jobs_json: dict[str, str] = field(default_factory=dict)
+    open_jobs: set[str] = field(default_factory=set)
     group: str = ""  # its concurrency group, if it has one
+
+    @functools.cached_property
+    def _job_keys(self) -> str:
+        return orjson.dumps(list(self.engine.state.jobs)).decode()
+
+    def changed_fields(self, commands: list[Command]) -> dict[str, str]:
+        """The state fields whose stored value this change made out of date: the `run`
+        field if it changed, and the jobs it touched that changed.
+
+        A job changes only with a command naming it, except a waiting job (not yet
+        sent to an agent) that the engine ends as it looks for jobs to start — after
+        a job's attempt ended (FinishJob), when the run starts and when it is
+        cancelled (both change the run's own fields). Ended jobs never change."""
+        state = self.engine.state
+        head = state.model_dump_json(exclude={"jobs"})
+        run = f'{head[:-1]},"jobs":{self._job_keys}}}'
+        fields = {store.RUN_STATE: run} if run != self.run_json else {}
+        touched = {c.job for c in commands if not isinstance(c, RunDone)}
+        if fields or any(isinstance(c, FinishJob) for c in commands):
+            touched.update(k for k in self.open_jobs if not state.jobs[k].ready)
+        if len(self.jobs_json) < len(state.jobs):  # never written split
+            touched.update(state.jobs.keys() - self.jobs_json.keys())
+        for key in touched:
+            job = state.jobs[key].model_dump_json()
+            if job != self.jobs_json.get(key):
+                fields[store.JOB + key] = job
+        return fields
+
+    def committed(self, fields: dict[str, str]) -> None:
+        """`fields` are stored (and the version moved on)."""
+        self.version += 1
+        self.run_json = fields.get(store.RUN_STATE, self.run_json)
+        jobs = self.engine.state.jobs
+        for name, value in fields.items():
+            if name.startswith(store.JOB):
+                key = name.removeprefix(store.JOB)
+                self.jobs_json[key] = value
+                if jobs[key].status.final:
+                    self.open_jobs.discard(key)
 
 
 def live_run(stored: StoredRun, secrets: dict[str, str]) -> LiveRun:
@@ -128,7 +179,12 @@ def live_run(stored: StoredRun, secrets: dict[str, str]) -> LiveRun:
         },
         run_secrets(pipeline, event, named_secrets(f["source"], secrets)),
     )
-    state = RunState.model_validate_json(f["state"])
+    state = RunState.model_validate_json(f[store.LEGACY_STATE])
     facts = facts_for(stored.id, pipeline, f["project"], event)
     engine = Engine(plan, info, state)
-    return LiveRun(facts, engine, stored.version, f["state"], f.get("group", ""))
+    live = LiveRun(facts, engine, stored.version, group=f.get("group", ""))
+    live.open_jobs = {key for key, job in state.jobs.items() if not job.status.final}
+    if stored.split:
+        live.run_json = f[store.RUN_STATE]
+        live.jobs_json = {key: f[store.JOB + key] for key in state.jobs}
+    return live

@@ -38,12 +38,11 @@ async def busy(
     for project, names in pipelines.items():
         for name in names:
             ids += strs(await r.zrevrange(runs.history_key(project, name), 0, 499))
-    async with r.pipeline(transaction=False) as p:
-        for run_id in ids:
-            p.hmget(runs.run_key(run_id), ["state", "finished_at"])
-        rows = await p.execute()
     found: list[Span] = []
-    for state, finished in rows:
-        if state and (not finished or float(finished) >= since):
+    for stored in await runs.load_runs(r, ids):
+        if stored is None or (state := stored.fields.get(runs.LEGACY_STATE)) is None:
+            continue
+        finished = stored.fields.get("finished_at")
+        if not finished or float(finished) >= since:
             found += attempt_spans(orjson.loads(state), agent_id, since)
     return sorted(found, key=lambda span: span[0])

@@ -1,5 +1,10 @@
 """Run records: one hash per run (immutable facts, a summary for listings, the engine's
-state and its version for compare-and-set) and per-pipeline history with run numbers."""
+state and its version for compare-and-set) and per-pipeline history with run numbers.
+
+The engine's state is stored split, so a change rewrites only what it touched: the
+run's own fields (with the order of its jobs) in `run`, each job's state in
+`job:<key>`. A run stored before that has the whole state in one field, `state`; both
+read the same (`state_json`), and the first commit to such a run writes it split."""
 
 from __future__ import annotations
 
@@ -29,6 +34,33 @@ history_key = run_history_key
 # Fields `stale:<job>|<attempt>|<agent>|<what>` of a run's hash: a late report, kept with
 # the run (one per attempt, agent and kind of report, so repeats overwrite it).
 STALE = "stale:"
+# The split state: the run's own fields and its job keys in order, and one per job.
+RUN_STATE = "run"
+JOB = "job:"
+LEGACY_STATE = "state"  # the whole state in one field (runs stored before the split)
+
+
+def split_state(state_json: str) -> dict[str, str]:
+    """A whole run state's JSON as the hash fields it is stored in."""
+    state = orjson.loads(state_json)
+    jobs: dict[str, Any] = state.pop("jobs", {})
+    fields = {RUN_STATE: dumps({**state, "jobs": list(jobs)})}
+    fields.update((JOB + key, dumps(job)) for key, job in jobs.items())
+    return fields
+
+
+def state_json(fields: dict[str, str]) -> str | None:
+    """The whole run state's JSON from a run's hash fields (split or not), None when
+    it holds none. A whole `state` wins: a commit that writes the split fields deletes
+    it, so one found next to them was written later (by a dispatcher from before the
+    split)."""
+    head = fields.get(RUN_STATE)
+    if head is None or LEGACY_STATE in fields:
+        return fields.get(LEGACY_STATE)
+    run = orjson.loads(head)
+    keys: list[str] = run.pop("jobs")
+    jobs = ",".join(f"{dumps(key)}:{fields[JOB + key]}" for key in keys)
+    return f'{dumps(run)[:-1]},"jobs":{{{jobs}}}}}'
 
 
 def commit_keys(run_id: str) -> list[str]:
@@ -48,8 +80,12 @@ def dumps(value: Any) -> str:
 
 @dataclass
 class StoredRun:
+    """A run's hash fields; `state` holds the whole state's JSON. `split`: that state
+    was assembled from the split fields (`run`, `job:<key>`), which hold all of it."""
+
     id: str
     fields: dict[str, str]
+    split: bool = False
 
     @property
     def number(self) -> int:
@@ -88,14 +124,20 @@ class StoredRun:
         }
 
 
+def state_args(fields: dict[str, str]) -> list[str]:
+    """State fields as the `field, value, …` tail of the COMMIT and CREATE_RUN args."""
+    return [item for pair in fields.items() for item in pair]
+
+
 async def create_run(
     r: Redis, scripts: Scripts, run_id: str, fields: dict[str, str], state: str
 ) -> int:
-    """The new run's number, or 0 when a run with this id exists already."""
+    """The new run's number, or 0 when a run with this id exists already. `state` is
+    the whole state's JSON; it is stored split (`split_state`)."""
     project, pipeline = fields["project"], fields["pipeline"]
     result = await scripts.create_run(
         keys=[run_key(run_id), history_key(project, pipeline), run_number_key(project, pipeline)],
-        args=[dumps(fields), state, run_id],
+        args=[dumps(fields), run_id, *state_args(split_state(state))],
     )
     return int(result)
 
@@ -107,8 +149,27 @@ async def record_stale(r: Redis, run_id: str, field: str, report: dict[str, Any]
 
 
 async def load_run(r: Redis, run_id: str) -> StoredRun | None:
-    fields = strdict(await r.hgetall(run_key(run_id)))
-    return StoredRun(run_id, fields) if fields else None
+    """The run's fields, with the whole state's JSON assembled in `state`."""
+    return _stored(run_id, strdict(await r.hgetall(run_key(run_id))))
+
+
+async def load_runs(r: Redis, run_ids: list[str]) -> list[StoredRun | None]:
+    """`load_run` for each of `run_ids`, in one round trip."""
+    async with r.pipeline(transaction=False) as p:
+        for run_id in run_ids:
+            p.hgetall(run_key(run_id))
+        rows = await p.execute()
+    return [_stored(run_id, strdict(row)) for run_id, row in zip(run_ids, rows, strict=True)]
+
+
+def _stored(run_id: str, fields: dict[str, str]) -> StoredRun | None:
+    if not fields:
+        return None
+    split = RUN_STATE in fields and LEGACY_STATE not in fields
+    whole = state_json(fields)
+    if whole is not None:
+        fields[LEGACY_STATE] = whole
+    return StoredRun(run_id, fields, split)
 
 
 async def list_runs(
@@ -137,10 +198,14 @@ async def ran_on(r: Redis, run: str, job: str, attempt: int) -> str | None:
     holder = await r.hget(PLACEMENTS, attempt_member(run, job, attempt))
     if holder is not None:
         return str(holder)
-    state = await r.hget(run_key(run), "state")
-    if state is None:
+    split, whole = await r.hmget(run_key(run), [JOB + job, LEGACY_STATE])
+    if whole is not None:  # stored whole (see state_json)
+        candidates = list((orjson.loads(whole).get("jobs") or {}).values())  # key → job
+    elif split is not None:
+        candidates = [orjson.loads(split)]
+    else:
         return None
-    for found in (orjson.loads(state).get("jobs") or {}).values():  # key → job state
+    for found in candidates:
         if found.get("key") != job:
             continue
         if found.get("attempt") == attempt:

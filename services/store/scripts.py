@@ -18,8 +18,10 @@ from services.store.slot_scripts import (
 )
 
 # KEYS: run, outbox, queue, queue info, timers, placements, placed
-# ARGV: expected version, state JSON, summary fields JSON, effects JSON, fence member
-# ('' for none), fence agent, agent key prefix, now
+# ARGV: expected version, summary fields JSON, effects JSON, fence member ('' for
+# none), fence agent, agent key prefix, now, then the state fields the change rewrote
+# as field, value, … (`run` and the `job:<key>` of each job it touched; the run's
+# other fields are left as they are)
 # → {1, members placed on an agent}; {0} when the run's version moved on; {-1, holder}
 # when the fence member is not held by the fence agent (nothing written)
 # A queued job named in `place` goes straight to its agent when that agent has a free
@@ -27,17 +29,19 @@ from services.store.slot_scripts import (
 COMMIT = (
     TAKE_SLOT
     + """
-if ARGV[5] ~= '' then
-  local holder = redis.call('HGET', KEYS[6], ARGV[5])
-  if holder ~= ARGV[6] then return {-1, holder or ''} end
+if ARGV[4] ~= '' then
+  local holder = redis.call('HGET', KEYS[6], ARGV[4])
+  if holder ~= ARGV[5] then return {-1, holder or ''} end
 end
 local ver = redis.call('HGET', KEYS[1], 'ver')
 if ver ~= ARGV[1] then return {0} end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'ver', tostring(tonumber(ver) + 1))
-for field, value in pairs(cjson.decode(ARGV[3])) do
+redis.call('HSET', KEYS[1], 'ver', tostring(tonumber(ver) + 1))
+for i = 8, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if #ARGV > 7 then redis.call('HDEL', KEYS[1], 'state') end  -- the whole state, stored unsplit
+for field, value in pairs(cjson.decode(ARGV[2])) do
   redis.call('HSET', KEYS[1], field, value)
 end
-local fx = cjson.decode(ARGV[4])
+local fx = cjson.decode(ARGV[3])
 for _, o in ipairs(fx.outbox) do redis.call('HSET', KEYS[2], o[1], o[2]) end
 local direct = {}
 for _, p in ipairs(fx.place) do direct[p[1]] = p end
@@ -46,7 +50,7 @@ local waiting = redis.call('ZCARD', KEYS[3]) > 0
 for _, q in ipairs(fx.enqueue) do
   local p = direct[q[1]]
   if p and not waiting
-      and take_slot(KEYS[6], KEYS[7], KEYS[2], ARGV[7], q[1], p[2], p[3], p[4], ARGV[8]) then
+      and take_slot(KEYS[6], KEYS[7], KEYS[2], ARGV[6], q[1], p[2], p[3], p[4], ARGV[7]) then
     table.insert(result, q[1])
   elseif redis.call('ZADD', KEYS[3], 'NX', q[2], q[1]) == 1 then
     redis.call('HSET', KEYS[4], q[1], q[3])
@@ -63,15 +67,17 @@ return result
 """
 )
 
-# KEYS: run, history, counter.  ARGV: fields JSON, state JSON.  → run number, or 0
+# KEYS: run, history, counter.  ARGV: fields JSON, run id, then the state's fields as
+# field, value, … (`run` and a `job:<key>` per job).  → run number, or 0
 CREATE_RUN = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local number = redis.call('INCR', KEYS[3])
 for field, value in pairs(cjson.decode(ARGV[1])) do
   redis.call('HSET', KEYS[1], field, value)
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'ver', '0', 'number', tostring(number))
-redis.call('ZADD', KEYS[2], number, ARGV[3])
+for i = 3, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'ver', '0', 'number', tostring(number))
+redis.call('ZADD', KEYS[2], number, ARGV[2])
 return number
 """
 

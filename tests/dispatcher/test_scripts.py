@@ -39,7 +39,7 @@ async def _commit(
 ) -> list[str]:
     result = await Scripts(r).commit(
         keys=store.commit_keys(RUN),
-        args=[str(version), "{}", "{}", fx.to_json(), *fence, records.agent_key(""), 1.0],
+        args=[str(version), "{}", fx.to_json(), *fence, records.agent_key(""), 1.0],
     )
     return [str(x) for x in result]
 
