@@ -48,7 +48,7 @@ HEARTBEAT = 5.0  # as agent/daemon.py
 FETCH_WAIT = 5.0
 CONNECTING = 20  # admissions in flight per process
 
-Received = list[tuple[str, str, str, int, float]]
+Received = list[tuple[str, str, str, int, float, float]]  # …, received at, stored at
 
 
 class SimAgent:
@@ -84,7 +84,8 @@ class SimAgent:
         work = decode_inbox(msg.data)
         key = subjects.attempt_member(work.run, work.job, work.attempt)
         index = work.step.index if isinstance(work, StepAssign) else -1
-        self.received.append((work.type, work.run, work.job, index, now))
+        stored = msg.metadata.timestamp.timestamp()  # when JetStream took it in
+        self.received.append((work.type, work.run, work.job, index, now, stored))
         ident = {"agent": self.config.id, "run": work.run, "job": work.job}
         if isinstance(work, JobAssign):
             self.held.add(key)

@@ -25,7 +25,7 @@ from services.store import runs as store
 from services.store.connection import connect
 
 FLEET = Path(__file__).resolve().parent / "fleet.py"
-Received = list[tuple[str, str, str, int, float]]
+Received = list[tuple[str, str, str, int, float, float]]  # …, received at, stored at
 ONLINE_WAIT = 300.0  # seconds, once every fleet process has connected its agents
 
 
@@ -151,7 +151,7 @@ def submit_runs(system: BenchSystem, project: str, runs: int, rate: float) -> Su
 
 def placement_latency(submitted: Submitted, received: Received) -> list[float]:
     """API call → `job.assign` received, per run (runs never assigned are left out)."""
-    assigned = {run: at for kind, run, _, _, at in received if kind == "job.assign"}
+    assigned = {run: at for kind, run, _, _, at, _ in received if kind == "job.assign"}
     return [assigned[run] - at for run, (at, _) in submitted.items() if run in assigned]
 
 
@@ -167,8 +167,10 @@ def slowest(
     system: BenchSystem, submitted: Submitted, received: Received, n: int = 5
 ) -> list[dict[str, float]]:
     """Where the `n` slowest placements spent their time (ms): the API call, API call →
-    the run created by the dispatcher, run created → `job.assign` received."""
-    assigned = {run: at for kind, run, _, _, at in received if kind == "job.assign"}
+    the run created by the dispatcher, run created → `job.assign` stored in the agent's
+    inbox stream (the dispatcher's commit and send), stored → received by the agent."""
+    assigned = {run: at for kind, run, _, _, at, _ in received if kind == "job.assign"}
+    stored = {run: at for kind, run, _, _, _, at in received if kind == "job.assign"}
     order = list(submitted)
     runs = sorted(assigned.keys() & submitted.keys(), key=lambda r: submitted[r][0] - assigned[r])
     runs = runs[:n]
@@ -182,7 +184,8 @@ def slowest(
                 "total_ms": (assigned[run] - before) * 1000,
                 "api_ms": (after - before) * 1000,
                 "to_created_ms": (made - before) * 1000,
-                "created_to_assign_ms": (assigned[run] - made) * 1000,
+                "created_to_stored_ms": (stored[run] - made) * 1000,
+                "stored_to_received_ms": (assigned[run] - stored[run]) * 1000,
             }
         )
     return found
