@@ -145,7 +145,8 @@ GROUPS = key("groups")  # keys of concurrency groups with runs in them (set)
 
 
 def run_key(run: str) -> str:
-    """A run's hash: facts, summary, `state`, `ver`, `stale:…` and `finished:…`."""
+    """A run's hash: facts, summary, the state split into `run` and `job:<key>` (a
+    whole `state` in runs stored before the split), `ver`, `stale:…` and `finished:…`."""
     return key("run", run)
 
 
