@@ -29,10 +29,11 @@ from nats.aio.msg import Msg
 
 from agent import git, metrics, process, workspaces
 from agent.actions import ActionCache
+from agent.attempt import job_key
 from agent.config import AgentConfig
 from agent.connection import Refused, admitted, connect
 from agent.guard import Containment
-from agent.jobs import Jobs, job_key
+from agent.jobs import Jobs
 from agent.journal import Journal, Ledger
 from agent.launcher import Launcher
 from agent.runners import StepRunner

@@ -8,6 +8,7 @@ only; and git may use only the transports those checks allow, whatever a URL ask
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -20,7 +21,14 @@ from runyard.git_inputs import (
 )
 from runyard.settings import AgentSettings
 
-GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ADVICE": "0"}
+GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ADVICE": "0",
+    # a transfer slower than 1 KB/s for a minute is given up (a stalled host would
+    # otherwise hold the job, its slot and its cancel for as long as TCP keeps it open)
+    "GIT_HTTP_LOW_SPEED_LIMIT": "1000",
+    "GIT_HTTP_LOW_SPEED_TIME": "60",
+}
 
 
 class GitError(RuntimeError):
@@ -77,7 +85,12 @@ async def git(*args: str, operands: tuple[str, ...] = (), cwd: Path | None = Non
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await proc.communicate()
+    try:
+        out, err = await proc.communicate()
+    except asyncio.CancelledError:  # the job ended (or the agent stops): git goes too
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
     if proc.returncode != 0:
         raise GitFailed(f"git {args[0]} failed: {said(err, proc.returncode)}")
     return out.decode().strip()

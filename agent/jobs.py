@@ -29,9 +29,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from agent import git, workspaces
+from agent.attempt import Job, job_key, split_key
 from agent.guard import Containment, StepGuard
 from agent.journal import Journal, Ledger, OpenJob, StartedStep
-from agent.launcher import JobSpawner, Launcher
+from agent.launcher import Launcher
 from agent.logship import StepLog
 from agent.results import collect
 from agent.runners import StepResult, StepRunner
@@ -55,35 +56,6 @@ INTERRUPTED = (
     "were ended and the step was not run again in this attempt"
 )
 Spawner = Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
-
-
-def job_key(run: str, job: str, attempt: int) -> str:
-    return f"{run}|{job}|{attempt}"
-
-
-def split_key(key: str) -> tuple[str, str, int]:
-    run, job, attempt = key.split("|")
-    return run, job, int(attempt)
-
-
-@dataclass
-class Job:
-    assign: JobAssign
-    workspace: Path
-    setup_error: str | None = None
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
-    spawner: JobSpawner | None = None  # starts the job's steps in its sandbox
-    step: asyncio.Task[None] | None = None
-    step_index: int | None = None
-    step_msg: Msg | None = None
-    guard: StepGuard | None = None  # the running step's processes
-    revoked: bool = False  # the attempt is no longer this agent's: report nothing
-    prepared: asyncio.Task[None] | None = None  # workspace, spawner and code (None: ready)
-
-    async def ready(self) -> None:
-        """Once the job is prepared (or its preparing failed: `setup_error` says why)."""
-        if self.prepared is not None:
-            await asyncio.shield(self.prepared)
 
 
 @dataclass
@@ -113,15 +85,19 @@ class Jobs:
         which of them are still this agent's)."""
         for found in list(self.ledger.jobs.values()):
             run, name, attempt = split_key(found.key)
-            placeholder = JobAssign(run=run, job=name, attempt=attempt, project="", pipeline="")
-            job = Job(placeholder, workspaces.path(self.work, run, name, attempt))
+            if found.assign is not None:
+                assign = JobAssign.model_validate_json(found.assign)
+            else:  # claimed by an agent from before the ledger kept assignments
+                assign = JobAssign(run=run, job=name, attempt=attempt, project="", pipeline="")
+            job = Job(assign, workspaces.path(self.work, run, name, attempt))
             self.jobs[found.key] = job
             if found.result is not None:  # it may not have reached JetStream
                 index = StepFinished.model_validate_json(found.result).index
                 self.send_event(found.result, f"sf:{found.key}|{index}")
-            elif not found.steps:  # claimed, nothing run: the claim may not have got out,
-                self._claim(job, found.key)  # nor the workspace been made: both again
-                job.prepared = self.spawn(self._prepared(job, found.key))
+            elif not found.steps:  # claimed, nothing run: the claim may not have got out
+                self._claim(job, found.key)
+                if found.assign is not None and not found.prepared:  # nor the code in
+                    job.prepared = self.spawn(self._prepared(job, found.key))
             for step in list(found.steps.values()):
                 log.warning("step %s was interrupted by this agent's restart", step.key)
                 self._report_interrupted(found, step)
@@ -153,7 +129,7 @@ class Jobs:
         if key in self.jobs or f"job:{key}" in self.journal:
             await msg.ack()  # its claim is sent or in the spool, or it is over
             return
-        self.ledger.claim(key)
+        self.ledger.claim(key, assign.model_dump_json(exclude={"env"}).encode())
         job = Job(assign, workspaces.path(self.work, assign.run, assign.job, assign.attempt))
         self.jobs[key] = job
         # claimed first: the claim's round trip to the dispatcher (which answers with the
@@ -164,9 +140,15 @@ class Jobs:
     async def _prepared(self, job: Job, key: str) -> None:
         try:
             await self._prepare(job)
+        except asyncio.CancelledError:  # the job ended first, or the agent stops
+            job.setup_error = "the job ended while its workspace was being prepared"
+            raise
         except Exception as exc:  # the agent's own failure: the job's steps say it
             log.exception("preparing job %s failed", key)
             job.setup_error = f"the agent could not prepare this job: {exc}"
+        else:
+            if not job.setup_error:
+                self.ledger.prepared(key)
 
     async def _prepare(self, job: Job) -> None:
         """A clean workspace, its spawner (building the sandbox meanwhile), the code."""
@@ -202,7 +184,7 @@ class Jobs:
             await msg.ack()
             return
         job.cancel.set()
-        await job.ready()  # its spawner and workspace exist before they are given up
+        await job.give_up_preparing()  # no spawner or workspace is made after this
         if job.step is not None:
             await asyncio.gather(job.step, return_exceptions=True)
         collected = await collect(self.js, self.agent, job.workspace, finish)
@@ -241,7 +223,7 @@ class Jobs:
         if job.guard is not None:
             job.guard.kill_now()
         job.cancel.set()
-        await job.ready()
+        await job.give_up_preparing()
         if job.step is not None:
             await asyncio.gather(job.step, return_exceptions=True)
         if job.step_msg is not None:
@@ -313,6 +295,7 @@ class Jobs:
         key, step = job_key(assign.run, assign.job, assign.attempt), assign.step
         sink = StepLog(self.spool, self.agent, assign.run, assign.job, assign.attempt, step.id)
         guard = self.contain.guard(key)
+        await job.ready()  # (a step waiting for the checkout has not started)
         started = time.time()
         # noted before anything of the step runs: a restart reports it, never reruns it
         guard.key = self.ledger.start(key, step.index, step.id, started)
@@ -336,12 +319,13 @@ class Jobs:
     async def _execute(
         self, job: Job, assign: StepAssign, sink: StepLog, guard: StepGuard
     ) -> StepResult:
-        await job.ready()
+        now = time.time()
         if job.setup_error:
             sink("err", job.setup_error)
-            now = time.time()
             error = job.setup_error
             return StepResult(Status.FAILURE, error=error, started_at=now, finished_at=now)
+        if job.cancel.is_set():  # the job ended while the step waited for its workspace
+            return StepResult(Status.CANCELLED, error="cancelled", started_at=now, finished_at=now)
         if job.spawner is None:  # a job carried on from before a restart
             job.spawner = self.launcher.job(job.workspace)
         return await self.runner.run(

@@ -3,9 +3,10 @@ predecessor left (DESIGN.md §10: a step runs at most once per attempt).
 
 - `Journal` (`state/done`): keys of finished steps and jobs; a redelivered message for
   one is acked, never run again.
-- `Ledger` (`state/started`): the jobs this agent claimed and the steps it started
-  (written *before* a step's process starts), each step's process group and start time,
-  and the last result sent for each job. An entry leaves the ledger
+- `Ledger` (`state/started`): the jobs this agent claimed (with their `job.assign`, and
+  whether their workspace was made), the steps it started (written *before* a step's
+  process starts), each step's process group and start time, and the last result sent
+  for each job. An entry leaves the ledger
   when its job or step ends. What a restarted agent finds there was interrupted: it
   kills what is left of it and reports the step `interrupted`; its job's next step (if
   any) belongs to a new attempt.
@@ -61,6 +62,8 @@ class StartedStep:
 @dataclass
 class OpenJob:
     key: str  # run|job|attempt
+    assign: bytes | None = None  # its job.assign, to prepare it again after a restart
+    prepared: bool = False  # its workspace, code and spawner were made
     result: bytes | None = None  # the last step.finished sent for it (re-sent on restart)
     steps: dict[str, StartedStep] = field(default_factory=dict)
 
@@ -84,8 +87,15 @@ class Ledger:
 
     # --- writing --------------------------------------------------------------------
 
-    def claim(self, job: str) -> None:
-        self._write({"op": "claim", "job": job})
+    def claim(self, job: str, assign: bytes | None = None) -> None:
+        record: dict[str, Any] = {"op": "claim", "job": job}
+        if assign is not None:
+            record["assign"] = assign.decode()
+        self._write(record)
+
+    def prepared(self, job: str) -> None:
+        """Its workspace has the code: a restart need not make it again."""
+        self._write({"op": "prepared", "job": job})
 
     def start(self, job: str, index: int, step: str, at: float) -> str:
         """Before anything of the step runs; its key (`run|job|attempt|index`)."""
@@ -116,7 +126,12 @@ class Ledger:
         self.close()
         records: list[dict[str, Any]] = []
         for job in self.jobs.values():
-            records.append({"op": "claim", "job": job.key})
+            claim: dict[str, Any] = {"op": "claim", "job": job.key}
+            if job.assign is not None:
+                claim["assign"] = job.assign.decode()
+            records.append(claim)
+            if job.prepared:
+                records.append({"op": "prepared", "job": job.key})
             if job.result is not None:
                 records.append({"op": "done", "job": job.key, "result": job.result.decode()})
             for s in job.steps.values():
@@ -149,7 +164,11 @@ class Ledger:
             return
         job = self.jobs.setdefault(job_key, OpenJob(job_key))
         key = str(r.get("key") or "")
-        if op == "start":
+        if op == "claim" and r.get("assign"):
+            job.assign = str(r["assign"]).encode()
+        elif op == "prepared":
+            job.prepared = True
+        elif op == "start":
             job.steps[key] = StartedStep(key, job_key, str(r["step"]), float(r["at"]))
         elif op == "pid" and key in job.steps:
             started = job.steps[key]

@@ -111,7 +111,7 @@ class JobSpawner:
         err_r, err_w = os.pipe()
         started: asyncio.Future[int] = loop.create_future()
         try:
-            request = {"argv": list(argv), "cwd": str(cwd), "env": dict(env)}
+            request = {"argv": list(argv), "cwd": str(cwd.absolute()), "env": dict(env)}
             payload = spawner.frame(request, 2)
             self.starting.append(started)
             try:

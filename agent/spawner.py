@@ -113,11 +113,17 @@ def reply(sock: socket.socket, message: dict[str, Any]) -> None:
 
 # --- a job spawner ------------------------------------------------------------------
 
+# What the Python of the fork server ignores (SIGINT: a terminal's Ctrl-C is the
+# agent's) and a step must not inherit ignored, as a shell would start it.
+DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ)
+
 
 def _step(request: dict[str, Any], parent: int, out: int, err: int, report: int) -> None:
     """In the step's child: never returns."""
     try:
         os.setsid()
+        for number in DEFAULT_SIGNALS:
+            signal.signal(number, signal.SIG_DFL)
         die_with_parent(parent)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -142,12 +148,17 @@ def start_step(request: dict[str, Any], fds: list[int], contained: bool) -> dict
     spawner itself: the job's PID namespace ends, and every step in it, when its init
     does (agent/namespaces.py). Without a sandbox there is no such init, so the step is
     forked to set its parent-death signal before the exec."""
+    argv, cwd = request["argv"], request["cwd"]
+    if not argv or not Path(cwd).is_absolute():  # the agent sends neither; nor may anyone
+        for fd in fds:
+            os.close(fd)
+        return {"error": "no command, or a relative working directory", "errno": errno.EINVAL}
     if not contained:
         return _fork_step(request, fds)
     out, err = fds
     null = os.open(os.devnull, os.O_RDONLY)
     try:
-        os.chdir(request["cwd"])
+        os.chdir(cwd)
         env = request["env"]
         pid = os.posix_spawn(
             _program(request["argv"][0], env.get("PATH", os.defpath)),
@@ -159,6 +170,7 @@ def start_step(request: dict[str, Any], fds: list[int], contained: bool) -> dict
                 (os.POSIX_SPAWN_DUP2, err, 2),
             ],
             setsid=True,
+            setsigdef=DEFAULT_SIGNALS,
         )
     except OSError as exc:
         return {"error": exc.strerror or str(exc), "errno": exc.errno or 0}
@@ -177,7 +189,7 @@ def _program(name: str, path: str) -> str:
         return name
     for folder in path.split(os.pathsep):
         found = Path(folder or ".", name)
-        if os.access(found, os.X_OK) and not found.is_dir():
+        if found.is_file() and os.access(found, os.X_OK):  # as execvp skips the rest
             return str(found)
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
 

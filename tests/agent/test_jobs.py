@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from agent import reaper
+from agent import git, reaper
 from agent.actions import ActionCache
 from agent.guard import Containment
 from agent.jobs import Jobs
@@ -22,7 +22,8 @@ from agent.journal import Journal, Ledger
 from agent.launcher import Launcher
 from agent.runners import StepRunner
 from agent.spool import Spool
-from schemas.messages import JobAssign, ResolvedStep, StepAssign
+from schemas.messages import JobAssign, JobFinish, ResolvedStep, StepAssign
+from schemas.status import Status
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -176,3 +177,65 @@ async def test_the_claim_goes_out_before_the_job_is_prepared_and_steps_wait_for_
     go.set()
     await job.step
     assert queued(jobs, "sf:r4|j|1|0")["status"] == "success"
+
+
+def checkout(monkeypatch: pytest.MonkeyPatch, gate: asyncio.Event | None = None) -> None:
+    """git that writes a Makefile (once `gate` is set: a remote that is slow or stalls)."""
+
+    async def resolve(url: str, ref: str | None) -> tuple[str, str]:
+        return SHA, SHA
+
+    async def fetch_checkout(url: str, ref: str, dest: Path) -> str:
+        if gate is not None:
+            await gate.wait()
+        (dest / "Makefile").write_text("test:\n\ttrue\n")
+        return ref
+
+    monkeypatch.setattr(git, "resolve", resolve)
+    monkeypatch.setattr(git, "fetch_checkout", fetch_checkout)
+
+
+def with_code(run: str) -> JobAssign:
+    return JobAssign(run=run, job="j", project="p", pipeline="ci", repository="https://x/y.git")
+
+
+async def test_a_restarted_agent_keeps_a_checkout_it_made_and_makes_one_it_had_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reaper, "cgroup_base", lambda own, name: None)
+    checkout(monkeypatch)
+    stalled = asyncio.Event()
+    async with made_jobs(tmp_path, Launcher(None), tmp_path / "work") as jobs:
+        await jobs.assigned(with_code("r5"), cast(Msg, Delivery()))
+        await jobs.jobs["r5|j|1"].ready()  # checked out; killed before any step ran
+        checkout(monkeypatch, stalled)
+        await jobs.assigned(with_code("r6"), cast(Msg, Delivery()))  # killed mid-checkout
+        await jobs.jobs["r6|j|1"].give_up_preparing()  # (as the agent's end cancels it)
+    checkout(monkeypatch)
+    async with made_jobs(tmp_path, Launcher(None), tmp_path / "work") as jobs:
+        jobs.recover()
+        for run in ("r5", "r6"):
+            jobs.step_assigned(step_assign(run, "test -f Makefile"), cast(Msg, Delivery()))
+            step = jobs.jobs[f"{run}|j|1"].step
+            assert step is not None
+            await step
+            assert queued(jobs, f"sf:{run}|j|1|0")["status"] == "success", run
+
+
+@pytest.mark.parametrize("end", ["finish", "revoke"])
+async def test_a_job_that_ends_during_a_stalled_checkout_ends_at_once(
+    jobs: Jobs, monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    checkout(monkeypatch, asyncio.Event())  # never set
+    await jobs.assigned(with_code("r7"), cast(Msg, Delivery()))
+    jobs.step_assigned(step_assign("r7", "true"), cast(Msg, Delivery()))
+    job = jobs.jobs["r7|j|1"]
+    if end == "finish":
+        done = JobFinish(run="r7", job="j", status=Status.CANCELLED)
+        await asyncio.wait_for(jobs.finish(done, cast(Msg, Delivery())), 10)
+        assert job.step is not None and job.step.done()
+        assert queued(jobs, "sf:r7|j|1|0")["status"] in ("cancelled", "failure")
+        assert queued(jobs, "done:r7|j|1")["type"] == "job.finished"
+    else:
+        await asyncio.wait_for(jobs.revoked("r7|j|1"), 10)
+    assert job.spawner is None and not job.workspace.exists()

@@ -52,6 +52,8 @@ async def test_a_program_that_is_not_there_says_so(fork_server: Launcher, tmp_pa
     assert raised.value.errno == errno.ENOENT
     with pytest.raises(OSError, match="illegal environment variable name"):
         await job.spawn(["true"], tmp_path, {"PATH": "/usr/bin:/bin", "A=B": "x"})
+    with pytest.raises(OSError, match="no command"):
+        await job.spawn([], tmp_path, {"PATH": "/usr/bin:/bin"})
     child = await started(job, tmp_path, "exit 0")  # the spawner carries on
     assert await child.wait() == 0
     job.close()
@@ -162,6 +164,14 @@ async def test_a_sandboxed_step_is_spawned_from_its_own_path_and_dies_with_its_s
         assert raised.value.errno == errno.ENOENT
         with pytest.raises(OSError, match="illegal environment variable name"):
             await job.spawn(["true"], workspace, {**path, "A=B": "x"})
+        with pytest.raises(OSError, match="no command"):
+            await job.spawn([], workspace, path)
+        # the signals the spawner's Python ignores are a step's own again
+        child = await started(job, workspace, "grep SigIgn /proc/self/status")
+        assert child.stdout is not None
+        ignored = int((await child.stdout.read()).split()[1], 16)
+        assert not ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGINT - 1)), hex(ignored)
+        await child.wait()
         child = await started(job, workspace, "exec sleep 308")
         assert fork_server.proc is not None and job.pid is not None
         os.kill(fork_server.proc.pid, signal.SIGKILL)  # its PID namespace ends with it
