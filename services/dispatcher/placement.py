@@ -24,7 +24,7 @@ class Candidate:
 
 
 def candidate(row: list[Any]) -> Candidate:
-    """An agent as the `FREE_FOR` (or `CANDIDATES`) script reads it: [id, slots, used,
+    """An agent as the `FREE_FOR` script reads it: [id, slots, used,
     labels JSON, projects it was found to serve (directly or through its organizations)]."""
     agent, slots, used, labels, projects = row
     return Candidate(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from services.store.connection import Redis
 from services.store.slot_scripts import (
-    CANDIDATES,
     HEARTBEAT,
     PLACE,
     RECONCILE,
@@ -132,7 +131,6 @@ class Scripts:
 
     def __init__(self, r: Redis) -> None:
         self.commit = r.register_script(COMMIT)
-        self.candidates = r.register_script(CANDIDATES)
         self.create_run = r.register_script(CREATE_RUN)
         self.place = r.register_script(PLACE)
         self.release = r.register_script(RELEASE)

@@ -119,44 +119,6 @@ end
 """
 
 
-# The full scan of every online agent, kept for callers of the earlier contract; the
-# placer reads the index (`FREE_FOR`).
-# KEYS: online agents, queue, queue info.  ARGV: online since, agent key prefix,
-# organization key prefix, queued jobs to read (0: for a commit that places jobs itself,
-# which must find no agent while the queue is not empty; more: for the placer, which
-# finds no agent while the queue is empty)
-# → {JSON [id, slots, used, labels JSON, [project, …]] of each online agent with a
-#    free slot (its projects include those of its organizations),
-#    {member, info, …} of the oldest queued jobs, read only when some agent is free}
-CANDIDATES = (
-    READ_QUEUE
-    + """
-local want = tonumber(ARGV[4])
-local waiting = redis.call('ZCARD', KEYS[2])
--- a new job never overtakes a waiting one; the placer has nothing to do without one
--- (idle agents' heartbeats wake it: no scan of every agent for an empty queue)
-if (want == 0 and waiting > 0) or (want > 0 and waiting == 0) then return {{}, {}} end
-local found = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
-  local agent = ARGV[2] .. id
-  local row = redis.call('HMGET', agent, 'slots', 'used', 'labels')
-  if row[1] and tonumber(row[1]) > tonumber(row[2] or '0') then
-    local projects = redis.call('SMEMBERS', agent .. ':projects')
-    for _, org in ipairs(redis.call('SMEMBERS', agent .. ':orgs')) do
-      for _, p in ipairs(redis.call('SMEMBERS', ARGV[3] .. org .. ':projects')) do
-        table.insert(projects, p)
-      end
-    end
-    local labels = row[3] or '[]'
-    table.insert(found, cjson.encode({id, row[1], row[2] or '0', labels, projects}))
-  end
-end
-local queued = {}
-if want > 0 and #found > 0 then queued = read_queue(KEYS[2], KEYS[3], want) end
-return {found, queued}
-"""
-)
-
 # The oldest queued jobs for the placer, read only when some job waits and some agent
 # is free.  KEYS: queue, queue info.  ARGV: jobs to read → {member, info, …}
 QUEUED = _lua(

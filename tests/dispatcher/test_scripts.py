@@ -1,5 +1,5 @@
 """The dispatcher's Lua scripts on a real Valkey: the fence and direct placement in
-COMMIT, the candidates read, and the chain index."""
+COMMIT and the chain index."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from schemas import subjects
 from schemas.pipeline import Pipeline
-from services.dispatcher import effects, placement
+from services.dispatcher import effects
 from services.stack import Stack
 from services.store import chains, records
 from services.store import runs as store
@@ -102,40 +102,6 @@ async def test_release_names_the_holder_when_it_is_not_the_caller(r: aioredis.Re
     keys = [store.PLACEMENTS, records.agent_key("ag1"), records.agent_key("ag1", "jobs")]
     assert await release(keys=[*keys, store.PLACED], args=["r1|a|1", "ag1"]) == 1
     assert await r.hget(records.agent_key("ag1"), "used") == "0"
-
-
-async def test_candidates_are_free_agents_with_organizations_projects(
-    r: aioredis.Redis,
-) -> None:
-    await _agent(r, "ag1", slots=2, used=1)
-    await r.sadd(records.agent_key("ag1", "orgs"), "o")
-    await r.sadd(subjects.org_key("o", "projects"), "q")
-    await r.hset(records.agent_key("ag2"), mapping={"slots": 1})  # no projects or labels
-    await _agent(r, "busy", slots=1, used=1)
-    await r.zadd(store.ONLINE, {"ag2": 1e12, "gone": 1e12})  # `gone` has no record
-    await r.zadd(store.QUEUE, {"r1|a|1": 1.0, "r1|b|1": 2.0})
-    await r.hset(store.QUEUE_INFO, mapping={"r1|a|1": "info a", "r1|b|1": "info b"})
-
-    async def candidates(queued: int) -> tuple[list[placement.Candidate], list[str]]:
-        keys = [store.ONLINE, store.QUEUE, store.QUEUE_INFO]
-        args: list[str | int] = [0, records.agent_key(""), subjects.org_key(""), queued]
-        agents, jobs = await Scripts(r).candidates(keys, args)
-        return [placement.candidate(orjson.loads(row)) for row in agents], jobs
-
-    agents, jobs = await candidates(queued=1)
-    assert sorted((a.id, a.projects, a.free) for a in agents) == [
-        ("ag1", frozenset({"p", "q"}), 1),
-        ("ag2", frozenset(), 1),
-    ]
-    assert jobs == ["r1|a|1", "info a"]  # the oldest first
-    assert await candidates(queued=0) == ([], [])  # something waits: none to place directly
-    await r.hset(records.agent_key("ag1"), "used", 2)
-    await r.hset(records.agent_key("ag2"), "used", 1)
-    assert await candidates(queued=10) == ([], [])  # no agent free: the queue is not read
-    await r.hset(records.agent_key("ag2"), "used", 0)
-    await r.delete(store.QUEUE)
-    assert await candidates(queued=10) == ([], [])  # nothing waits: no agent is scanned
-    assert len((await candidates(queued=0))[0]) == 1  # a new job may go to the free one
 
 
 async def test_chains_are_indexed_when_saved_and_once_for_older_pipelines(
