@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -86,8 +88,13 @@ async def stored_ticks(nats_url: str, project: str, n: int, until: float) -> lis
     return found
 
 
-def run(system: BenchSystem, project: str, n: int, lead: float) -> dict[str, Any]:
-    """Fire `n` schedules due in the same second; lateness, duplicates and misses."""
+def run(
+    system: BenchSystem, project: str, n: int, lead: float, pause_dispatcher: bool = False
+) -> dict[str, Any]:
+    """Fire `n` schedules due in the same second; lateness, duplicates and misses.
+    `pause_dispatcher` stops the dispatcher (SIGSTOP) from a second before the ticks
+    until all are stored, to tell the schedulers' and JetStream's share of the lateness
+    from that of the runs the dispatcher makes of the events meanwhile."""
     due = datetime.fromtimestamp(int(time.time() + lead), UTC)
     began = time.time()
     asyncio.run(store_pipelines(system.stack.redis_url, project, n, due))
@@ -100,7 +107,17 @@ def run(system: BenchSystem, project: str, n: int, lead: float) -> dict[str, Any
     ready = lambda: all("scheduler ready" in log.read_text() for log in logs)  # noqa: E731
     system.wait_until(ready, "both scheduler replicas", timeout=due.timestamp() - time.time())
     loaded = time.time() - began - stored
-    events = asyncio.run(stored_ticks(system.stack.nats_url, project, n, due.timestamp() + 60))
+    dispatcher = system.procs[0]  # BenchSystem starts it first
+    if pause_dispatcher:
+        time.sleep(max(0.0, due.timestamp() - 1 - time.time()))
+        os.killpg(dispatcher.pid, signal.SIGSTOP)
+    try:
+        until = due.timestamp() + 60
+        events = asyncio.run(stored_ticks(system.stack.nats_url, project, n, until))
+    finally:
+        if pause_dispatcher:
+            os.killpg(dispatcher.pid, signal.SIGCONT)
+    fired_here = [line for log in logs for line in log.read_text().splitlines() if "due at" in line]
     per_entry = Counter(e.pipeline for e in events)
     late = [e.created_at - due.timestamp() for e in events]
     return {
@@ -111,4 +128,5 @@ def run(system: BenchSystem, project: str, n: int, lead: float) -> dict[str, Any
         "late": late,
         "store_s": stored,
         "load_s": loaded,
+        "replicas": [line.partition("INFO ")[2] for line in fired_here],
     }

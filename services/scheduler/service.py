@@ -1,6 +1,7 @@
 """The scheduler's async shell: every pipeline's schedule entries in one timetable,
-kept in step with `ry.pipelines.changed` (no polling), and one timer that fires the
-ticks due in a second together (services/scheduler/firing.py).
+kept in step with `ry.pipelines.changed` (no polling), and one timer that takes the
+ticks due in a second together, shortly before it, to be claimed and encoded ahead and
+published at the second (services/scheduler/firing.py).
 
 Each tick publishes a `cron` trigger event whose `Nats-Msg-Id` is the entry and the
 scheduled time, so replicas firing the same tick make one event. After downtime, each
@@ -21,8 +22,8 @@ from nats.aio.msg import Msg
 from runyard.settings import SCHEDULE_GRACE
 from schemas import subjects
 from services import bus
-from services.scheduler import ticks
-from services.scheduler.firing import Due, Firing
+from services.scheduler import firing, ticks
+from services.scheduler.firing import Batch, Due, Firing
 from services.scheduler.timetable import Timetable
 from services.store import records
 from services.store.connection import Redis
@@ -40,12 +41,12 @@ class Scheduler:
         self.js = nc.jetstream()
         self.r = r
         self.grace = grace
-        self.firing = Firing(self.js, r)
+        self.firing = Firing(nc, r, grace=grace)
         self.timetable = Timetable(grace)
         self.entries: dict[str, list[str]] = {}  # "project/pipeline" → its entries' ids
         self.changed = asyncio.Event()  # the timetable changed: look at the next tick again
         self.timer: asyncio.Task[None] | None = None
-        self.batches: set[asyncio.Task[None]] = set()
+        self.batches: dict[asyncio.Task[None], Batch] = {}  # on their way
 
     async def start(self) -> None:
         await bus.ensure_streams(self.js)
@@ -81,7 +82,7 @@ class Scheduler:
         try:
             record = await records.get_pipeline(self.r, project, name)
         except records.NotFound:
-            await self.firing.forget(self._drop(project, name))
+            self._drop(project, name)
             return
         await self.sync(record)
 
@@ -110,33 +111,37 @@ class Scheduler:
         dropped = self.entries.pop(f"{project}/{name}", [])
         for entry_id in dropped:
             self.timetable.remove(entry_id)
+        for batch in self.batches.values():
+            batch.drop(dropped)
         return dropped
 
     async def _timer(self) -> None:
-        """Sleep until the earliest tick (or a change), take everything due, fire it in
-        the background so that the next second's ticks are never held up."""
+        """Sleep until LEAD seconds before the earliest tick (or a change), take every
+        tick due by then, and start a batch for each second (claimed and encoded at
+        once, published at its second) in the background, so that the next second's
+        ticks are never held up."""
         while True:
-            due = self.timetable.due(datetime.now(UTC))
-            if due:
-                batch = asyncio.ensure_future(self._fire(due))
-                self.batches.add(batch)
-                batch.add_done_callback(self.batches.discard)
+            now = datetime.now(UTC)
+            seconds: dict[datetime, list[Due]] = {}
+            for entry, tick in self.timetable.take(now, now.timestamp() + firing.LEAD):
+                seconds.setdefault(tick, []).append((entry, tick))
+            for due in seconds.values():
+                batch = Batch(due)
+                task = asyncio.ensure_future(self._fire(batch))
+                self.batches[task] = batch
+                task.add_done_callback(self._done)
             self.changed.clear()
             at = self.timetable.next_due()
-            wait = None if at is None else max(at - time.time(), 0.0)
+            wait = None if at is None else max(at - firing.LEAD - time.time(), 0.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), wait)
 
-    async def _fire(self, due: list[Due]) -> None:
-        began = time.monotonic()
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.batches.pop(task, None)
+
+    async def _fire(self, batch: Batch) -> None:
+        count = len(batch)
         try:
-            published = await self.firing.fire(due)
+            await self.firing.run(batch)
         except Exception:
-            log.exception("firing %d ticks", len(due))
-            return
-        log.info(
-            "%d ticks due: %d published here in %.3f s",
-            len(due),
-            published,
-            time.monotonic() - began,
-        )
+            log.exception("firing %d ticks", count)

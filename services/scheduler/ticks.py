@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -23,7 +23,7 @@ class Entry:
     expression: str
     timezone: str
 
-    @property
+    @cached_property
     def id(self) -> str:
         return f"{self.project}/{self.pipeline}#{self.index}"
 

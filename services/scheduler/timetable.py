@@ -40,9 +40,15 @@ class Timetable:
         return self._heap[0][0] if self._heap else None
 
     def due(self, now: datetime) -> list[tuple[Entry, datetime]]:
-        """Take every entry whose tick has come, each with its latest tick up to `now`
-        (ticks missed while the process stalled coalesce into one; one older than the
-        grace period is dropped), and schedule each at its next tick."""
+        """Take every entry whose tick has come (see `take`)."""
+        return self.take(now, now.timestamp())
+
+    def take(self, now: datetime, until: float) -> list[tuple[Entry, datetime]]:
+        """Take every entry whose tick is due by `until` (POSIX seconds, `now` or later),
+        and schedule each at its next tick. A tick that has come is taken with the
+        entry's latest tick up to `now` (ticks missed while the process stalled coalesce
+        into one; one older than the grace period is dropped); a tick still to come is
+        taken as it is, so an entry due every second may be taken for several ticks."""
         taken = []
         after: dict[tuple[CronTrigger, datetime], datetime | None] = {}  # shared by equal crons
 
@@ -52,14 +58,14 @@ class Timetable:
             return after[(trigger, tick)]
 
         stamp = now.timestamp()
-        while self._heap and self._heap[0][0] <= stamp:
+        while self._heap and self._heap[0][0] <= max(until, stamp):
             item = heapq.heappop(self._heap)
             if not self._current(item):
                 continue
             entry = self._next[item[3]][1]
             trigger, tick = entry.trigger(), item[2]
             upcoming = following(trigger, tick)
-            while upcoming is not None and upcoming <= now:
+            while tick.timestamp() <= stamp and upcoming is not None and upcoming <= now:
                 tick, upcoming = upcoming, following(trigger, upcoming)
             if stamp - tick.timestamp() <= self.grace:
                 taken.append((entry, tick))

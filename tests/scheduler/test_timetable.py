@@ -63,3 +63,35 @@ def test_removed_and_replaced_entries() -> None:
     assert len(table) == 1
     assert [t for _, t in table.due(at(11, 0, 1))] == []
     assert [t for _, t in table.due(at(11, 30, 1))] == [at(11, 30)]
+
+
+EVERY_SECOND = Entry("p", "Secondly", 0, "* * * * * *", "UTC")
+
+
+def test_ticks_to_come_are_taken_ahead_and_late_ones_as_before() -> None:
+    table = Timetable(grace=300)
+    table.add(HOURLY, at(10, 30))
+    table.add(EVERY_SECOND, at(10, 59, 58.5))
+    # two seconds ahead: the hourly tick as it is, each second's tick up to then
+    taken = table.take(at(10, 59, 58.5), at(11, 0, 0.5).timestamp())
+    assert sorted((e.id, t) for e, t in taken) == [
+        (HOURLY.id, at(11, 0)),
+        (EVERY_SECOND.id, at(10, 59, 59)),
+        (EVERY_SECOND.id, at(11, 0)),
+    ]
+    assert table.next_due() == at(11, 0, 1).timestamp()
+    assert table.take(at(10, 59, 59), at(11, 0, 0.9).timestamp()) == []  # none twice
+    # after a stall, a tick that has come still coalesces with the later ones missed
+    assert table.take(at(11, 0, 4.5), at(11, 0, 6.5).timestamp()) == [
+        (EVERY_SECOND, at(11, 0, 4)),
+        (EVERY_SECOND, at(11, 0, 5)),
+        (EVERY_SECOND, at(11, 0, 6)),
+    ]
+
+
+def test_a_tick_past_the_grace_is_skipped_even_when_taken_ahead() -> None:
+    table = Timetable(grace=300)
+    table.add(HOURLY, at(10, 30))
+    # the process stalled past 11:00 + grace: that tick is dropped, the next one is ahead
+    assert table.take(at(11, 10), at(11, 10, 2).timestamp()) == []
+    assert table.take(at(11, 59, 59), at(12, 0, 1).timestamp()) == [(HOURLY, at(12, 0))]

@@ -47,7 +47,12 @@ async def test_per_second_schedule_on_time_once_per_tick_with_two_replicas(
     assert shown["schedules"][0]["next"] is not None
     system.scheduler()
     system.scheduler()
-    await asyncio.sleep(6)
+
+    async def three_ticks() -> bool:  # the replicas take seconds to start on a busy machine
+        return len(await system.call("GET", "/api/projects/p/pipelines/Tick/runs")) >= 3
+
+    await system.wait_for(three_ticks, 30, "three ticks' runs")
+    await asyncio.sleep(2)
     runs = await tick_runs(system)
     ticks = [r["event"]["payload"]["scheduled_at"] for r in runs]
     assert len(ticks) >= 3, runs
