@@ -100,6 +100,11 @@ class Engine:
         """Hides the run's secrets in what the state records (it is stored and shown)."""
         return Masker(self.info.secrets.values())
 
+    def masked(self, value: Any) -> Any:
+        """`value` (strings, lists and mappings) with the run's secrets hidden: for what
+        is kept with the run beside its state (test failures)."""
+        return self._masker.data(value)
+
     # --- entry points ---------------------------------------------------------------
 
     def start(self, at: float) -> list[Command]:

@@ -166,10 +166,14 @@ class Agents:
                     f"its limit of {RUN_ARTIFACT_LIMIT} bytes; deleted"
                 )
                 files = []
+        tests = event.tests.model_dump() if event.tests else None
+        if tests and (live := await self.changes.load(event.run)) is not None:
+            # a failure's message and text are the test's output: they may show a secret
+            tests["failures"] = live.engine.masked(tests["failures"])
         record = {
             "attempt": event.attempt,
             "artifacts": [{**f.model_dump(), "bucket": bucket} for f in files],
-            "tests": event.tests.model_dump() if event.tests else None,
+            "tests": tests,
             "errors": errors,
         }
         await self.r.hset(store.run_key(event.run), f"finished:{event.job}", store.dumps(record))

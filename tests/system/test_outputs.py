@@ -185,11 +185,13 @@ jobs:
           head -c 3000000 /dev/urandom > out/model.bin
           printf 'small' > out/sub/notes.txt
           echo "::digest::\\"$(sha256sum out/model.bin | cut -d' ' -f1)\\""
+          echo "SECRET = '${{ secrets.TOKEN }}'" > secret_value.py
           cat > test_demo.py <<'EOF'
           import pytest
+          from secret_value import SECRET
           def test_one(): assert 1 + 1 == 2
           def test_two(): assert True
-          def test_broken(): assert 2 + 2 == 5, "arithmetic is off"
+          def test_broken(): assert 2 + 2 == 5, "arithmetic is off for " + SECRET
           @pytest.mark.skip(reason="not today")
           def test_skipped(): pass
           EOF
@@ -208,6 +210,7 @@ jobs:
 
 async def test_artifacts_round_trip_and_test_results(system: System, tmp_path: Path) -> None:
     await system.project("p")
+    await system.call("PUT", "/api/projects/p/secrets/TOKEN", json={"value": "tok-5ecr3t"})
     await system.agent("a", projects=["p"])
     await system.pipeline("p", ARTIFACTS.replace("{python}", sys.executable))
     run_id = await system.start_run("p", "Build")
@@ -236,7 +239,8 @@ async def test_artifacts_round_trip_and_test_results(system: System, tmp_path: P
     assert (tests["total"], tests["passed"], tests["failed"], tests["skipped"]) == (4, 2, 1, 1)
     (failure,) = tests["failures"]
     assert failure["name"].endswith("test_broken")
-    assert "arithmetic is off" in failure["message"]
+    assert "arithmetic is off for ***" in failure["message"]  # the test printed a secret
+    assert "tok-5ecr3t" not in str(tests)
     assert "assert 4 == 5" in failure["text"] or "2 + 2 == 5" in failure["text"]
     assert tests["duration"] >= 0
     assert any("bomb.xml: refused, unsafe XML" in p for p in job["problems"]), job["problems"]
