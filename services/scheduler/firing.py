@@ -234,6 +234,7 @@ class Firing:
         FALLBACK seconds later, what the other replica left unfired. How many ticks this
         replica published."""
         won, lost = await self.split(batch)
+        claimed = time.time()
         messages = encoded(won)
         await until(batch.at)
         sent = time.time()
@@ -241,9 +242,12 @@ class Firing:
         published = await self.publish([won[i] for i in kept], [messages[i] for i in kept])
         if batch.items:  # not all dropped before the second
             log.info(
-                "%d ticks due at %s: %d published here, acknowledged %.3f s after it",
+                "%d ticks due at %s: %d claimed here %.3f s before it, %d published,"
+                " acknowledged %.3f s after it",
                 len(batch),
                 datetime.fromtimestamp(batch.at, UTC).isoformat(),
+                len(won),
+                batch.at - claimed,
                 published,
                 time.time() - batch.at,
             )
