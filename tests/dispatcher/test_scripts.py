@@ -3,29 +3,17 @@ COMMIT and the chain index."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import orjson
-import pytest
 import redis.asyncio as aioredis
 
 from schemas import subjects
 from schemas.pipeline import Pipeline
 from services.dispatcher import effects
-from services.stack import Stack
 from services.store import chains, records
 from services.store import runs as store
 from services.store.scripts import Scripts
 
 RUN = "r1"
-
-
-@pytest.fixture
-async def r(stack: Stack) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(stack.redis_url, decode_responses=True)
-    await client.flushdb()
-    yield client
-    await client.aclose()
 
 
 async def _agent(r: aioredis.Redis, agent: str, slots: int, used: int = 0) -> None:
