@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import peer
 from bench.common import Target, report, summary, targets
 from bench.system import BenchSystem, bench_project
 
@@ -90,6 +91,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="steps for the overhead")
     parser.add_argument("--throughput-runs", type=int, default=40)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--peer", type=int, default=0, metavar="RUNS", help="then Celery beside it (bench/peer.py)"
+    )
     args = parser.parse_args()
     with bench_project() as (system, project, tmp):
         for i in range(4):
@@ -97,6 +101,7 @@ def main() -> None:
         seconds = latency(system, project, args.runs, tmp)
         runyard, shell, cpu = step_overhead(system, project, args.steps)
         done, took = throughput(system, project, args.throughput_runs, 25)
+        timed = peer.compare(system, project, tmp, args.peer) if args.peer else {}
     rows = [
         summary("API call → first step running", seconds),
         {
@@ -128,12 +133,15 @@ def main() -> None:
             "per_s": done / took,
         },
     ]
-    report(rows, args.json)
+    peer_rows, ratio = peer.ratios(timed) if timed else ([], "")
+    report(rows + peer_rows, args.json)
     print(
         "(per-step rows: ms per step, the same figure in both columns;"
         " throughput: trivial steps per second)"
     )
     print(f"agent CPU per step: {cpu / args.steps * 1000:.3f} ms (the agents' own processes)")
+    if ratio:
+        print(f"{ratio} (Runyard and Celery rows: seconds per run, {args.peer} runs each)")
     first, overhead, rate = rows[0], rows[3], rows[4]
     targets(
         [

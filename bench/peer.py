@@ -53,30 +53,44 @@ def _celery(steps: int, runs: int) -> list[float]:
     return timed[WARM_UP:]
 
 
+def compare(system: BenchSystem, project: str, tmp: Path, runs: int) -> dict[str, list[float]]:
+    """Both pipelines through Runyard (the project's agents), then — with Runyard's
+    processes stopped, so Celery gets the machine to itself as Runyard had — through
+    Celery on the same Valkey: seconds of each timed run, by system and pipeline."""
+    timed: dict[str, list[float]] = {}
+    for label, steps in PIPELINES.items():
+        timed[f"Runyard, {label}"] = _runyard(system, project, steps, runs)
+    system.stop()
+    peer_celery.use(system.stack.redis_url)
+    with peer_celery.worker(system.stack.redis_url, tmp / "celery.log"):
+        for label, steps in PIPELINES.items():
+            timed[f"Celery, {label}"] = _celery(steps, runs)
+    return timed
+
+
+def ratios(timed: dict[str, list[float]]) -> tuple[list[dict[str, float | str | int]], str]:
+    """The rows (Runyard's with its ratio, in the JSON too) and the ratio line."""
+    rows = [summary(name, seconds) for name, seconds in timed.items()]
+    said = []
+    for label in PIPELINES:
+        ours, theirs = (next(r for r in rows if r["name"] == f"{who}, {label}") for who in WHO)
+        ours["vs_celery"] = float(ours["p50_ms"]) / float(theirs["p50_ms"])
+        said.append(f"{label} {ours['vs_celery']:.1f}x")
+    return rows, f"Runyard's median over Celery's: {', '.join(said)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30, help="timed runs of each pipeline")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    timed: dict[str, list[float]] = {}
     with bench_project() as (system, project, tmp):
         system.agent(f"agent-{project}", project)
-        for label, steps in PIPELINES.items():
-            timed[f"Runyard, {label}"] = _runyard(system, project, steps, args.runs)
-        system.stop()  # Celery gets the machine to itself, as Runyard had
-        peer_celery.use(system.stack.redis_url)
-        with peer_celery.worker(system.stack.redis_url, tmp / "celery.log"):
-            for label, steps in PIPELINES.items():
-                timed[f"Celery, {label}"] = _celery(steps, args.runs)
-    rows = [summary(name, seconds) for name, seconds in timed.items()]
-    ratios = []
-    for label in PIPELINES:  # the ratio goes with Runyard's row, in the JSON too
-        ours, theirs = (next(r for r in rows if r["name"] == f"{who}, {label}") for who in WHO)
-        ours["vs_celery"] = float(ours["p50_ms"]) / float(theirs["p50_ms"])
-        ratios.append(f"{label} {ours['vs_celery']:.1f}x")
+        timed = compare(system, project, tmp, args.runs)
+    rows, line = ratios(timed)
     report(rows, args.json)
     print("(per s: runs per second, one at a time)")
-    print(f"Runyard's median over Celery's: {', '.join(ratios)}")
+    print(line)
 
 
 if __name__ == "__main__":

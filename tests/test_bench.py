@@ -67,6 +67,9 @@ def test_dispatch_bench_smoke(stack: Stack, tmp_path: Path) -> None:
         "10",
         "--throughput-runs",
         "2",
+        "--peer",
+        "1",
+        timeout=240,
     )
     assert [r["name"] for r in rows] == [
         "API call → first step running",
@@ -74,8 +77,13 @@ def test_dispatch_bench_smoke(stack: Stack, tmp_path: Path) -> None:
         "10 commands in one bash",
         "per-step overhead",
         "throughput, 4 agents",
+        "Runyard, 1 step",
+        "Runyard, 20 steps",
+        "Celery, 1 step",
+        "Celery, 20 steps",
     ]
     assert rows[0]["n"] == 5
+    assert "vs_celery" in rows[5]  # the peer ratio, in the same run
 
 
 def test_logs_bench_smoke(stack: Stack, tmp_path: Path) -> None:
