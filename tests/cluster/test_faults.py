@@ -61,11 +61,7 @@ class ClusterChaos(Chaos):
             self.collector_killed = struck
         print(f"{fault}: killed {', '.join(parts)} with {len(waiting)} job(s) running")
         led = fault == "service-replicas"  # the other replicas were serving all along
-        # Sentinel's promotion is asserted below, so it is waited for; a NATS stream may be
-        # led by the killed node again once it is back, so its new leader is only noted
-        # while runs move on (waiting for it took RUN_TIMEOUT when that happened)
-        must_lead = fault == "valkey-primary"
-        while (waiting or (must_lead and not led)) and time.monotonic() - struck < RUN_TIMEOUT:
+        while (waiting or not led) and time.monotonic() - struck < RUN_TIMEOUT:
             if not led and self._led_again(fault, parts[0]):
                 led = True
                 self.failover[fault] = time.monotonic() - struck
