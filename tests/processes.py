@@ -13,10 +13,10 @@ def alive(pid: int) -> bool:
     """True while `pid` runs; a zombie (dead, waiting to be reaped) counts as gone."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (ProcessLookupError, FileNotFoundError):  # gone, even between the two looks
         return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+    return state != "Z"
 
 
 def wait_dead(pids: list[int], timeout: float = 10.0) -> list[int]:
