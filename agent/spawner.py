@@ -118,6 +118,13 @@ def reply(sock: socket.socket, message: dict[str, Any]) -> None:
 DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ)
 
 
+def _failure(exc: OSError | ValueError) -> tuple[int, str]:
+    """(errno, reason) of a step that could not start."""
+    if isinstance(exc, OSError):
+        return exc.errno or 0, exc.strerror or str(exc)
+    return 0, str(exc)  # a NUL in the command or environment, "=" in a name
+
+
 def _step(request: dict[str, Any], parent: int, out: int, err: int, report: int) -> None:
     """In the step's child: never returns."""
     try:
@@ -131,10 +138,8 @@ def _step(request: dict[str, Any], parent: int, out: int, err: int, report: int)
         os.dup2(err, 2)
         os.chdir(request["cwd"])
         os.execvpe(request["argv"][0], request["argv"], request["env"])
-    except OSError as exc:
-        os.write(report, json.dumps([exc.errno or 0, exc.strerror or str(exc)]).encode())
-    except ValueError as exc:  # a NUL in the command or environment, "=" in a name
-        os.write(report, json.dumps([0, str(exc)]).encode())
+    except (OSError, ValueError) as exc:
+        os.write(report, json.dumps(_failure(exc)).encode())
     finally:
         os._exit(127)
 
@@ -161,8 +166,8 @@ def start_step(request: dict[str, Any], fds: list[int], contained: bool) -> dict
         os.chdir(cwd)
         env = request["env"]
         pid = os.posix_spawn(
-            _program(request["argv"][0], env.get("PATH", os.defpath)),
-            request["argv"],
+            _program(argv[0], env.get("PATH", os.defpath)),
+            argv,
             env,
             file_actions=[
                 (os.POSIX_SPAWN_DUP2, null, 0),
@@ -172,10 +177,9 @@ def start_step(request: dict[str, Any], fds: list[int], contained: bool) -> dict
             setsid=True,
             setsigdef=DEFAULT_SIGNALS,
         )
-    except OSError as exc:
-        return {"error": exc.strerror or str(exc), "errno": exc.errno or 0}
-    except ValueError as exc:  # a NUL in the command or environment, "=" in a name
-        return {"error": str(exc), "errno": 0}
+    except (OSError, ValueError) as exc:
+        number, reason = _failure(exc)
+        return {"error": reason, "errno": number}
     finally:
         for fd in (null, *fds):
             os.close(fd)
