@@ -270,6 +270,14 @@ async def test_forged_results_from_another_agent_are_dropped(system: System, raw
     page = await system.call("GET", f"/api/runs/{run_id}/jobs/build/steps/second/logs")
     assert [line["text"] for line in page["lines"]] == ["got real"]
 
+    async def released() -> bool:  # the worker's own job.finished was taken
+        agent = await system.call("GET", f"/api/agents/{worker.id}")
+        return bool(agent["slots_used"] == 0)
+
+    # compared below with the job as the worker's real job.finished left it
+    await system.wait_for(released, 20, "the worker's job.finished")
+    done = await system.run(run_id) or done
+
     # a finished run's artifact list cannot be replaced either
     fake = ArtifactFile(
         artifact="w", path="evil", object=f"{run_id}/build/w/evil", size=1, sha256="0" * 64
