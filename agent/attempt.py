@@ -39,7 +39,7 @@ class Job:
     async def ready(self) -> None:
         """Once the job is prepared, or its preparing failed or was given up
         (`setup_error` says why); never raises."""
-        if self.prepared is not None:
+        if self.prepared is not None and not self.prepared.done():  # no turn of the loop
             await asyncio.wait({self.prepared})
 
     async def give_up_preparing(self) -> None:

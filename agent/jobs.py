@@ -27,6 +27,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from pydantic.main import IncEx
 
 from agent import git, workspaces
 from agent.attempt import Job, job_key, split_key
@@ -55,6 +56,13 @@ INTERRUPTED = (
     "the agent stopped while this step ran (it was killed or restarted); its processes "
     "were ended and the step was not run again in this attempt"
 )
+NOT_STARTED = (
+    "the agent restarted after it took this job and before this step, which came with "
+    "the job, started; it was not run in this attempt"
+)
+# what the ledger keeps of a `job.assign` (never the first step's secrets)
+SECRET_FIELDS: IncEx = {"script", "inputs", "env", "working_directory", "mask"}
+LEDGER_ASSIGN: IncEx = {"env": True, "first": SECRET_FIELDS}
 Spawner = Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
 
 
@@ -94,6 +102,12 @@ class Jobs:
             if found.result is not None:  # it may not have reached JetStream
                 index = StepFinished.model_validate_json(found.result).index
                 self.send_event(found.result, f"sf:{found.key}|{index}")
+            elif not found.steps and job.assign.first is not None:
+                # its first step came with it and had not started: it never will (the
+                # ledger does not keep what it held), the attempt ends as interrupted
+                first = job.assign.first
+                never = StartedStep(f"{found.key}|{first.index}", found.key, first.id, time.time())
+                self._report_interrupted(found, never, NOT_STARTED)
             elif not found.steps:  # claimed, nothing run: the claim may not have got out
                 self._claim(job, found.key)
                 if found.assign is not None and not found.prepared:  # nor the code in
@@ -102,10 +116,12 @@ class Jobs:
                 log.warning("step %s was interrupted by this agent's restart", step.key)
                 self._report_interrupted(found, step)
 
-    def _report_interrupted(self, job: OpenJob, step: StartedStep) -> None:
+    def _report_interrupted(
+        self, job: OpenJob, step: StartedStep, error: str = INTERRUPTED
+    ) -> None:
         run, name, attempt = split_key(job.key)
         index = int(step.key.rsplit("|", 1)[1])
-        data = self._interrupted(job.key, index, step.step, step.at, INTERRUPTED)
+        data = self._interrupted(job.key, index, step.step, step.at, error)
         self.ledger.step_done(job.key, step.key, data)
         self.journal.add(f"step:{step.key}")
         # the step's log is complete as far as it got
@@ -129,13 +145,21 @@ class Jobs:
         if key in self.jobs or f"job:{key}" in self.journal:
             await msg.ack()  # its claim is sent or in the spool, or it is over
             return
-        self.ledger.claim(key, assign.model_dump_json(exclude={"env"}).encode())
+        self.ledger.claim(key, assign.model_dump_json(exclude=LEDGER_ASSIGN).encode())
         job = Job(assign, workspaces.path(self.work, assign.run, assign.job, assign.attempt))
         self.jobs[key] = job
-        # claimed first: the claim's round trip to the dispatcher (which answers with the
-        # first step) overlaps the workspace, the sandbox and the checkout
-        self._claim(job, key, msg)
+        # its workspace and sandbox are made (in this order: the first step waits for
+        # them), and the claim goes out, while the claim's round trip to the dispatcher
+        # (which answers with the first step, unless it came with the job) overlaps them
+        if not job.workspace.exists():  # the usual case: no turn of the loop before it
+            self._sandbox(job)
         job.prepared = self.spawn(self._prepared(job, key))
+        self._claim(job, key, msg)
+        if assign.first is not None:  # as if its step.assign had come (none will)
+            step = assign.first
+            first = StepAssign(run=assign.run, job=assign.job, attempt=assign.attempt, step=step)
+            job.step_index = step.index
+            job.step = self.spawn(self._run_step(job, first, f"step:{key}|{step.index}"))
 
     async def _prepared(self, job: Job, key: str) -> None:
         try:
@@ -153,16 +177,21 @@ class Jobs:
     async def _prepare(self, job: Job) -> None:
         """A clean workspace, its spawner (building the sandbox meanwhile), the code."""
         assign, workspace = job.assign, job.workspace
-        if workspace.exists():  # an earlier attempt's: start clean
-            await asyncio.to_thread(workspaces.remove, workspace)
-        workspace.mkdir(parents=True, exist_ok=True)
-        job.spawner = self.launcher.job(workspace)
+        if job.spawner is None:
+            if workspace.exists():  # an earlier attempt's: start clean
+                await asyncio.to_thread(workspaces.remove, workspace)
+            self._sandbox(job)
         if assign.repository:
             try:
                 ref, _ = await git.resolve(assign.repository, assign.sha or assign.ref or "HEAD")
                 await git.fetch_checkout(assign.repository, ref, workspace)
             except git.GitError as exc:
                 job.setup_error = f"checkout of {assign.repository} failed: {exc}"
+
+    def _sandbox(self, job: Job) -> None:
+        """Its empty workspace made, its spawner asked for (the sandbox builds meanwhile)."""
+        job.workspace.mkdir(parents=True, exist_ok=True)
+        job.spawner = self.launcher.job(job.workspace)
 
     def _claim(self, job: Job, key: str, msg: Msg | None = None) -> None:
         claimed = JobClaimed(
@@ -172,6 +201,7 @@ class Jobs:
             attempt=job.assign.attempt,
             workspace=str(job.workspace),
             host=self.host,
+            first=job.assign.first is not None,
             at=time.time(),
         )
         self.send_event(claimed.encode(), "claim:" + key, msg.ack if msg else None)
@@ -352,6 +382,7 @@ class Jobs:
             sink.flush(final=True)
             self.ledger.step_done(key, ledger_key, None)
             return
+        first = job.assign.first
         finished = StepFinished(
             agent=self.agent,
             run=assign.run,
@@ -359,6 +390,8 @@ class Jobs:
             attempt=assign.attempt,
             index=assign.step.index,
             step=assign.step.id,
+            # its result may come before the claim: it carries what the claim does
+            host=self.host if first is not None and first.index == assign.step.index else {},
             **result.report(),
         )
         data = finished.encode()

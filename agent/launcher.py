@@ -78,6 +78,7 @@ class JobSpawner:
         sock: socket.socket | None,
         error: str | None = None,
         stuck: Callable[[], None] | None = None,
+        started: Callable[[], None] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[int] = loop.create_future()
@@ -88,6 +89,7 @@ class JobSpawner:
         self.exits: dict[int, asyncio.Future[int]] = {}
         self.pending = b""
         self.stuck = stuck  # what to do when it never says it is ready
+        self.started = started  # once, when its first step has started (or it closes)
         if sock is None:
             self.ready.set_exception(OSError(0, error or "no spawner"))
             return
@@ -128,13 +130,15 @@ class JobSpawner:
         finally:
             os.close(out_w)
             os.close(err_w)
+        # the pipes are taken into the loop while the spawner starts the step
+        (out, out_pipe), (err, err_pipe) = await _reader(out_r), await _reader(err_r)
         try:
             pid = await started
         except BaseException:
-            for fd in (out_r, err_r):
-                os.close(fd)
+            out_pipe.close()
+            err_pipe.close()
             raise
-        return Child(pid, await _reader(out_r), await _reader(err_r), self.exits[pid], self)
+        return Child(pid, out, err, self.exits[pid], self)
 
     def _readable(self) -> None:
         assert self.sock is not None
@@ -168,6 +172,7 @@ class JobSpawner:
             if "pid" in message:
                 self.exits.setdefault(int(message["pid"]), loop.create_future())
                 started.set_result(int(message["pid"]))
+                self._first_started()
             else:
                 started.set_exception(OSError(int(message.get("errno", 0)), message["error"]))
 
@@ -189,21 +194,27 @@ class JobSpawner:
                 os.kill(self.pid, signal.SIGKILL)
         self._gone()
 
+    def _first_started(self) -> None:
+        if self.started is not None:
+            started, self.started = self.started, None
+            started()
+
     def close(self) -> None:
         """The job ended: the spawner exits (and what is left of its steps with it)."""
+        self._first_started()
         if self.sock is not None:
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
 
 
-async def _reader(fd: int) -> asyncio.StreamReader:
+async def _reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(loop=loop)
-    await loop.connect_read_pipe(
+    pipe, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(fd, "rb", 0)
     )
-    return reader
+    return reader, pipe
 
 
 class Launcher:
@@ -230,9 +241,13 @@ class Launcher:
             theirs.close()
         ours.setblocking(False)
         self.sock = ours
-        if self.sandbox is not None and self.sandbox.enabled:  # ready for the first job
+        self._standby()  # ready for the first job
+
+    def _standby(self) -> None:
+        """Ask the fork server for a standby sandbox for the next job."""
+        if self.sandbox is not None and self.sandbox.enabled and self.sock is not None:
             with contextlib.suppress(OSError):
-                ours.send(spawner.frame({"sandbox": self.sandbox.base_plan()}))
+                self.sock.send(spawner.frame({"sandbox": self.sandbox.base_plan()}))
 
     def job(self, workspace: Path) -> JobSpawner:
         """A spawner for the job in `workspace` (it may still be building the sandbox;
@@ -261,7 +276,7 @@ class Launcher:
             if self.proc is not None:
                 self.proc.kill()  # a cut message would garble the next; start afresh
             return JobSpawner(None, "the step spawner does not answer")
-        return JobSpawner(ours, stuck=self._stuck)
+        return JobSpawner(ours, stuck=self._stuck, started=self._standby if plan else None)
 
     def _stuck(self) -> None:
         """A job's spawner never came: the fork server is stopped or hangs; the next

@@ -28,6 +28,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
+AT_EMPTY_PATH = 0x1000
 MOUNT_ATTR_RDONLY = 0x1
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (the generic table)
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -61,30 +62,47 @@ class _MountAttr(ctypes.Structure):
     ]
 
 
-def _read_only(path: str, on: bool, recursive: bool) -> None:
-    """Set (or clear) read-only on the mount at `path` (and every mount below it)."""
+def _read_only(path: str, on: bool, recursive: bool, at: int = AT_FDCWD) -> None:
+    """Set (or clear) read-only on the mount at `path` (and every mount below it); with
+    `at` a descriptor and `path` empty, on the mount that descriptor is on."""
     attr = _MountAttr(MOUNT_ATTR_RDONLY if on else 0, 0 if on else MOUNT_ATTR_RDONLY, 0, 0)
-    flags = AT_RECURSIVE if recursive else 0
+    flags = (AT_RECURSIVE if recursive else 0) | (0 if path else AT_EMPTY_PATH)
     result = _libc.syscall(
-        SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr)
+        SYS_MOUNT_SETATTR, at, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr)
     )
     _check(result, f"mount_setattr {path}")
 
 
-def _enter_userns(inner_uid: int, outer_uid: int, inner_gid: int, outer_gid: int) -> None:
+def _enter_userns(
+    inner_uid: int, outer_uid: int, inner_gid: int, outer_gid: int, proc: int | None = None
+) -> None:
+    """`proc`: the host's /proc (a descriptor), where /proc is the job's own, which
+    does not show this process."""
     _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare")
-    Path("/proc/self/setgroups").write_text("deny")
-    Path("/proc/self/uid_map").write_text(f"{inner_uid} {outer_uid} 1")
-    Path("/proc/self/gid_map").write_text(f"{inner_gid} {outer_gid} 1")
+    for name, text in (
+        ("setgroups", "deny"),
+        ("uid_map", f"{inner_uid} {outer_uid} 1"),
+        ("gid_map", f"{inner_gid} {outer_gid} 1"),
+    ):
+        path = f"self/{name}" if proc is not None else f"/proc/self/{name}"
+        fd = os.open(path, os.O_WRONLY, dir_fd=proc)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
 
 
-def _show_only(directory: str, shown: list[str]) -> None:
-    """Cover `directory` with an empty tmpfs that holds only `shown` (paths below it)."""
+def _show_only(directory: str, shown: list[str], proc: int | None = None) -> None:
+    """Cover `directory` with an empty tmpfs that holds only `shown` (paths below it).
+    `proc`: as for `_enter_userns`."""
     keep = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path in shown]
+    if proc is not None:  # the binds' sources are named from there: `self/fd/<n>`
+        os.fchdir(proc)
     _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, "size=4k,mode=755")
     for path, fd in keep:
         Path(path).mkdir(parents=True, exist_ok=True)
-        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        source = f"/proc/self/fd/{fd}" if proc is None else f"self/fd/{fd}"
+        _mount(source, path, None, MS_BIND | MS_REC)
         os.close(fd)
 
 
@@ -110,9 +128,11 @@ def covers(plan: dict[str, Any]) -> Covered:
     return tuple(found)
 
 
-def prepare(plan: dict[str, Any], hidden: Covered) -> None:
+def prepare(plan: dict[str, Any], hidden: Covered) -> int:
     """The first half of a sandbox, the same for every job of the agent (`work`,
-    `cache`: its directories; `hidden`: what `covers` found)."""
+    `cache`: its directories; `hidden`: what `covers` found), with the job's PID
+    namespace, its init and its /proc; returns the host's /proc, which that covers (a
+    descriptor, for `finish`)."""
     _enter_userns(0, plan["uid"], 0, plan["gid"])
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     # /tmp its own mount (with what is mounted below it), so it can stay writable
@@ -129,31 +149,42 @@ def prepare(plan: dict[str, Any], hidden: Covered) -> None:
         else:
             _mount("/dev/null", path, None, MS_BIND)
     _mount(plan["cache"], plan["cache"], None, MS_BIND | MS_REC)
-
-
-def finish(plan: dict[str, Any], own: str) -> None:
-    """The second half, for the job whose workspace is `own`; then the mounts are
-    locked and this process is the agent's user again, without capabilities outside."""
-    _show_only(plan["work"], [own])
-    _read_only("/", on=True, recursive=True)  # nothing else may be changed
-    for writable in (own, "/tmp", "/proc"):  # /proc: for the uid map below
-        _read_only(writable, on=False, recursive=False)
-    _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m")
-    _enter_userns(plan["uid"], 0, plan["gid"], 0)  # locks the mounts; back to our own uid
-    os.chdir(own)  # through the mounts now, so `..` cannot walk under them
+    proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     _own_pids()
+    return proc
+
+
+def finish(plan: dict[str, Any], own: str, proc: int) -> None:
+    """The second half, for the job whose workspace is `own`; then the mounts are
+    locked and this process is the agent's user again, without capabilities outside.
+    `proc`: what `prepare` returned."""
+    _show_only(plan["work"], [own], proc)
+    _read_only("/", on=True, recursive=True)  # nothing else may be changed
+    for writable in (own, "/tmp", "/proc"):
+        _read_only(writable, on=False, recursive=False)
+    _read_only("", on=False, recursive=False, at=proc)  # the host's, for the uid map below
+    _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m")
+    # locks the mounts; back to our own uid
+    _enter_userns(plan["uid"], 0, plan["gid"], 0, proc)
+    os.close(proc)
+    os.chdir(own)  # through the mounts now, so `..` cannot walk under them
 
 
 def _own_pids() -> None:
     """Steps forked from now on are in a PID namespace of their own, whose init (a child
     of this process) dies with it; the kernel then kills every process left in it, so
     what a step started with `setsid` or a double fork ends with the job. This process
-    stays outside: `fork` gives it the host's pids, which the agent signals and tracks."""
+    stays outside: `fork` gives it the host's pids, which the agent signals and tracks.
+    Made before the job is known (by a standby): the init mounts the namespace's /proc
+    where it is, and the second half of the sandbox (`finish`) copies it. The init
+    keeps no descriptor of this process's (a standby's socket held open would take a
+    job after the standby died)."""
     _check(_libc.unshare(CLONE_NEWPID), "unshare pid")
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(ready_r)
+        os.closerange(3, ready_w)
+        os.closerange(ready_w + 1, os.sysconf("SC_OPEN_MAX"))
         _init(ready_w)
     os.close(ready_w)
     with os.fdopen(ready_r, "rb") as ready:
@@ -189,8 +220,7 @@ def _init(ready: int) -> None:
 
 def enter(plan: dict[str, Any]) -> None:
     """Move this process into a new sandbox for the workspace `plan["workspace"]`."""
-    prepare(plan, covers(plan))
-    finish(plan, plan["workspace"])
+    finish(plan, plan["workspace"], prepare(plan, covers(plan)))
 
 
 def reap_all(*_: object) -> None:

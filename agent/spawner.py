@@ -18,12 +18,14 @@ Three generations, each killed (SIGKILL, `PR_SET_PDEATHSIG`) when its parent die
 
 Forking an 11 MB process costs a fraction of forking the agent, and the agent's own
 spawns need no `preexec_fn` any more. The fork server also keeps a **standby**: a child
-that has already made the half of a sandbox every job shares (`prepare`) and waits;
-the next job's spawner is that child, which only adds the job's workspace and locks
-the mounts (`finish`). A standby is used only if the hidden paths it covers are still
-all that exist, each still the same file (a credential file made since would not be
-covered, nor one renamed over the covered one: a fresh sandbox is built instead). A
-standby that died is replaced by a fresh fork as well.
+that has already made the half of a sandbox every job shares, with the job's PID
+namespace (`prepare`), and waits; the next job's spawner is that child, which only adds
+the job's workspace and locks the mounts (`finish`). The agent asks for the next
+standby once a job's first step has started, so making it does not compete with that
+job's sandbox and first step for the CPU. A standby is used only if the hidden paths
+it covers are still all that exist, each still the same file (a credential file made
+since would not be covered, nor one renamed over the covered one: a fresh sandbox is
+built instead). A standby that died is replaced by a fresh fork as well.
 
 Wire (job socket, a stream): agent → spawner `<length><count of descriptors><JSON>`
 (`frame`), here with the step's stdout and stderr attached (SCM_RIGHTS); spawner →
@@ -294,7 +296,7 @@ class _Server:
                 job.close()
                 for fd in fds[1:]:
                     os.close(fd)
-        if plan is not None:  # the next job's
+        elif plan is not None:  # the next job's
             if self.standby is not None:
                 self.standby.drop()
                 self.standby = None
@@ -366,8 +368,9 @@ class _Standby:
 
     def _wait(self, sock: socket.socket) -> None:
         failed: OSError | None = None
+        proc = -1
         try:
-            prepare(self.plan, self.hidden)
+            proc = prepare(self.plan, self.hidden)
         except OSError as exc:  # said to the job that comes
             failed = exc
         request = Reader(sock).next()
@@ -379,7 +382,7 @@ class _Standby:
         def setup() -> None:
             if failed is not None:
                 raise failed
-            finish(self.plan, message["workspace"])
+            finish(self.plan, message["workspace"], proc)
 
         serve_job(socket.socket(fileno=job_fd), setup, True)
 

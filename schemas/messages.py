@@ -101,17 +101,6 @@ class ArtifactSpec(BaseModel):
     if_failed: bool = False
 
 
-class JobAssign(OfAttempt):
-    type: Literal["job.assign"] = "job.assign"
-    project: str
-    pipeline: str
-    repository: str | None = None
-    sha: str | None = None
-    ref: str | None = None
-    env: dict[str, str] = {}
-    timeout: float | None = Field(None, description="seconds")
-
-
 class ResolvedStep(BaseModel):
     """A step with every expression evaluated: what a runner executes. The engine makes
     it (runyard/engine/machine.py), `step.assign` carries it as is to the agent."""
@@ -132,6 +121,20 @@ class ResolvedStep(BaseModel):
     timeout: float | None = Field(None, description="seconds")
     cache: bool = False
     mask: list[str] = Field([], description="values to mask in logs (secrets)")
+
+
+class JobAssign(OfAttempt):
+    type: Literal["job.assign"] = "job.assign"
+    project: str
+    pipeline: str
+    repository: str | None = None
+    sha: str | None = None
+    ref: str | None = None
+    env: dict[str, str] = {}
+    timeout: float | None = Field(None, description="seconds")
+    first: ResolvedStep | None = Field(
+        None, description="its first step: start it once claimed, no `step.assign` follows"
+    )
 
 
 class StepAssign(OfAttempt):
@@ -161,6 +164,7 @@ class JobClaimed(OfAttempt):
     agent: str
     workspace: str
     host: dict[str, Any] = Field({}, description="agent, machine and python contexts")
+    first: bool = Field(False, description="`job.assign` had the first step: it runs")
     at: float
 
 
@@ -190,6 +194,9 @@ class StepFinished(OfAttempt, StepOutcome):
     agent: str
     index: int
     step: str
+    host: dict[str, Any] = Field(
+        {}, description="as the claim's, with the result of a step sent with `job.assign`"
+    )
 
 
 class ArtifactFile(BaseModel):

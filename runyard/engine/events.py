@@ -26,6 +26,7 @@ class JobStarted(BaseModel):
     job: str
     attempt: int
     host: dict[str, Any] = {}
+    first: bool = False  # the agent got the job's first step with it (StartJob.first)
     at: float
 
 
@@ -34,6 +35,9 @@ class StepDone(StepOutcome):
     job: str
     attempt: int
     index: int
+    # the agent's contexts, with the result of a step sent with the job's assignment
+    # (it may come before the job's claim)
+    host: dict[str, Any] = Field(default_factory=dict)
 
 
 class JobEnded(BaseModel):
@@ -64,6 +68,7 @@ class StartJob:
     attempt: int
     runs_on: list[str]
     timeout: float | None  # seconds
+    first: ResolvedStep | None = None  # its first step, to go with the assignment
 
 
 @dataclass(frozen=True)

@@ -89,9 +89,13 @@ class Engine:
         info: ctx.RunInfo,
         state: RunState | None = None,
         carried: Mapping[str, carry.Carried] | None = None,
+        send_first: bool = False,
     ) -> None:
+        """`send_first`: a job's first step goes with its assignment where it can
+        (`StartJob.first`; see `_first_step`)."""
         self.plan = plan
         self.info = info
+        self.send_first = send_first
         self.state = state or initial_state(plan, str(info.run.get("id", "run")), carried)
         self._earlier: dict[str, ctx.Earlier] = {}  # per job: see ctx.Earlier
 
@@ -156,7 +160,8 @@ class Engine:
                 continue
             job.ready = True
             timeout = plan.spec.timeout * MINUTE if plan.spec.timeout else None
-            commands.append(StartJob(key, job.attempt, list(plan.spec.runs_on), timeout))
+            first = self._first_step(job) if self.send_first else None
+            commands.append(StartJob(key, job.attempt, list(plan.spec.runs_on), timeout, first))
         if commands or any(not j.status.final for j in self.state.jobs.values()):
             return commands
         return [self._finish_run(at)]
@@ -172,7 +177,28 @@ class Engine:
         ]
         return len(active) >= strategy.max_parallel
 
+    def _first_step(self, job: JobState) -> ResolvedStep | None:
+        """The job's first step resolved now, before an agent claims the job, so the
+        agent starts it without waiting for its claim's answer. Only where that cannot
+        change it: no `if` or timeout of its own (evaluated, and timed, from the claim),
+        and nothing in it or its environment reads where the job runs (the agent,
+        machine and python contexts, unknown until the claim, make it raise here)."""
+        specs = self.plan.jobs[job.key].spec.steps
+        if not specs or specs[0].if_ is not None or specs[0].timeout:
+            return None
+        step = job.steps[0]
+        try:
+            contexts = ctx.step_contexts(self.plan, self.state, self.info, job, 0)
+            resolved = self._resolve(job, step, contexts)
+        except ExpressionError:
+            return None
+        job.first_sent = True
+        step.inputs = self._masker.data(resolved.inputs)
+        return resolved
+
     def _job_started(self, job: JobState, event: JobStarted) -> list[Command]:
+        if not event.first:  # placed later, from the queue: the first step goes as any
+            job.first_sent = False
         if job.status == Status.RUNNING:
             return []
         job.status = Status.RUNNING
@@ -225,6 +251,7 @@ class Engine:
         job.attempt += 1
         job.status = Status.QUEUED
         job.ready = False
+        job.first_sent = False
         job.outputs = {}
         job.error = None
         job.steps = [StepState(index=s.index, id=s.id, name=s.name) for s in job.steps]
@@ -259,6 +286,10 @@ class Engine:
         for step in job.steps:
             if step.status != Status.QUEUED:
                 continue
+            if job.first_sent and step.index == 0:  # the agent has it: it went with the job
+                step.status = Status.RUNNING
+                step.started_at = at
+                return []
             spec = specs[step.index]
             earlier = self._earlier.setdefault(job.key, ctx.Earlier())
             contexts = ctx.step_contexts(self.plan, self.state, self.info, job, step.index, earlier)
@@ -317,6 +348,12 @@ class Engine:
         }
 
     def _step_done(self, job: JobState, event: StepDone) -> list[Command]:
+        if job.status == Status.QUEUED and job.first_sent and event.index == 0:
+            # the result of the step sent with the job came before the job's claim
+            started = JobStarted(
+                job=job.key, attempt=job.attempt, host=event.host, first=True, at=event.started_at
+            )
+            self._job_started(job, started)
         step = job.steps[event.index] if event.index < len(job.steps) else None
         if step is None or step.status != Status.RUNNING:
             return []

@@ -62,6 +62,7 @@ class JobState(BaseModel):
     status: Status = Status.QUEUED
     attempt: int = 1
     ready: bool = False  # StartJob was issued for this attempt
+    first_sent: bool = False  # ... with its first step (Engine's `send_first`)
     cancel_requested: bool = False
     steps: list[StepState] = []
     outputs: dict[str, Any] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from typing import Any
 
 from nats.aio.msg import Msg
 
@@ -45,7 +46,15 @@ def subject_agent(subject: str) -> str:
 
 def step_done(event: StepFinished) -> StepDone:
     """The wire message → the engine's event (the one place the two meet)."""
-    return StepDone.model_validate(event.model_dump(include=set(StepDone.model_fields)))
+    done = StepDone.model_validate(event.model_dump(include=set(StepDone.model_fields)))
+    return done.model_copy(update={"host": own_host(event.host, event.agent)})
+
+
+def own_host(host: dict[str, Any], agent: str) -> dict[str, Any]:
+    """An agent's contexts as it sent them, but naming itself: the job's next steps go
+    to the agent the `agent` context names (the sender is checked against the holder)."""
+    told = host.get("agent")
+    return {**host, "agent": {**(told if isinstance(told, dict) else {}), "id": agent}}
 
 
 class Agents:
@@ -118,7 +127,13 @@ class Agents:
             nonlocal stale
             job = engine.state.jobs.get(event.job)
             stale = job is None or job.attempt != event.attempt or job.status.final
-            started = JobStarted(job=event.job, attempt=event.attempt, host=event.host, at=event.at)
+            started = JobStarted(
+                job=event.job,
+                attempt=event.attempt,
+                host=own_host(event.host, event.agent),
+                first=event.first,
+                at=event.at,
+            )
             return engine.apply(started)
 
         def timer(live: LiveRun, fx: effects.Effects, now: float) -> None:

@@ -132,7 +132,8 @@ class Changes:
             fx = effects.translate(commands, live.engine.plan, live.engine.state, live.facts, now)
             if extra:
                 extra(live, fx, now)
-            fields = live.changed_fields(commands)
+            # an agent's event is about the job its fence names
+            fields = live.changed_fields(commands, fence and effects.parse_member(fence[0])[1])
             if not fields and not fx.outbox and not fx.enqueue:
                 # nothing to do, unless another replica moved the run on since it was cached
                 if await self._current(live, fence):

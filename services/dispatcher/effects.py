@@ -69,6 +69,9 @@ class Effects:
     # queued jobs to place on an agent in the same commit: member → agent, when it has
     # a free slot and nothing else waits in the queue
     place: dict[str, str] = field(default_factory=dict)
+    # member → its `job.assign` with its first step, sent only if placed in this commit:
+    # it holds secrets, which the queue must not keep (placed later, it goes without)
+    firsts: dict[str, bytes] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The part the commit script applies (the outbox entries carry their subject)."""
@@ -85,8 +88,11 @@ class Effects:
 
     def assignment(self, m: str) -> tuple[str, str, bytes]:
         """The outbox entry that sends queued job `m` to the agent chosen for it."""
-        info = next(i for e, _, i in self.enqueue if e == m)
-        return assign_entry(m, self.place[m], str(decode_info(info)["assign"]).encode())
+        assign = self.firsts.get(m)
+        if assign is None:
+            info = next(i for e, _, i in self.enqueue if e == m)
+            assign = str(decode_info(info)["assign"]).encode()
+        return assign_entry(m, self.place[m], assign)
 
 
 def assign_entry(m: str, agent: str, assign: bytes) -> tuple[str, str, bytes]:
@@ -125,8 +131,8 @@ def agent_of(job: JobState) -> str | None:
     return str(agent["id"]) if isinstance(agent, dict) and agent.get("id") else None
 
 
-def queue_info(facts: RunFacts, command: StartJob) -> str:
-    assign = JobAssign(
+def job_assign(facts: RunFacts, command: StartJob) -> JobAssign:
+    return JobAssign(
         run=facts.id,
         job=command.job,
         attempt=command.attempt,
@@ -137,8 +143,12 @@ def queue_info(facts: RunFacts, command: StartJob) -> str:
         ref=facts.ref,
         timeout=command.timeout,
     )
+
+
+def queue_info(facts: RunFacts, command: StartJob) -> str:
+    assign = job_assign(facts, command).encode().decode()
     return orjson.dumps(
-        {"project": facts.project, "runs_on": command.runs_on, "assign": assign.encode().decode()}
+        {"project": facts.project, "runs_on": command.runs_on, "assign": assign}
     ).decode()
 
 
@@ -150,6 +160,9 @@ def translate(
         if isinstance(command, StartJob):
             m = member(facts.id, command.job, command.attempt)
             fx.enqueue.append((m, now, queue_info(facts, command)))
+            if command.first is not None:
+                first = job_assign(facts, command).model_copy(update={"first": command.first})
+                fx.firsts[m] = first.encode()
         elif isinstance(command, RunStep):
             _run_step(fx, command, state, facts, now)
         elif isinstance(command, StopJob):

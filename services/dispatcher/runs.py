@@ -127,19 +127,23 @@ class LiveRun:
     def _job_keys(self) -> str:
         return orjson.dumps(list(self.engine.state.jobs)).decode()
 
-    def changed_fields(self, commands: list[Command]) -> dict[str, str]:
+    def changed_fields(self, commands: list[Command], job: str | None = None) -> dict[str, str]:
         """The state fields whose stored value this change made out of date: the `run`
         field if it changed, and the jobs it touched that changed.
 
-        A job changes only with a command naming it, except a waiting job (not yet
-        sent to an agent) that the engine ends as it looks for jobs to start — after
-        a job's attempt ended (FinishJob), when the run starts and when it is
-        cancelled (both change the run's own fields). Ended jobs never change."""
+        A job changes only with a command naming it, or by an agent's event about it
+        (`job`: a claim or a result may need no command, when the job's first step
+        went with its assignment), except a waiting job (not yet sent to an agent)
+        that the engine ends as it looks for jobs to start — after a job's attempt
+        ended (FinishJob), when the run starts and when it is cancelled (both change
+        the run's own fields). Ended jobs never change."""
         state = self.engine.state
         head = state.model_dump_json(exclude={"jobs"})
         run = f'{head[:-1]},"jobs":{self._job_keys}}}'
         fields = {store.RUN_STATE: run} if run != self.run_json else {}
         touched = {c.job for c in commands if not isinstance(c, RunDone)}
+        if job in state.jobs:
+            touched.add(job)
         if fields or any(isinstance(c, FinishJob) for c in commands):
             touched.update(k for k in self.open_jobs if not state.jobs[k].ready)
         if len(self.jobs_json) < len(state.jobs):  # never written split
@@ -181,7 +185,7 @@ def live_run(stored: StoredRun, secrets: dict[str, str]) -> LiveRun:
     )
     state = RunState.model_validate_json(f[store.LEGACY_STATE])
     facts = facts_for(stored.id, pipeline, f["project"], event)
-    engine = Engine(plan, info, state)
+    engine = Engine(plan, info, state, send_first=True)
     live = LiveRun(facts, engine, stored.version, group=f.get("group", ""))
     live.open_jobs = {key for key, job in state.jobs.items() if not job.status.final}
     if stored.split:

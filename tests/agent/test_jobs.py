@@ -173,7 +173,7 @@ async def test_the_claim_goes_out_before_the_job_is_prepared_and_steps_wait_for_
     job = jobs.jobs["r4|j|1"]
     assert job.step is not None
     await asyncio.sleep(0.2)
-    assert not job.step.done() and job.spawner is None  # the step waits for its workspace
+    assert not job.step.done()  # the step waits for the job to be prepared
     go.set()
     await job.step
     assert queued(jobs, "sf:r4|j|1|0")["status"] == "success"
@@ -239,3 +239,48 @@ async def test_a_job_that_ends_during_a_stalled_checkout_ends_at_once(
     else:
         await asyncio.wait_for(jobs.revoked("r7|j|1"), 10)
     assert job.spawner is None and not job.workspace.exists()
+
+
+def with_first(run: str, script: str) -> JobAssign:
+    """A job whose first step came with it (a secret in its environment and mask)."""
+    step = ResolvedStep(
+        index=0, id="s", name="s", script=script, env={"TOKEN": "s3cret"}, mask=["s3cret"]
+    )
+    return JobAssign(run=run, job="j", project="p", pipeline="ci", first=step)
+
+
+async def test_a_first_step_that_came_with_the_job_runs_without_a_step_assign(
+    jobs: Jobs,
+) -> None:
+    jobs.host = {"agent": {"id": "a1", "name": "one"}}
+    delivery = Delivery()
+    await jobs.assigned(with_first("r8", 'test "$TOKEN" = s3cret'), cast(Msg, delivery))
+    assert queued(jobs, "claim:r8|j|1")["first"] is True  # the dispatcher sends no step 0
+    job = jobs.jobs["r8|j|1"]
+    assert job.step is not None and job.step_index == 0
+    await job.step
+    finished = queued(jobs, "sf:r8|j|1|0")
+    assert finished["status"] == "success"
+    assert finished["host"] == jobs.host  # it may reach the dispatcher before the claim
+    # a step.assign for it anyway (sent before an upgrade, say) does not run it twice
+    again = Delivery()
+    jobs.step_assigned(step_assign("r8", "exit 1"), cast(Msg, again))
+    await asyncio.sleep(0.1)
+    assert again.acks == 1 and queued(jobs, "sf:r8|j|1|0")["status"] == "success"
+    # the ledger keeps enough to say what happened, never what the step held
+    ledger = (jobs.ledger.path).read_bytes()
+    assert b"s3cret" not in ledger and b"TOKEN" not in ledger
+
+
+async def test_a_restart_before_a_first_step_that_came_with_the_job_ends_the_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reaper, "cgroup_base", lambda own, name: None)
+    async with made_jobs(tmp_path, Launcher(None), tmp_path / "work") as jobs:
+        monkeypatch.setattr(jobs, "spawn", lambda coro: coro.close())  # killed at once
+        await jobs.assigned(with_first("r9", "true"), cast(Msg, Delivery()))
+    async with made_jobs(tmp_path, Launcher(None), tmp_path / "work") as jobs:
+        jobs.recover()
+        finished = queued(jobs, "sf:r9|j|1|0")
+        assert finished["status"] == "interrupted" and "came with the job" in finished["error"]
+        assert jobs.jobs["r9|j|1"].step is None  # not run: it is not known any more

@@ -23,6 +23,8 @@ from services.serve import serve
 from services.stack import Stack
 from services.store import crypto, records
 from services.store.connection import Redis, connect
+from tests.system.harness import System, job_of
+from tests.system.test_outputs import wait_log_ended
 
 KEY_TEXT = (
     "-----BEGIN TEST KEY-----\n"
@@ -219,3 +221,57 @@ def test_a_real_step_cannot_print_its_secrets(
     assert greet.inputs == {"who": "***"} and greet.outputs == {"greeting": "hello ***"}
     assert "[leak/greet] hello ***" in lines
     assert state.jobs["leak"].outputs == {"token": "***"}
+
+
+# --- a first step sent with its job ---------------------------------------------------
+
+WAITS = """
+name: {job}
+jobs:
+  {job}:
+    runs-on: [{label}]
+    steps:
+      - run: echo "${{ secrets.TOKEN }}" | rev
+"""
+
+
+async def everything_in(redis: aioredis.Redis) -> bytes:
+    """Every key and value in Valkey, as raw bytes (strings, hashes, sorted sets)."""
+    found: list[bytes] = []
+    async for name in redis.scan_iter(count=1000):
+        kind = await redis.type(name)
+        found.append(name)
+        if kind == b"string":
+            found.append(cast(bytes, await redis.get(name) or b""))
+        elif kind == b"hash":
+            fields = cast(dict[bytes, bytes], await redis.hgetall(name))
+            found += [k + v for k, v in fields.items()]
+        elif kind == b"zset":
+            members = cast(list[bytes], await redis.zrange(name, 0, -1))
+            found += members
+    return b"\n".join(found)
+
+
+async def test_a_job_waiting_for_an_agent_keeps_no_secret_in_the_queue(
+    system: System, redis: aioredis.Redis
+) -> None:
+    """A job's first step goes with its assignment only when an agent takes it at
+    once: one that waits in the queue, where it may stay for hours, must not hold the
+    step (its environment and mask carry the project's secrets)."""
+    await system.project("p")
+    await system.call("PUT", "/api/projects/p/secrets/TOKEN", json={"value": TOKEN})
+    await system.agent("linux", projects=["p"], labels=["linux"])
+    await system.pipeline("p", WAITS.replace("{job}", "now").replace("{label}", "linux"))
+    done = await system.wait_run(await system.start_run("p", "now"))
+    assert done["status"] == "success"  # placed at once: its first step went with it
+    await system.pipeline("p", WAITS.replace("{job}", "later").replace("{label}", "gpu"))
+    waiting = await system.start_run("p", "later")  # no agent has a gpu yet
+    await asyncio.sleep(1)
+    queued = await system.wait_run(waiting, status="running")
+    assert job_of(queued, "later")["status"] == "queued"
+    assert TOKEN.encode() not in await everything_in(redis)
+    gpu = await system.agent("gpu", projects=["p"], labels=["gpu"])
+    run = await system.wait_run(waiting)
+    assert run["status"] == "success" and job_of(run, "later")["agent"]["id"] == gpu.id
+    log = await wait_log_ended(system, waiting, "later", "1")
+    assert [line["text"] for line in log["lines"]] == [TOKEN[::-1]]  # it ran with it

@@ -252,6 +252,20 @@ class System:
             f"run {run_id} still {current and current['status']}: {current}" + self.logs()
         )
 
+    async def holder(self, run_id: str, job: str, timeout: float = 20) -> str:
+        """The agent that claimed `job`, once its claim is recorded (a first step that
+        went with the job may run before that)."""
+        found: list[str] = []
+
+        async def claimed() -> bool:
+            run = await self.run(run_id)
+            agent = job_of(run, job).get("agent") if run else None
+            found[:] = [agent["id"]] if agent else []
+            return bool(found)
+
+        await self.wait_for(claimed, timeout, f"the claim of {job}")
+        return found[0]
+
     async def wait_for(self, check: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

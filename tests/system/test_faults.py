@@ -46,8 +46,7 @@ async def test_a_killed_agent_is_lost_and_its_job_runs_elsewhere(
         return marker.exists() and "start 1" in marker.read_text()
 
     await system.wait_for(started, 20, "the first attempt")
-    run = await system.wait_run(run_id, status="running")
-    victim_id = job_of(run, "work")["agent"]["id"]
+    victim_id = await system.holder(run_id, "work")
     victim = next(a for a in agents if a.id == victim_id)
     assert victim.proc is not None
     victim.proc.kill(signal.SIGKILL)
