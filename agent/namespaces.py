@@ -32,6 +32,9 @@ AT_EMPTY_PATH = 0x1000
 MOUNT_ATTR_RDONLY = 0x1
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (the generic table)
 _libc = ctypes.CDLL(None, use_errno=True)
+# What in /proc sets the machine's kernel: read-only to steps, which are root (in their
+# user namespace, with the host's uid) where the agent runs as root
+KERNEL_SETTINGS = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
 
 
 def _check(result: int, what: str) -> None:
@@ -207,6 +210,9 @@ def _init(ready: int) -> None:
         # where it is refused (a container masking parts of /proc) the host's stays
         with contextlib.suppress(OSError):
             _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        for path in KERNEL_SETTINGS:  # mounts of their own: `finish` leaves them read-only
+            with contextlib.suppress(OSError):  # not there (as the host's /proc may lack)
+                _mount(path, path, None, MS_BIND | MS_REC)
         undumpable()  # as its spawner: it keeps capabilities in the job's namespaces
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         os.close(ready)

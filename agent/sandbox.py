@@ -24,7 +24,9 @@ when the job is claimed, enters a new user and mount namespace where:
   they are in a more privileged user namespace (ptrace access is refused);
 - its steps are in a PID namespace of the job's own (its init is a child of the job's
   spawner, agent/namespaces.py), with a `/proc` of its own: they see and signal only
-  the job's processes, and the kernel kills what is left in it when the job ends.
+  the job's processes, and the kernel kills what is left in it when the job ends; the
+  kernel's settings there (`/proc/sys`, `sysrq-trigger`, …) are read-only, also to the
+  steps of an agent run as root.
 
 Not covered: other processes of the same user outside the agent can signal the agent
 and its steps (run agents as a user of their own, apart from the server's); a hidden

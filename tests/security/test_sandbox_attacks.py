@@ -232,3 +232,19 @@ async def test_a_process_that_left_the_step_s_session_dies_when_the_attempt_is_r
             for pid in escaped:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_step_cannot_write_the_kernel_s_settings_through_its_proc(
+    sandboxed: tuple[Launcher, Sandbox],
+) -> None:
+    """Where the agent runs as root, its steps are root too (in their own user
+    namespace, with the host's uid): the files of /proc that set the machine's kernel
+    (its host name, the core dump handler, SysRq) must still be read-only to them.
+    Each is opened for writing and closed, never written."""
+    fork_server, sandbox = sandboxed
+    workspace = _workspace(sandbox, "a")
+    job = fork_server.job(workspace)
+    kernel = ["/proc/sys/kernel/hostname", "/proc/sys/kernel/core_pattern", "/proc/sysrq-trigger"]
+    script = "; ".join(f"(: >> {path}) 2>/dev/null && echo {path}" for path in kernel)
+    assert await _output(job, workspace, script + "; : >> /proc/self/comm && echo own") == "own\n"
+    job.close()
