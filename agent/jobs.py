@@ -102,10 +102,9 @@ class Jobs:
             if found.result is not None:  # it may not have reached JetStream
                 index = StepFinished.model_validate_json(found.result).index
                 self.send_event(found.result, f"sf:{found.key}|{index}")
-            elif not found.steps and job.assign.first is not None:
+            elif not found.steps and (first := job.assign.first) is not None:
                 # its first step came with it and had not started: it never will (the
                 # ledger does not keep what it held), the attempt ends as interrupted
-                first = job.assign.first
                 never = StartedStep(f"{found.key}|{first.index}", found.key, first.id, time.time())
                 self._report_interrupted(found, never, NOT_STARTED)
             elif not found.steps:  # claimed, nothing run: the claim may not have got out

@@ -46,8 +46,8 @@ def subject_agent(subject: str) -> str:
 
 def step_done(event: StepFinished) -> StepDone:
     """The wire message → the engine's event (the one place the two meet)."""
-    done = StepDone.model_validate(event.model_dump(include=set(StepDone.model_fields)))
-    return done.model_copy(update={"host": own_host(event.host, event.agent)})
+    fields = event.model_dump(include=set(StepDone.model_fields))
+    return StepDone.model_validate({**fields, "host": own_host(event.host, event.agent)})
 
 
 def own_host(host: dict[str, Any], agent: str) -> dict[str, Any]:

@@ -133,7 +133,8 @@ class Changes:
             if extra:
                 extra(live, fx, now)
             # an agent's event is about the job its fence names
-            fields = live.changed_fields(commands, fence and effects.parse_member(fence[0])[1])
+            job = effects.parse_member(fence[0])[1] if fence else None
+            fields = live.changed_fields(commands, job)
             if not fields and not fx.outbox and not fx.enqueue:
                 # nothing to do, unless another replica moved the run on since it was cached
                 if await self._current(live, fence):

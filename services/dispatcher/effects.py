@@ -145,10 +145,9 @@ def job_assign(facts: RunFacts, command: StartJob) -> JobAssign:
     )
 
 
-def queue_info(facts: RunFacts, command: StartJob) -> str:
-    assign = job_assign(facts, command).encode().decode()
+def queue_info(facts: RunFacts, command: StartJob, assign: JobAssign) -> str:
     return orjson.dumps(
-        {"project": facts.project, "runs_on": command.runs_on, "assign": assign}
+        {"project": facts.project, "runs_on": command.runs_on, "assign": assign.encode().decode()}
     ).decode()
 
 
@@ -159,10 +158,10 @@ def translate(
     for command in commands:
         if isinstance(command, StartJob):
             m = member(facts.id, command.job, command.attempt)
-            fx.enqueue.append((m, now, queue_info(facts, command)))
+            assign = job_assign(facts, command)
+            fx.enqueue.append((m, now, queue_info(facts, command, assign)))
             if command.first is not None:
-                first = job_assign(facts, command).model_copy(update={"first": command.first})
-                fx.firsts[m] = first.encode()
+                fx.firsts[m] = assign.model_copy(update={"first": command.first}).encode()
         elif isinstance(command, RunStep):
             _run_step(fx, command, state, facts, now)
         elif isinstance(command, StopJob):
