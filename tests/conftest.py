@@ -7,6 +7,7 @@ Per test: `nc`/`js` start from freshly created streams, `redis` from an empty da
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -32,6 +33,15 @@ settings.register_profile(
 )
 settings.register_profile("long", settings.get_profile("runyard"), max_examples=5000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "runyard"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _leaks_name_their_module() -> Iterator[None]:
+    """An unclosed socket is reported when the garbage collector finds it, which may be
+    in another module's test (once, in CI, a test that only builds nested lists): a
+    collection as each module ends makes the module that leaked it fail instead."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from cryptography import x509
 
 from agent import connection
 from agent.config import AgentConfig, fingerprint
@@ -62,12 +63,14 @@ async def public(
 
 def test_the_server_certificate_is_reused_and_remade_for_new_names(tmp_path: Path) -> None:
     first = server_files(tmp_path, ["ci.example.com", "127.0.0.1"])
-    ca = first.ca.read_text()
+    ca, cert = first.ca.read_text(), first.cert.read_bytes()
     again = server_files(tmp_path, ["ci.example.com", "127.0.0.1"])
-    assert again.cert.read_bytes() == first.cert.read_bytes()
+    assert again.cert.read_bytes() == cert
     moved = server_files(tmp_path, ["ci2.example.com", "127.0.0.1"])
     assert moved.ca.read_text() == ca  # agents made earlier keep trusting the server
-    assert b"ci2" not in first.key.read_bytes()
+    remade = x509.load_pem_x509_certificate(moved.cert.read_bytes())
+    san = remade.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["ci2.example.com"]
     context = ssl.create_default_context(cadata=ca)
     assert context.cert_store_stats()["x509_ca"] == 1
     assert oct(first.key.stat().st_mode & 0o777) == "0o600"
