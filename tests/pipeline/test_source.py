@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -112,27 +111,27 @@ MEASURE = """
 import os, subprocess, sys
 proc = subprocess.Popen(sys.argv[1:])
 _, status, usage = os.wait4(proc.pid, 0)
-print("maxrss", usage.ru_maxrss, "exit", os.waitstatus_to_exitcode(status), flush=True)
+cpu = usage.ru_utime + usage.ru_stime
+print("maxrss", usage.ru_maxrss, "exit", os.waitstatus_to_exitcode(status), "cpu", cpu, flush=True)
 """
 
 
 def test_the_alias_bomb_in_the_real_command(tmp_path: Path) -> None:
     """Acceptance: `runyard pipeline validate` of an alias bomb exits 1 within 2 s with a
-    clear message, under 200 MB (the process's own peak, from the kernel)."""
+    clear message, under 200 MB (the process's own peak, from the kernel). The 2 s are
+    its CPU time, which a busy machine does not inflate as it does the wall clock."""
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(ALIAS_BOMB + "\n")
-    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-c", MEASURE, sys.executable, "-m", "runyard", "pipeline",
          "validate", str(bomb)],
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
-    took = time.monotonic() - started
     out = done.stdout + done.stderr
     measured = out.rsplit("maxrss", 1)[1].split()
-    peak, code = int(measured[0]), int(measured[2])
+    peak, code, took = int(measured[0]), int(measured[2]), float(measured[4])
     assert code == 1, out
     assert f"{bomb}:6:4: the document expands to more than 100,000 values" in out
     assert "Traceback" not in out
     assert peak < 200 * 1024, f"peak {peak} KiB"  # ru_maxrss is KiB
-    assert took < 2.0, f"took {took:.2f} s"
+    assert took < 2.0, f"took {took:.2f} s of CPU"
