@@ -92,13 +92,18 @@ class Cluster(Stack):
     def restart(self, server: Server) -> None:
         """As `Stack.restart`, but a Valkey node the Sentinels still name as primary
         is started again only once they have promoted the replica (a `StackError`
-        until then, and the supervisor tries again later). Back sooner, it would be a
-        primary again with what it had, take writes for a moment, and lose them when
-        Sentinel turns it into the new primary's replica."""
+        until then, and the supervisor tries again later), and then as the replica of
+        the primary they name. Started as its file says, a former primary would be a
+        primary again with what it had, for the seconds before Sentinel turns it into
+        a replica (it rewrites the file of a node that is up, not of one that is
+        dead): a client could reach it, and its writes there would be lost."""
         if server.kind == VALKEY and not server.running:
             others = [s for s in self.servers_of(VALKEY) if s is not server and s.running]
-            if others and self.primary_port() in (server.port, None):
+            primary = self.primary_port() if others else None
+            if others and primary in (server.port, None):
                 raise StackError(f"{server.name} waits until Sentinel has promoted the replica")
+            conf = server.argv[:2]  # valkey-server and its file, as _start_valkey made it
+            server.argv = [*conf, "--replicaof", self.host, str(primary)] if primary else conf
         super().restart(server)
 
     def primary_port(self) -> int | None:

@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
 
 Redis = aioredis.Redis
@@ -61,6 +61,27 @@ class _FailoverClient(aioredis.Redis):
             await self.sentinels.aclose()
 
 
+class _AskingConnection(SentinelManagedConnection):
+    """A connection to the primary that asks the Sentinels where it is each time it
+    connects. redis-py's own asks only when the pool hands out a connection: one that
+    a command's retry connects again goes back to the address it had (redis-py#3874),
+    keeps trying a killed primary, and reaches it once it is back, a primary again for
+    the seconds before Sentinel makes it a replica. Changes sent to it then are lost,
+    and reads from it are stale (tests/cluster/test_sentinel_client.py)."""
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self.is_connected:
+            return
+        self.host, self.port = await self.connection_pool.get_master_address()
+        # a failed connect goes up to the retry around it, which asks again
+        await super().connect_check_health(check_health, retry_socket_connect=False)
+
+    async def _connect_retry(self) -> None:
+        await self.connect_check_health(self.connection_pool.check_connection)
+
+
 def connect(url: str) -> Redis:
     if urlsplit(url).scheme == SENTINEL_SCHEME:
         return _through_sentinels(url)
@@ -95,7 +116,9 @@ def _through_sentinels(url: str) -> Redis:
         db=int(db or 0),
         **auth,
     )
-    client = sentinel.master_for(master, redis_class=_FailoverClient)
+    client = sentinel.master_for(
+        master, redis_class=_FailoverClient, connection_class=_AskingConnection
+    )
     assert isinstance(client, _FailoverClient)
     client.sentinels = sentinel
     return client
