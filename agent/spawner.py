@@ -233,7 +233,13 @@ def _reap(sock: socket.socket) -> None:
 
 def serve_job(sock: socket.socket, setup: Callable[[], None], contained: bool) -> None:
     """A job spawner: `setup` (enter the sandbox, when `contained`), then start steps
-    until the agent hangs up."""
+    until the agent hangs up, which it may do before the spawner is ready (a job that
+    failed at once) or while it answers."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        _serve_job(sock, setup, contained)
+
+
+def _serve_job(sock: socket.socket, setup: Callable[[], None], contained: bool) -> None:
     try:
         setup()
         undumpable()

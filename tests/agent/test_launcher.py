@@ -7,6 +7,8 @@ import asyncio
 import errno
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from agent import launcher as launching
 from agent.launcher import Child, JobSpawner, Launcher
 from agent.sandbox import Sandbox
+from tests.conftest import ROOT
 from tests.processes import alive, wait_dead
 
 
@@ -179,3 +182,36 @@ async def test_a_sandboxed_step_is_spawned_from_its_own_path_and_dies_with_its_s
         fork_server.proc.wait()
     finally:
         fork_server.stop()
+
+
+GIVE_UP = """
+import asyncio, sys
+from pathlib import Path
+from agent.launcher import Launcher
+
+async def main() -> None:
+    launcher = Launcher(None)
+    launcher.start()
+    for _ in range(20):
+        launcher.job(Path(sys.argv[1])).close()
+    job = launcher.job(Path(sys.argv[1]))  # and the fork server carries on
+    child = await job.spawn(["true"], Path(sys.argv[1]), {})
+    print("exit", await child.wait())
+    job.close()
+    await asyncio.sleep(0.5)  # the given-up spawners have ended
+    launcher.stop()
+
+asyncio.run(main())
+"""
+
+
+def test_a_job_given_up_before_its_spawner_is_ready_leaves_no_traceback(tmp_path: Path) -> None:
+    """A job that fails at once (a refused checkout) is closed while its spawner is
+    still being made: the spawner then finds the agent gone and ends, quietly (CI once
+    showed its BrokenPipeError on the agent's stderr, which the fork server shares)."""
+    done = subprocess.run(
+        [sys.executable, "-c", GIVE_UP, str(tmp_path)],
+        capture_output=True, text=True, check=False, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "exit 0\n"), done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
