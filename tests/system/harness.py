@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,10 @@ class Proc:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+PORT_TRIES = 5
+TAKEN = "address already in use"  # what uvicorn says when the port was taken meanwhile
 
 
 @dataclass
@@ -106,12 +110,15 @@ class System:
         return self.service("logs")
 
     async def web(self) -> None:
-        port = free_port()
-        self.service("web", "--port", str(port), f"--public-nats-url={self.stack.agent_nats_url}")
-        self.url = f"http://127.0.0.1:{port}"
         r = connect(self.stack.redis_url)
         self.key = await records.create_api_key(r, "tests")
         await r.aclose()
+
+        async def healthy(client: httpx.AsyncClient) -> bool:
+            return (await client.get("/api/health")).status_code == 200
+
+        public = f"--public-nats-url={self.stack.agent_nats_url}"
+        self.url = await self._listening("web", healthy, public)
         self.http = httpx.AsyncClient(
             base_url=self.url,
             headers={"Authorization": f"Bearer {self.key}"},
@@ -120,29 +127,38 @@ class System:
             # closing an idle connection
             limits=httpx.Limits(keepalive_expiry=2),
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if (await self.http.get("/api/health")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.05)
-        raise RuntimeError("the web service did not start:\n" + self.procs[-1].output())
 
     async def trigger(self) -> str:
         """Start the webhook receiver; its base URL."""
-        port = free_port()
-        self.service("trigger", "--port", str(port))
-        url = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=url) as client:
-            for _ in range(200):
-                try:
-                    await client.post("/hooks/github/none")
-                    return url
-                except httpx.HTTPError:
+
+        async def answers(client: httpx.AsyncClient) -> bool:
+            await client.post("/hooks/github/none")
+            return True
+
+        return await self._listening("trigger", answers)
+
+    async def _listening(
+        self, name: str, up: Callable[[httpx.AsyncClient], Awaitable[bool]], *args: str
+    ) -> str:
+        """Start the HTTP service `name` on a free port; its base URL once `up` says so.
+        Something else may take the port before the service listens on it (an outgoing
+        connection's, the other test worker's): the service is then started on another."""
+        for _ in range(PORT_TRIES):
+            port = free_port()
+            proc = self.service(name, "--port", str(port), *args)
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            async with httpx.AsyncClient(base_url=url) as client:
+                while time.monotonic() < deadline and proc.popen.poll() is None:
+                    with contextlib.suppress(httpx.HTTPError):
+                        # and not another's server on the port: this one would have said
+                        if await up(client) and TAKEN not in proc.output():
+                            return url
                     await asyncio.sleep(0.05)
-        raise RuntimeError("the trigger service did not start:\n" + self.procs[-1].output())
+            if TAKEN not in proc.output():
+                break
+            proc.kill()
+        raise RuntimeError(f"the {name} service did not start:\n" + proc.output())
 
     async def agent(
         self,
